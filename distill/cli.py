@@ -1,0 +1,124 @@
+"""The ``distill`` command.
+
+    distill ls                                       recipes and their configs
+    distill run RECIPE --config NAME [key=value ...] run a recipe (NAME or a path to a YAML file)
+    distill evaluate RUN_DIR [--source demo|iwslt2017|FILE] [--beam N]
+
+Bad input (configs, files, arguments) prints one line and exits with code 2; ``--debug`` shows
+the traceback instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from pathlib import Path
+
+from distill.errors import ConfigError, DistillError
+
+CONFIG_ROOT = Path(__file__).resolve().parent.parent / "recipes" / "configs"
+RECIPES = ("teacher", "record", "students", "evaluate", "pipeline")
+
+
+def available() -> dict[str, list[str]]:
+    """Recipe name -> config names, for recipes whose module exists."""
+    out = {}
+    for name in RECIPES:
+        if importlib.util.find_spec(f"recipes.{name}") is None:
+            continue
+        folder = CONFIG_ROOT / name
+        out[name] = sorted(p.stem for p in folder.glob("*.yaml")) if folder.is_dir() else []
+    return out
+
+
+def config_path(recipe: str, name: str) -> Path:
+    """A config NAME of ``recipe`` or a YAML path; unknown names list the known ones."""
+    path = Path(name)
+    if path.suffix in (".yaml", ".yml") and path.exists():
+        return path
+    found = CONFIG_ROOT / recipe / f"{name}.yaml"
+    if not found.exists():
+        known = ", ".join(available().get(recipe, [])) or "none"
+        raise ConfigError(f"unknown config '{name}' for recipe '{recipe}' (known: {known})")
+    return found
+
+
+def load_recipe_config(recipe: str, name: str, overrides: list[str]):
+    """(recipe module, its resolved Config); ``run_dir`` defaults to runs/<config name>."""
+    if recipe not in available():
+        raise ConfigError(f"unknown recipe '{recipe}' (known: {', '.join(available())})")
+    module = importlib.import_module(f"recipes.{recipe}")
+    from distill.config import build
+
+    path = config_path(recipe, name)
+    cfg = build(module.Config, path, overrides)
+    if hasattr(cfg, "run_dir") and not cfg.run_dir:
+        cfg.run_dir = str(Path("runs") / path.stem)
+    return module, cfg
+
+
+def cmd_ls(args) -> int:
+    for recipe, configs in available().items():
+        print(f"{recipe:10s} {' '.join(configs)}")
+    return 0
+
+
+def cmd_run(args) -> int:
+    module, cfg = load_recipe_config(args.recipe, args.config, args.overrides)
+    module.main(cfg)
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from recipes.evaluate import evaluate_path
+
+    evaluate_path(args.path, source=args.source, beam=args.beam, pair=args.pair,
+                  batch_size=args.batch_size, max_sentences=args.max_sentences)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="distill", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    parser.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("ls", help="list recipes and configs").set_defaults(func=cmd_ls)
+    run = sub.add_parser("run", help="run a recipe")
+    run.add_argument("recipe")
+    run.add_argument("--config", "-c", required=True, help="config name or YAML path")
+    run.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.epochs=3")
+    run.set_defaults(func=cmd_run)
+    ev = sub.add_parser("evaluate", help="BLEU/chrF of a run dir (teacher + spliced variants)")
+    ev.add_argument("path")
+    ev.add_argument("--source", default="demo", help="demo | iwslt2017 | a .tsv file")
+    ev.add_argument("--pair", default="de-en")
+    ev.add_argument("--beam", type=int, default=1)
+    ev.add_argument("--batch-size", type=int, default=64)
+    ev.add_argument("--max-sentences", type=int, default=0)
+    ev.set_defaults(func=cmd_evaluate)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.WARNING if args.quiet else logging.INFO,
+        format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S",
+    )
+    try:
+        return args.func(args)
+    except DistillError as err:
+        if args.debug:
+            raise
+        print(f"distill: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("distill: interrupted; run the same command again to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,183 @@
+"""Batched greedy and beam-search decoding for ``Seq2SeqTransformer``.
+
+When every decoder site still holds the teacher's attention, decoding is incremental (a K/V cache
+per layer). When a student replaced a decoder site, each step re-runs the decoder over the whole
+prefix: students see the padded sentence, so there is nothing to cache, and the result is the same.
+
+Dimension letters: B sentences, N = B * beam hypotheses, t current length, V vocabulary.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from distill.model import BOS_ID, EOS_ID, PAD_ID, Seq2SeqTransformer
+
+
+class _Stepper:
+    """Next-token log-probabilities for a batch of growing prefixes, cached when possible."""
+
+    def __init__(self, model: Seq2SeqTransformer, memory: torch.Tensor, memory_mask: torch.Tensor):
+        self.model, self.memory, self.memory_mask = model, memory, memory_mask
+        self.cache = [{} for _ in model.decoder] if model.supports_cache() else None
+
+    def __call__(self, prefix: torch.Tensor) -> torch.Tensor:
+        """prefix (N, t) -> log-probs (N, V) for position t."""
+        if self.cache is None:
+            logits = self.model.decode(prefix, self.memory, self.memory_mask)[:, -1]
+        else:
+            t = prefix.size(1) - 1
+            logits = self.model.decode(
+                prefix[:, -1:], self.memory, self.memory_mask, self.cache, start=t
+            )[:, -1]
+        return torch.log_softmax(logits.float(), dim=-1)
+
+    def reorder(self, index: torch.Tensor) -> None:
+        """Keep hypotheses ``index`` (beam search reshuffles rows every step)."""
+        self.memory = self.memory.index_select(0, index)
+        self.memory_mask = self.memory_mask.index_select(0, index)
+        if self.cache is not None:
+            for layer in self.cache:
+                for part in layer.values():
+                    for key in part:
+                        part[key] = part[key].index_select(0, index)
+
+
+def _max_steps(model: Seq2SeqTransformer, max_len: int | None) -> int:
+    return min(max_len or model.cfg.max_len, model.cfg.max_len)
+
+
+@torch.no_grad()
+def greedy(model: Seq2SeqTransformer, src: torch.Tensor, max_len: int | None = None) -> list[list[int]]:
+    """src (B, S) -> token ids per sentence (no BOS, no EOS), argmax at every step."""
+    memory, memory_mask = model.encode(src)
+    step = _Stepper(model, memory, memory_mask)
+    b = src.size(0)
+    prefix = torch.full((b, 1), BOS_ID, dtype=torch.long, device=src.device)
+    done = torch.zeros(b, dtype=torch.bool, device=src.device)
+    for _ in range(_max_steps(model, max_len)):
+        token = step(prefix).argmax(dim=-1)
+        token = torch.where(done, torch.full_like(token, PAD_ID), token)
+        prefix = torch.cat([prefix, token[:, None]], dim=1)
+        done |= token == EOS_ID
+        if bool(done.all()):
+            break
+    return [_strip(row) for row in prefix[:, 1:].tolist()]
+
+
+def _strip(ids: list[int]) -> list[int]:
+    out = []
+    for i in ids:
+        if i in (EOS_ID, PAD_ID):
+            break
+        out.append(i)
+    return out
+
+
+@torch.no_grad()
+def beam_search(
+    model: Seq2SeqTransformer,
+    src: torch.Tensor,
+    beam: int = 4,
+    length_penalty: float = 1.0,
+    max_len: int | None = None,
+) -> list[list[int]]:
+    """src (B, S) -> best hypothesis per sentence (no BOS, no EOS).
+
+    Scores are summed log-probs; a finished hypothesis is ranked by score / length**length_penalty
+    (length counts the EOS). Each step keeps the ``beam`` best unfinished continuations out of the
+    top 2*beam candidates; an EOS candidate ranked within the top ``beam`` finishes a hypothesis.
+    A sentence stops when it holds ``beam`` finished hypotheses (early stopping); decoding stops
+    when all sentences have, or at max_len.
+    """
+    if beam < 1:
+        raise ValueError(f"beam must be >= 1, got {beam}")
+    b, k = src.size(0), beam
+    memory, memory_mask = model.encode(src)
+    rows = torch.arange(b, device=src.device).repeat_interleave(k)
+    step = _Stepper(model, memory.index_select(0, rows), memory_mask.index_select(0, rows))
+    prefix = torch.full((b * k, 1), BOS_ID, dtype=torch.long, device=src.device)
+    scores = torch.full((b, k), float("-inf"), device=src.device)
+    scores[:, 0] = 0.0  # all beams start identical: only the first may expand
+    finished: list[list[tuple[float, list[int]]]] = [[] for _ in range(b)]
+    steps = _max_steps(model, max_len)
+    for t in range(steps):
+        logp = step(prefix)  # (N, V)
+        vocab = logp.size(-1)
+        total = (scores[:, :, None] + logp.view(b, k, vocab)).view(b, k * vocab)
+        cand_scores, cand = total.topk(min(2 * k, k * vocab), dim=1)  # (B, 2k)
+        cand_beam, cand_tok = cand // vocab, cand % vocab
+        is_eos = cand_tok == EOS_ID
+        length = t + 1
+        for i, j in (is_eos[:, :k] & torch.isfinite(cand_scores[:, :k])).nonzero().tolist():
+            if len(finished[i]) < k:
+                hyp = prefix[i * k + int(cand_beam[i, j]), 1:].tolist()
+                norm = float(cand_scores[i, j]) / length**length_penalty
+                finished[i].append((norm, hyp))
+        # Best k non-EOS candidates: a stable sort on is_eos keeps score order within each group.
+        order = torch.sort(is_eos.int(), dim=1, stable=True).indices[:, :k]
+        scores = cand_scores.gather(1, order)
+        sel_beam, sel_tok = cand_beam.gather(1, order), cand_tok.gather(1, order)
+        done = torch.tensor([len(f) >= k for f in finished], device=src.device)
+        scores = scores.masked_fill(done[:, None], float("-inf"))
+        index = (torch.arange(b, device=src.device)[:, None] * k + sel_beam).view(-1)
+        prefix = torch.cat([prefix.index_select(0, index), sel_tok.view(-1, 1)], dim=1)
+        step.reorder(index)
+        if bool(done.all()):
+            break
+    for i in range(b):  # sentences that ran out of length keep their best open hypotheses
+        if len(finished[i]) < k:
+            for j in range(k):
+                if torch.isfinite(scores[i, j]):
+                    norm = float(scores[i, j]) / prefix.size(1) ** length_penalty
+                    finished[i].append((norm, prefix[i * k + j, 1:].tolist()))
+    return [_strip(max(f, key=lambda s: s[0])[1]) if f else [] for f in finished]
+
+
+def translate_ids(
+    model: Seq2SeqTransformer, src: torch.Tensor, beam: int = 1, length_penalty: float = 1.0
+) -> list[list[int]]:
+    """Greedy for beam 1, beam search otherwise."""
+    if beam == 1:
+        return greedy(model, src)
+    return beam_search(model, src, beam, length_penalty)
+
+
+@torch.no_grad()
+def translate_texts(
+    model: Seq2SeqTransformer,
+    tok,
+    texts: list[str],
+    beam: int = 1,
+    batch_size: int = 64,
+    length_penalty: float = 1.0,
+    progress: bool = False,
+) -> tuple[list[str], int]:
+    """Translate ``texts`` in length-sorted batches; returns (translations, n_truncated).
+
+    A source longer than ``max_len`` tokens (with its EOS) is truncated to fit, and counted.
+    Empty inputs give empty outputs without running the model.
+    """
+    from tqdm.auto import tqdm
+
+    model.eval()
+    device = next(model.parameters()).device
+    limit = model.cfg.max_len - 1
+    encoded, truncated = [], 0
+    for ids in tok.encode_batch(texts):
+        if len(ids) > limit:
+            ids, truncated = ids[:limit], truncated + 1
+        encoded.append(ids)
+    order = sorted((i for i, ids in enumerate(encoded) if ids), key=lambda i: len(encoded[i]))
+    out = [""] * len(texts)
+    for start in tqdm(range(0, len(order), batch_size), desc="translate", unit="batch",
+                      disable=not progress, leave=False):
+        chunk = order[start : start + batch_size]
+        width = max(len(encoded[i]) for i in chunk) + 1
+        src = torch.full((len(chunk), width), PAD_ID, dtype=torch.long)
+        for row, i in enumerate(chunk):
+            src[row, : len(encoded[i]) + 1] = torch.tensor(encoded[i] + [EOS_ID])
+        hyps = translate_ids(model, src.to(device), beam, length_penalty)
+        for i, text in zip(chunk, tok.decode_batch(hyps)):
+            out[i] = text
+    return out, truncated

@@ -1,0 +1,1 @@
+"""Embedded German→English demo corpus (see LICENSES.md; rebuilt by ``build.py``)."""

@@ -1,0 +1,310 @@
+"""The teacher: a compact pre-LN encoder-decoder Transformer with named replacement sites.
+
+Read top to bottom: config and presets, attention core, sublayers, layers, the model.
+Attention is split into a *core* (per-head Q/K/V projections and softmax, output = concatenated
+heads before W_O) and the output projection W_O, so ALR/ASLR students can replace the core and keep
+W_O. Every module a student may replace is a *site* with a stable name (see ``list_sites``).
+
+Call signatures shared by a site and any student that replaces it:
+    encoder.{i}.self_attn   core(x, mask)                          x = LN(h)        -> (B, S, D)
+    encoder.{i}.sublayer0   sublayer(x, mask)                      x + W_O(core(LN(x)))
+    encoder.{i}             layer(x, mask)                         whole encoder layer
+    decoder.{i}.self_attn   core(y, mask)                          causal in target positions
+    decoder.{i}.cross_attn  core(y, mask, memory, memory_mask)     keys/values from the encoder
+Only the teacher's own ``AttentionCore`` also accepts ``cache=`` (incremental decoding).
+
+Dimension letters: B batch, S source length, T target length, L either, D d_model, H heads,
+K head dim (D / H), V vocabulary.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3
+
+
+@dataclass
+class ModelConfig:
+    """Teacher dimensions; defaults are the paper's (6+6 layers, d 128, 8 heads, FFN 512)."""
+
+    vocab_size: int = 8000
+    d_model: int = 128
+    n_heads: int = 8
+    d_ff: int = 512
+    n_enc: int = 6
+    n_dec: int = 6
+    dropout: float = 0.1
+    max_len: int = 50
+
+    def __post_init__(self) -> None:
+        for name in ("vocab_size", "d_model", "n_heads", "d_ff", "n_enc", "n_dec", "max_len"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.d_model % self.n_heads:
+            raise ValueError(f"d_model ({self.d_model}) must be divisible by n_heads ({self.n_heads})")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+
+    @property
+    def head_dim(self) -> int:
+        return self.d_model // self.n_heads
+
+
+# Presets as data; recipe YAMLs repeat the values they use so a run dir is self-describing.
+PRESETS: dict[str, dict] = {
+    "tiny": dict(vocab_size=96, d_model=16, n_heads=2, d_ff=32, n_enc=2, n_dec=2, max_len=8),
+    "demo": dict(d_model=128, n_heads=8, d_ff=512, n_enc=3, n_dec=3, max_len=32),
+    "paper": dict(d_model=128, n_heads=8, d_ff=512, n_enc=6, n_dec=6, max_len=50),
+}
+
+
+def sinusoidal_positions(n: int, d: int) -> torch.Tensor:
+    """(n, d) fixed sinusoidal position table (Vaswani et al.)."""
+    pos = torch.arange(n, dtype=torch.float32)[:, None]
+    freq = torch.exp(torch.arange(0, d, 2, dtype=torch.float32) * (-math.log(10000.0) / d))
+    table = torch.zeros(n, d)
+    table[:, 0::2] = torch.sin(pos * freq)
+    table[:, 1::2] = torch.cos(pos * freq[: d // 2])
+    return table
+
+
+class AttentionCore(nn.Module):
+    """Q/K/V projections + scaled dot-product softmax attention of all heads, without W_O.
+
+    Self-attention when ``memory`` is None (causal if ``causal``), cross-attention otherwise.
+    ``mask`` (B, L) is True at real tokens; padded query rows are computed but ignored downstream.
+    """
+
+    def __init__(self, d_model: int, n_heads: int, dropout: float, causal: bool = False):
+        super().__init__()
+        self.n_heads, self.causal, self.dropout = n_heads, causal, dropout
+        self.q_proj = nn.Linear(d_model, d_model)
+        self.k_proj = nn.Linear(d_model, d_model)
+        self.v_proj = nn.Linear(d_model, d_model)
+
+    def _heads(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, d = x.shape
+        return x.view(b, n, self.n_heads, d // self.n_heads).transpose(1, 2)  # (B, H, L, K)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        mask: torch.Tensor,
+        memory: torch.Tensor | None = None,
+        memory_mask: torch.Tensor | None = None,
+        cache: dict | None = None,
+    ) -> torch.Tensor:
+        b, n, d = x.shape
+        q = self._heads(self.q_proj(x))
+        if memory is not None:  # cross-attention: memory K/V are computed once per sentence
+            if cache is not None and "k" in cache:
+                k, v = cache["k"], cache["v"]
+            else:
+                k, v = self._heads(self.k_proj(memory)), self._heads(self.v_proj(memory))
+                if cache is not None:
+                    cache["k"], cache["v"] = k, v
+            allowed = memory_mask[:, None, None, :]  # (B, 1, 1, S)
+        else:
+            k, v = self._heads(self.k_proj(x)), self._heads(self.v_proj(x))
+            if cache is not None:  # incremental: x holds only the new positions
+                if "k" in cache:
+                    k = torch.cat([cache["k"], k], dim=2)
+                    v = torch.cat([cache["v"], v], dim=2)
+                cache["k"], cache["v"] = k, v
+                allowed = None  # every cached key is a real, earlier position
+            else:
+                allowed = mask[:, None, None, :]  # (B, 1, 1, L)
+                if self.causal:
+                    tri = torch.ones(n, n, dtype=torch.bool, device=x.device).tril()
+                    allowed = allowed & tri
+        out = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=allowed, dropout_p=self.dropout if self.training else 0.0
+        )  # (B, H, L, K)
+        return out.transpose(1, 2).reshape(b, n, d)
+
+
+class AttentionSublayer(nn.Module):
+    """x + dropout(W_O(core(LN(x)))): the pre-LN attention sublayer."""
+
+    def __init__(self, cfg: ModelConfig, causal: bool = False):
+        super().__init__()
+        self.norm = nn.LayerNorm(cfg.d_model)
+        self.attn = AttentionCore(cfg.d_model, cfg.n_heads, cfg.dropout, causal)
+        self.out_proj = nn.Linear(cfg.d_model, cfg.d_model)
+        self.drop = nn.Dropout(cfg.dropout)
+
+    def forward(self, x, mask, memory=None, memory_mask=None, cache=None) -> torch.Tensor:
+        h = self.norm(x)
+        if cache is not None:
+            h = self.attn(h, mask, memory, memory_mask, cache=cache)
+        elif memory is not None:
+            h = self.attn(h, mask, memory, memory_mask)
+        else:
+            h = self.attn(h, mask)
+        return x + self.drop(self.out_proj(h))
+
+
+class FeedForwardSublayer(nn.Module):
+    """x + dropout(W2 relu(W1 LN(x)))."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.norm = nn.LayerNorm(cfg.d_model)
+        self.ff = nn.Sequential(
+            nn.Linear(cfg.d_model, cfg.d_ff), nn.ReLU(), nn.Dropout(cfg.dropout),
+            nn.Linear(cfg.d_ff, cfg.d_model),
+        )
+        self.drop = nn.Dropout(cfg.dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.drop(self.ff(self.norm(x)))
+
+
+class EncoderLayer(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.sublayer0 = AttentionSublayer(cfg)
+        self.sublayer1 = FeedForwardSublayer(cfg)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return self.sublayer1(self.sublayer0(x, mask))
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.sublayer0 = AttentionSublayer(cfg, causal=True)  # self-attention
+        self.sublayer1 = AttentionSublayer(cfg)  # cross-attention
+        self.sublayer2 = FeedForwardSublayer(cfg)
+
+    def forward(self, y, mask, memory, memory_mask, cache: dict | None = None) -> torch.Tensor:
+        if cache is None:
+            y = self.sublayer0(y, mask)
+            y = self.sublayer1(y, mask, memory, memory_mask)
+        else:
+            y = self.sublayer0(y, mask, cache=cache.setdefault("self", {}))
+            y = self.sublayer1(y, mask, memory, memory_mask, cache=cache.setdefault("cross", {}))
+        return self.sublayer2(y)
+
+
+class Seq2SeqTransformer(nn.Module):
+    """Pre-LN encoder-decoder with separate source/target embeddings and sinusoidal positions."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.src_embed = nn.Embedding(cfg.vocab_size, cfg.d_model, padding_idx=PAD_ID)
+        self.tgt_embed = nn.Embedding(cfg.vocab_size, cfg.d_model, padding_idx=PAD_ID)
+        self.register_buffer("positions", sinusoidal_positions(cfg.max_len, cfg.d_model), False)
+        self.embed_drop = nn.Dropout(cfg.dropout)
+        self.encoder = nn.ModuleList(EncoderLayer(cfg) for _ in range(cfg.n_enc))
+        self.encoder_norm = nn.LayerNorm(cfg.d_model)
+        self.decoder = nn.ModuleList(DecoderLayer(cfg) for _ in range(cfg.n_dec))
+        self.decoder_norm = nn.LayerNorm(cfg.d_model)
+        self.generator = nn.Linear(cfg.d_model, cfg.vocab_size)
+        self.apply(_init_weights)
+
+    def _embed(self, table: nn.Embedding, ids: torch.Tensor, start: int = 0) -> torch.Tensor:
+        n = ids.size(1)
+        if start + n > self.cfg.max_len:
+            raise ValueError(f"sequence of {start + n} tokens exceeds max_len {self.cfg.max_len}")
+        x = table(ids) * math.sqrt(self.cfg.d_model) + self.positions[start : start + n]
+        return self.embed_drop(x)  # (B, L, D)
+
+    def encode(self, src: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """src (B, S) -> memory (B, S, D) after the final encoder norm, and mask (B, S)."""
+        mask = src != PAD_ID
+        x = self._embed(self.src_embed, src)
+        for layer in self.encoder:
+            x = layer(x, mask)
+        return self.encoder_norm(x), mask
+
+    def decode(
+        self,
+        tgt_in: torch.Tensor,
+        memory: torch.Tensor,
+        memory_mask: torch.Tensor,
+        cache: list[dict] | None = None,
+        start: int = 0,
+    ) -> torch.Tensor:
+        """tgt_in (B, T) -> logits (B, T, V). With ``cache``, tgt_in holds positions from ``start``."""
+        mask = tgt_in != PAD_ID
+        y = self._embed(self.tgt_embed, tgt_in, start)
+        for i, layer in enumerate(self.decoder):
+            y = layer(y, mask, memory, memory_mask, None if cache is None else cache[i])
+        return self.generator(self.decoder_norm(y))
+
+    def forward(self, src: torch.Tensor, tgt_in: torch.Tensor) -> torch.Tensor:
+        """Teacher-forced logits (B, T, V)."""
+        memory, memory_mask = self.encode(src)
+        return self.decode(tgt_in, memory, memory_mask)
+
+    def supports_cache(self) -> bool:
+        """Incremental decoding needs the teacher's own attention cores at every decoder site."""
+        return all(
+            isinstance(layer, DecoderLayer)
+            and isinstance(layer.sublayer0, AttentionSublayer)
+            and isinstance(layer.sublayer0.attn, AttentionCore)
+            and isinstance(layer.sublayer1, AttentionSublayer)
+            and isinstance(layer.sublayer1.attn, AttentionCore)
+            for layer in self.decoder
+        )
+
+
+def _init_weights(module: nn.Module) -> None:
+    if isinstance(module, nn.Linear):
+        nn.init.xavier_uniform_(module.weight)
+        nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.Embedding):
+        nn.init.normal_(module.weight, std=module.embedding_dim**-0.5)
+        with torch.no_grad():
+            module.weight[PAD_ID].zero_()
+
+
+# --- sites ---------------------------------------------------------------------------------------
+
+SITE_KINDS = ("self_attn", "sublayer0", "layer", "dec_self_attn", "cross_attn")
+_SITE_RE = re.compile(r"^(encoder|decoder)\.(\d+)(?:\.(self_attn|sublayer0|cross_attn))?$")
+
+
+def list_sites(cfg: ModelConfig) -> list[str]:
+    """Every replaceable site name, encoder first, in layer order."""
+    sites = []
+    for i in range(cfg.n_enc):
+        sites += [f"encoder.{i}.self_attn", f"encoder.{i}.sublayer0", f"encoder.{i}"]
+    for i in range(cfg.n_dec):
+        sites += [f"decoder.{i}.self_attn", f"decoder.{i}.cross_attn"]
+    return sites
+
+
+def site_path(site: str, cfg: ModelConfig | None = None) -> str:
+    """Site name -> module path for ``get_submodule``; ValueError names an unknown site."""
+    m = _SITE_RE.match(site)
+    ok = m is not None
+    if ok:
+        stack, idx, part = m.group(1), int(m.group(2)), m.group(3)
+        ok = (stack, part) in {
+            ("encoder", "self_attn"), ("encoder", "sublayer0"), ("encoder", None),
+            ("decoder", "self_attn"), ("decoder", "cross_attn"),
+        }
+        if ok and cfg is not None:
+            ok = idx < (cfg.n_enc if stack == "encoder" else cfg.n_dec)
+    if not ok:
+        known = ", ".join(list_sites(cfg)) if cfg else "encoder.I.self_attn, ..."
+        raise ValueError(f"unknown site '{site}' (known: {known})")
+    if part in ("self_attn",):
+        return f"{stack}.{idx}.sublayer0.attn"
+    if part == "cross_attn":
+        return f"{stack}.{idx}.sublayer1.attn"
+    return site
+
+
+def count_parameters(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())

@@ -1,0 +1,57 @@
+"""Run directories: where each stage writes, and loading what an earlier stage wrote.
+
+    RUN_DIR/teacher/   config.yaml spm.model model.json model.safetensors bleu.json ...
+    RUN_DIR/students/  one sub-directory per site and mode, then the spliced results
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import torch
+import yaml
+
+from distill.checkpoint import atomic_write_json, atomic_write_text, load_state_dict, load_tensors
+from distill.checkpoint import read_json
+from distill.config import from_dict, to_dict
+from distill.errors import CheckpointError
+from distill.model import ModelConfig, Seq2SeqTransformer
+
+
+def teacher_dir(run_dir: str | Path) -> Path:
+    return Path(run_dir) / "teacher"
+
+
+def write_config(out_dir: Path, cfg) -> None:
+    """The resolved config of a stage, beside its outputs (enough to reproduce the run)."""
+    atomic_write_text(out_dir / "config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False))
+
+
+def save_model(out_dir: Path, model: Seq2SeqTransformer) -> None:
+    """Final teacher weights (safetensors) + its ``ModelConfig`` as JSON."""
+    from distill.checkpoint import save_tensors
+
+    atomic_write_json(out_dir / "model.json", dataclasses.asdict(model.cfg))
+    save_tensors(out_dir / "model.safetensors", model.state_dict())
+
+
+def load_teacher(path: str | Path, device: str | torch.device = "cpu"):
+    """(model in eval mode, tokenizer) from a teacher dir or a run dir holding ``teacher/``."""
+    from distill.data import Tokenizer
+
+    path = Path(path)
+    if not (path / "model.json").exists() and (path / "teacher" / "model.json").exists():
+        path = path / "teacher"
+    if not (path / "model.json").exists():
+        raise CheckpointError(f"{path}: no trained teacher here (model.json missing)")
+    cfg = from_dict(ModelConfig, read_json(path / "model.json"))
+    model = Seq2SeqTransformer(cfg)
+    load_state_dict(model, load_tensors(path / "model.safetensors"), path / "model.safetensors")
+    tok = Tokenizer(path / "spm.model")
+    if tok.vocab_size != cfg.vocab_size:
+        raise CheckpointError(
+            f"{path / 'spm.model'}: tokenizer has {tok.vocab_size} pieces, "
+            f"the model expects {cfg.vocab_size}"
+        )
+    return model.to(device).eval(), tok

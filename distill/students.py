@@ -1,0 +1,227 @@
+"""Student MLPs that replace attention sites, and the surgery that puts them in.
+
+Every student is the paper's one MLP over the whole sentence, zero-padded to ``max_len`` and
+flattened:  LN -> Linear(M*Din, h) -> act -> LN(h) -> Linear(h, M*Dout), output x padding mask.
+A *mode* says which site a student replaces and how it is shaped; modes and sizes are data.
+
+Causal students (decoder self-attention, cross-attention) are the same MLP made causal in ONE pass
+in the spirit of MADE: hidden units are split into M groups, group t sees inputs at positions <= t
+and output position t sees groups <= t (block-lower-triangular weight masks). The first LayerNorm
+is then per position and the hidden LayerNorm per group, because a norm over the whole flattened
+sentence would let later positions leak into earlier ones. Cross-attention students see the whole
+encoder memory (it exists before decoding starts) and the decoder states causally.
+
+Dimension letters: B batch, L actual length, M max_len, D d_model, K head dim, H heads, h hidden.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from distill.model import ModelConfig, site_path
+
+SIZES = {"xs": 25, "s": 50, "m": 800, "l": 3200}  # hidden width h per replaced layer
+HEAD_SIZES = {"xs": 200, "s": 400, "m": 800, "l": 800}  # ASLR: h per head
+ACTIVATIONS = ("leaky_relu", "relu", "gelu", "swiglu")
+
+# mode -> the site template it replaces, and how its student is built.
+MODES = {
+    "alr": dict(site="encoder.{i}.self_attn", stack="encoder", causal=False),
+    "alrr": dict(site="encoder.{i}.sublayer0", stack="encoder", causal=False),
+    "aslr": dict(site="encoder.{i}.self_attn", stack="encoder", causal=False, per_head=True),
+    "elr": dict(site="encoder.{i}", stack="encoder", causal=False),
+    "dec_self": dict(site="decoder.{i}.self_attn", stack="decoder", causal=True),
+    "dec_self_pp": dict(site="decoder.{i}.self_attn", stack="decoder", causal=False,
+                        per_position=True),
+    "cross": dict(site="decoder.{i}.cross_attn", stack="decoder", causal=True, memory=True),
+}
+
+
+def mode_sites(mode: str, cfg: ModelConfig) -> list[str]:
+    """All sites a mode replaces (every layer of its stack)."""
+    if mode not in MODES:
+        raise ValueError(f"unknown mode '{mode}' (known: {', '.join(MODES)})")
+    spec = MODES[mode]
+    n = cfg.n_enc if spec["stack"] == "encoder" else cfg.n_dec
+    return [spec["site"].format(i=i) for i in range(n)]
+
+
+class MaskedLinear(nn.Linear):
+    """Linear layer whose weight is multiplied by a fixed 0/1 mask (None = dense)."""
+
+    def __init__(self, d_in: int, d_out: int, mask: torch.Tensor | None = None):
+        super().__init__(d_in, d_out)
+        self.register_buffer("mask", mask, persistent=False)
+        if mask is not None:
+            with torch.no_grad():  # keep the init scale of a layer with this fan-in
+                self.weight.mul_(mask)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = self.weight if self.mask is None else self.weight * self.mask
+        return F.linear(x, w, self.bias)
+
+
+def block_causal_mask(m: int, rows_per_pos: int, cols_per_pos: int) -> torch.Tensor:
+    """(m*rows, m*cols) 0/1 mask: row block t may read column blocks <= t."""
+    tri = torch.ones(m, m).tril()
+    return tri.repeat_interleave(rows_per_pos, 0).repeat_interleave(cols_per_pos, 1)
+
+
+class PositionNorm(nn.Module):
+    """LayerNorm over the feature dim of each position, with an affine per (position, feature),
+    so it has the same parameters as a LayerNorm over the flattened sentence but stays causal."""
+
+    def __init__(self, m: int, d: int):
+        super().__init__()
+        self.d = d
+        self.weight = nn.Parameter(torch.ones(m, d))
+        self.bias = nn.Parameter(torch.zeros(m, d))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, M, d)
+        return F.layer_norm(x, (self.d,)) * self.weight + self.bias
+
+
+class FlatMLP(nn.Module):
+    """The paper's MLP over a sentence padded to ``max_len`` (optionally causal, with memory).
+
+    forward(x (B, L, Din), mask (B, L), memory (B, S, Dm) | None, memory_mask) -> (B, L, Dout)
+    """
+
+    def __init__(self, max_len: int, d_in: int, d_out: int, hidden: int,
+                 activation: str = "leaky_relu", causal: bool = False, d_memory: int = 0):
+        super().__init__()
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"unknown activation '{activation}' (known: {', '.join(ACTIVATIONS)})")
+        m = self.max_len = max_len
+        self.d_out, self.causal, self.activation = d_out, causal, activation
+        if causal:
+            group = max(1, -(-hidden // m))  # hidden units per position, rounded up
+            hidden = group * m
+            self.in_norm = PositionNorm(m, d_in)
+            w1_mask = block_causal_mask(m, group, d_in)
+            w2_mask = block_causal_mask(m, d_out, group)
+        else:
+            group = hidden
+            self.in_norm = nn.LayerNorm(m * d_in)
+            w1_mask = w2_mask = None
+        self.hidden, self.group = hidden, group
+        width = 2 * hidden if activation == "swiglu" else hidden
+        if w1_mask is not None and activation == "swiglu":
+            w1_mask = torch.cat([w1_mask, w1_mask])
+        self.fc1 = MaskedLinear(m * d_in, width, w1_mask)
+        self.memory_norm = nn.LayerNorm(m * d_memory) if d_memory else None
+        self.memory_fc = nn.Linear(m * d_memory, width, bias=False) if d_memory else None
+        self.hidden_norm = nn.LayerNorm(group)  # per group when causal, whole layer otherwise
+        self.fc2 = MaskedLinear(hidden, m * d_out, w2_mask)
+
+    def _pad(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """(B, L, d) -> (B, M, d) with padded and masked positions exactly zero."""
+        x = x * mask[..., None].to(x.dtype)
+        return F.pad(x, (0, 0, 0, self.max_len - x.size(1)))
+
+    def forward(self, x, mask, memory=None, memory_mask=None) -> torch.Tensor:
+        b, n, _ = x.shape
+        if n > self.max_len:
+            raise ValueError(f"sequence of {n} positions exceeds the student's max_len {self.max_len}")
+        xp = self._pad(x, mask)  # (B, M, Din)
+        xp = self.in_norm(xp) if self.causal else self.in_norm(xp.flatten(1)).view_as(xp)
+        h = self.fc1(xp.flatten(1))  # (B, width)
+        if self.memory_fc is not None:
+            mem = self._pad(memory, memory_mask).flatten(1)  # (B, M * Dm)
+            h = h + self.memory_fc(self.memory_norm(mem))
+        if self.activation == "swiglu":
+            gate, value = h.chunk(2, dim=-1)
+            h = F.silu(gate) * value
+        elif self.activation == "leaky_relu":
+            h = F.leaky_relu(h)
+        elif self.activation == "relu":
+            h = F.relu(h)
+        else:
+            h = F.gelu(h)
+        h = self.hidden_norm(h.view(b, -1, self.group)).view(b, self.hidden)
+        out = self.fc2(h).view(b, self.max_len, self.d_out)[:, :n]  # (B, L, Dout)
+        return out * mask[..., None].to(out.dtype)
+
+
+class PerHeadStudent(nn.Module):
+    """ASLR: one FlatMLP per head, each predicting that head's output; heads are concatenated."""
+
+    def __init__(self, heads: Iterable[FlatMLP]):
+        super().__init__()
+        self.heads = nn.ModuleList(heads)
+
+    def forward(self, x, mask, memory=None, memory_mask=None) -> torch.Tensor:
+        return torch.cat([head(x, mask) for head in self.heads], dim=-1)  # (B, L, D)
+
+
+class PerPositionStudent(nn.Module):
+    """The paper's decoder self-attention: one non-causal MLP run once per target position on the
+    input masked to the prefix (L passes); output t is taken from pass t."""
+
+    def __init__(self, mlp: FlatMLP):
+        super().__init__()
+        self.mlp = mlp
+
+    def forward(self, x, mask, memory=None, memory_mask=None) -> torch.Tensor:
+        n = x.size(1)
+        pos = torch.arange(n, device=x.device)
+        outs = [self.mlp(x, mask & (pos <= t))[:, t] for t in range(n)]
+        return torch.stack(outs, dim=1)  # (B, L, D)
+
+
+def build_student(mode: str, cfg: ModelConfig, size: str = "m",
+                  activation: str = "leaky_relu") -> nn.Module:
+    """A fresh student for one site of ``mode`` with the paper's width for ``size``."""
+    if mode not in MODES:
+        raise ValueError(f"unknown mode '{mode}' (known: {', '.join(MODES)})")
+    if size not in SIZES:
+        raise ValueError(f"unknown size '{size}' (known: {', '.join(SIZES)})")
+    spec, m, d = MODES[mode], cfg.max_len, cfg.d_model
+    if spec.get("per_head"):
+        return PerHeadStudent(FlatMLP(m, d, cfg.head_dim, HEAD_SIZES[size], activation)
+                              for _ in range(cfg.n_heads))
+    mlp = FlatMLP(m, d, d, SIZES[size], activation, causal=spec["causal"],
+                  d_memory=d if spec.get("memory") else 0)
+    return PerPositionStudent(mlp) if spec.get("per_position") else mlp
+
+
+def student_call(module: nn.Module, mode: str, x, mask, memory=None, memory_mask=None):
+    """Call a student (or the teacher's site) the way the model calls that site."""
+    if MODES[mode].get("memory"):
+        return module(x, mask, memory, memory_mask)
+    return module(x, mask)
+
+
+# --- surgery -------------------------------------------------------------------------------------
+
+
+def splice(model: nn.Module, replacements: dict[str, nn.Module]) -> dict[str, nn.Module]:
+    """Put ``replacements`` ({site: module}) into ``model`` in place; return what was there."""
+    cfg = model.cfg
+    previous = {}
+    for site, new in replacements.items():
+        parent_path, _, attr = site_path(site, cfg).rpartition(".")
+        parent = model.get_submodule(parent_path)
+        previous[site] = getattr(parent, attr)
+        setattr(parent, attr, new)
+    return previous
+
+
+def unsplice(model: nn.Module, previous: dict[str, nn.Module]) -> None:
+    """Undo ``splice`` with the dict it returned."""
+    splice(model, previous)
+
+
+class Identity(nn.Module):
+    """Wraps a site's module and returns exactly its output: splicing it must change nothing."""
+
+    def __init__(self, inner: nn.Module):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, *args, **kwargs):
+        return self.inner(*args, **kwargs)

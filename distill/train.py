@@ -1,0 +1,225 @@
+"""One training loop for the teacher and every student, on ``accelerate``.
+
+``fit`` owns what every run needs: device placement and mixed precision (``accelerate``; the same
+code runs under ``accelerate launch`` on several GPUs, each process taking every n-th batch),
+the learning-rate schedule, checkpoints with exact resume (the batch order of an epoch is a pure
+function of (seed, epoch), so a resumed run skips the batches it already took), a stop on
+non-finite loss that keeps the last good checkpoint, a ``tqdm`` bar and ``metrics.jsonl``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from distill.checkpoint import (
+    atomic_write_text,
+    load_checkpoint,
+    resolve_checkpoint,
+    save_checkpoint,
+)
+from distill.errors import DistillError
+
+log = logging.getLogger(__name__)
+
+
+class TrainingDiverged(DistillError):
+    """Loss became NaN/inf; the message names the run, the step and the kept checkpoint."""
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation settings shared by teacher and student training."""
+
+    epochs: int = 20
+    max_steps: int = 0  # 0 = no cap; otherwise stop (with a checkpoint) after this many steps
+    schedule: str = "noam"  # "noam" (lr is the Noam factor) or "constant" (lr is the rate)
+    lr: float = 1.0
+    warmup: int = 4000
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.98])
+    eps: float = 1e-9
+    grad_clip: float = 0.0  # 0 = off
+    seed: int = 0
+    eval_every: int = 0  # steps between validations; 0 = at the end of each epoch
+    ckpt_every: int = 200  # steps between checkpoints (and at each epoch end)
+    log_every: int = 20
+    mixed_precision: str = "no"  # accelerate: "no" | "fp16" | "bf16"
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1:
+            raise ValueError(f"epochs must be >= 1, got {self.epochs}")
+        if self.max_steps < 0:
+            raise ValueError(f"max_steps must be >= 0, got {self.max_steps}")
+        if self.schedule not in ("noam", "constant"):
+            raise ValueError(f"schedule must be 'noam' or 'constant', got '{self.schedule}'")
+        if not self.lr > 0:
+            raise ValueError(f"lr must be > 0, got {self.lr}")
+        if self.warmup < 1:
+            raise ValueError(f"warmup must be >= 1, got {self.warmup}")
+        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
+            raise ValueError(f"betas must be two numbers in [0, 1), got {self.betas}")
+        if self.mixed_precision not in ("no", "fp16", "bf16"):
+            raise ValueError(f"mixed_precision must be no|fp16|bf16, got '{self.mixed_precision}'")
+        for name in ("ckpt_every", "log_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+
+
+def learning_rate(cfg: TrainConfig, step: int, d_model: int) -> float:
+    """Rate for 1-based ``step``: Noam (warm-up then inverse square root) or constant."""
+    if cfg.schedule == "constant":
+        return cfg.lr
+    step = max(step, 1)
+    return cfg.lr * d_model**-0.5 * min(step**-0.5, step * cfg.warmup**-1.5)
+
+
+class MetricsLog:
+    """Append-only ``metrics.jsonl``; on resume, records past the checkpoint's step are dropped."""
+
+    def __init__(self, path: Path, resume_step: int | None):
+        self.path = path
+        if resume_step is None:
+            atomic_write_text(path, "")
+        elif path.exists():
+            kept = [
+                line
+                for line in path.read_text(encoding="utf-8").splitlines()
+                if line.strip() and json.loads(line).get("step", 0) <= resume_step
+            ]
+            atomic_write_text(path, "".join(line + "\n" for line in kept))
+
+    def write(self, **record: Any) -> None:
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(record, sort_keys=True) + "\n")
+
+
+def make_accelerator(cfg: TrainConfig):
+    """An ``accelerate.Accelerator`` for this config (CPU here, GPUs when present)."""
+    from accelerate import Accelerator
+
+    return Accelerator(mixed_precision=cfg.mixed_precision)
+
+
+def fit(
+    model: torch.nn.Module,
+    batches_for_epoch: Callable[[int], Sequence[Any]],
+    loss_fn: Callable[[torch.nn.Module, Any], torch.Tensor],
+    cfg: TrainConfig,
+    out_dir: Path,
+    *,
+    d_model: int,
+    desc: str,
+    validate: Callable[[torch.nn.Module], dict[str, float]] | None = None,
+    params: Sequence[torch.nn.Parameter] | None = None,
+) -> dict[str, Any]:
+    """Train ``model`` in place, resuming from ``out_dir/checkpoint`` if one exists.
+
+    ``batches_for_epoch(e)`` must return the same batches in the same order for the same ``e``;
+    ``loss_fn(model, batch)`` returns a scalar loss. Returns the final loop state.
+    """
+    out_dir.mkdir(parents=True, exist_ok=True)
+    acc = make_accelerator(cfg)
+    torch.manual_seed(cfg.seed)
+    optimizer = torch.optim.Adam(
+        list(params) if params is not None else model.parameters(),
+        lr=learning_rate(cfg, 1, d_model), betas=tuple(cfg.betas), eps=cfg.eps,
+    )
+    ckpt_dir = out_dir / "checkpoint"
+    state: dict[str, Any] = {"step": 0, "epoch": 0, "batch": 0, "done": False}
+    found = resolve_checkpoint(ckpt_dir)
+    if found is not None:
+        state = load_checkpoint(found, model, optimizer)
+        log.info("%s: resuming from %s at step %d", desc, found, state["step"])
+    metrics = MetricsLog(out_dir / "metrics.jsonl", state["step"] if found else None)
+    model, optimizer = acc.prepare(model, optimizer)
+    plain = acc.unwrap_model(model)
+
+    def checkpoint() -> None:
+        acc.wait_for_everyone()
+        if acc.is_main_process:
+            save_checkpoint(ckpt_dir, plain, optimizer, state)
+
+    def run_validation() -> None:
+        if validate is None:
+            return
+        model.eval()
+        with torch.no_grad():
+            scores = validate(plain)
+        model.train()
+        metrics.write(step=state["step"], epoch=state["epoch"], **scores)
+        log.info("%s step %d: %s", desc, state["step"], scores)
+
+    first = batches_for_epoch(0)
+    total = cfg.epochs * (len(first) // acc.num_processes)
+    if cfg.max_steps:
+        total = min(total, cfg.max_steps)
+    bar = tqdm(total=total, initial=min(state["step"], total), desc=desc, unit="step",
+               disable=not acc.is_local_main_process, dynamic_ncols=True)
+    model.train()
+    started, seen = time.perf_counter(), 0
+    while not state["done"] and state["epoch"] < cfg.epochs:
+        batches = first if state["epoch"] == 0 else batches_for_epoch(state["epoch"])
+        n = len(batches) // acc.num_processes * acc.num_processes
+        mine = list(batches[acc.process_index : n : acc.num_processes])
+        for i in range(state["batch"], len(mine)):
+            batch = mine[i].to(acc.device) if hasattr(mine[i], "to") else mine[i]
+            lr = learning_rate(cfg, state["step"] + 1, d_model)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            with acc.autocast():
+                loss = loss_fn(model, batch)
+            if not torch.isfinite(loss.detach()):
+                bar.close()
+                raise TrainingDiverged(
+                    f"{desc}: loss is {loss.item()} at step {state['step'] + 1}; "
+                    f"stopped, last good checkpoint kept at {ckpt_dir}"
+                )
+            optimizer.zero_grad(set_to_none=True)
+            acc.backward(loss)
+            if cfg.grad_clip:
+                acc.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            optimizer.step()
+            state["step"] += 1
+            state["batch"] = i + 1
+            seen += 1
+            bar.update(1)
+            if state["step"] % cfg.log_every == 0:
+                elapsed = time.perf_counter() - started
+                metrics.write(step=state["step"], epoch=state["epoch"], loss=loss.item(), lr=lr,
+                              steps_per_s=seen / elapsed)
+                bar.set_postfix(loss=f"{loss.item():.4f}", epoch=state["epoch"])
+            if cfg.eval_every and state["step"] % cfg.eval_every == 0:
+                run_validation()
+            if cfg.max_steps and state["step"] >= cfg.max_steps:
+                state["done"] = True
+                break
+            if state["step"] % cfg.ckpt_every == 0:
+                checkpoint()
+        else:
+            state["epoch"] += 1
+            state["batch"] = 0
+            if not cfg.eval_every:
+                run_validation()
+        checkpoint()
+    if not state["done"]:
+        state["done"] = True
+        checkpoint()
+    bar.close()
+    return state
+
+
+def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean of ``values`` over positions where ``mask`` is True (broadcast over trailing dims)."""
+    while mask.dim() < values.dim():
+        mask = mask.unsqueeze(-1)
+    denom = mask.sum() * (values.numel() // mask.numel())
+    return (values * mask).sum() / denom.clamp(min=1)
+
