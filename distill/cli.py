@@ -74,8 +74,14 @@ def cmd_run(args) -> int:
 def cmd_evaluate(args) -> int:
     from recipes.evaluate import evaluate_path
 
-    evaluate_path(args.path, source=args.source, beam=args.beam, pair=args.pair,
-                  batch_size=args.batch_size, max_sentences=args.max_sentences)
+    evaluate_path(
+        args.path,
+        source=args.source,
+        beam=args.beam,
+        pair=args.pair,
+        batch_size=args.batch_size,
+        max_sentences=args.max_sentences,
+    )
     return 0
 
 
@@ -92,8 +98,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.set_defaults(func=cmd_run)
     ev = sub.add_parser("evaluate", help="BLEU/chrF of a run dir (teacher + spliced variants)")
     ev.add_argument("path")
-    ev.add_argument("--source", default="demo", help="demo | iwslt2017 | a .tsv file")
-    ev.add_argument("--pair", default="de-en")
+    ev.add_argument(
+        "--source",
+        default="",
+        help="demo | iwslt2017 | FILE.tsv (default: the run's corpus)",
+    )
+    ev.add_argument("--pair", default="")
     ev.add_argument("--beam", type=int, default=1)
     ev.add_argument("--batch-size", type=int, default=64)
     ev.add_argument("--max-sentences", type=int, default=0)
@@ -103,10 +113,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    # argparse will not take positionals after an option (`run R --config C k=v`): collect them.
+    args, extra = parser.parse_known_args(argv)
+    if extra and args.command == "run" and all("=" in e and not e.startswith("-") for e in extra):
+        args.overrides = args.overrides + extra
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     logging.basicConfig(
         level=logging.WARNING if args.quiet else logging.INFO,
-        format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S",
+        format="%(asctime)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
     )
     try:
         return args.func(args)

@@ -133,9 +133,14 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
-def build(cls: type[T], yaml_path: str | Path | None = None, overrides: list[str] = ()) -> T:
-    """Defaults of ``cls`` <- YAML deltas <- ``key=value`` overrides, checked key by key."""
-    data = load_yaml(yaml_path) if yaml_path else {}
+def build(
+    cls: type[T],
+    yaml_path: str | Path | None = None,
+    overrides: list[str] = (),
+    delta: dict[str, Any] | None = None,
+) -> T:
+    """Defaults of ``cls`` <- YAML deltas <- ``delta`` <- ``key=value`` overrides, checked."""
+    data = merge(load_yaml(yaml_path) if yaml_path else {}, delta or {})
     for text in overrides:
         keys, value = parse_override(text)
         node = data

@@ -48,7 +48,9 @@ def _max_steps(model: Seq2SeqTransformer, max_len: int | None) -> int:
 
 
 @torch.no_grad()
-def greedy(model: Seq2SeqTransformer, src: torch.Tensor, max_len: int | None = None) -> list[list[int]]:
+def greedy(
+    model: Seq2SeqTransformer, src: torch.Tensor, max_len: int | None = None
+) -> list[list[int]]:
     """src (B, S) -> token ids per sentence (no BOS, no EOS), argmax at every step."""
     memory, memory_mask = model.encode(src)
     step = _Stepper(model, memory, memory_mask)
@@ -170,8 +172,13 @@ def translate_texts(
         encoded.append(ids)
     order = sorted((i for i, ids in enumerate(encoded) if ids), key=lambda i: len(encoded[i]))
     out = [""] * len(texts)
-    for start in tqdm(range(0, len(order), batch_size), desc="translate", unit="batch",
-                      disable=not progress, leave=False):
+    for start in tqdm(
+        range(0, len(order), batch_size),
+        desc="translate",
+        unit="batch",
+        disable=not progress,
+        leave=False,
+    ):
         chunk = order[start : start + batch_size]
         width = max(len(encoded[i]) for i in chunk) + 1
         src = torch.full((len(chunk), width), PAD_ID, dtype=torch.long)

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3
+from distill.tokenizer import BOS_ID, EOS_ID, PAD_ID, UNK_ID  # noqa: F401 (re-exported)
 
 
 @dataclass
@@ -48,7 +48,7 @@ class ModelConfig:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.d_model % self.n_heads:
-            raise ValueError(f"d_model ({self.d_model}) must be divisible by n_heads ({self.n_heads})")
+            raise ValueError(f"d_model {self.d_model} is not divisible by n_heads {self.n_heads}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
 
@@ -158,7 +158,9 @@ class FeedForwardSublayer(nn.Module):
         super().__init__()
         self.norm = nn.LayerNorm(cfg.d_model)
         self.ff = nn.Sequential(
-            nn.Linear(cfg.d_model, cfg.d_ff), nn.ReLU(), nn.Dropout(cfg.dropout),
+            nn.Linear(cfg.d_model, cfg.d_ff),
+            nn.ReLU(),
+            nn.Dropout(cfg.dropout),
             nn.Linear(cfg.d_ff, cfg.d_model),
         )
         self.drop = nn.Dropout(cfg.dropout)
@@ -234,7 +236,7 @@ class Seq2SeqTransformer(nn.Module):
         cache: list[dict] | None = None,
         start: int = 0,
     ) -> torch.Tensor:
-        """tgt_in (B, T) -> logits (B, T, V). With ``cache``, tgt_in holds positions from ``start``."""
+        """tgt_in (B, T) -> logits (B, T, V); with ``cache``, tgt_in starts at ``start``."""
         mask = tgt_in != PAD_ID
         y = self._embed(self.tgt_embed, tgt_in, start)
         for i, layer in enumerate(self.decoder):
@@ -291,8 +293,11 @@ def site_path(site: str, cfg: ModelConfig | None = None) -> str:
     if ok:
         stack, idx, part = m.group(1), int(m.group(2)), m.group(3)
         ok = (stack, part) in {
-            ("encoder", "self_attn"), ("encoder", "sublayer0"), ("encoder", None),
-            ("decoder", "self_attn"), ("decoder", "cross_attn"),
+            ("encoder", "self_attn"),
+            ("encoder", "sublayer0"),
+            ("encoder", None),
+            ("decoder", "self_attn"),
+            ("decoder", "cross_attn"),
         }
         if ok and cfg is not None:
             ok = idx < (cfg.n_enc if stack == "encoder" else cfg.n_dec)

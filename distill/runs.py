@@ -1,7 +1,7 @@
 """Run directories: where each stage writes, and loading what an earlier stage wrote.
 
-    RUN_DIR/teacher/   config.yaml spm.model model.json model.safetensors bleu.json ...
-    RUN_DIR/students/  one sub-directory per site and mode, then the spliced results
+RUN_DIR/teacher/   config.yaml spm.model model.json model.safetensors bleu.json ...
+RUN_DIR/students/  one sub-directory per site and mode, then the spliced results
 """
 
 from __future__ import annotations
@@ -12,8 +12,13 @@ from pathlib import Path
 import torch
 import yaml
 
-from distill.checkpoint import atomic_write_json, atomic_write_text, load_state_dict, load_tensors
-from distill.checkpoint import read_json
+from distill.checkpoint import (
+    atomic_write_json,
+    atomic_write_text,
+    load_state_dict,
+    load_tensors,
+    read_json,
+)
 from distill.config import from_dict, to_dict
 from distill.errors import CheckpointError
 from distill.model import ModelConfig, Seq2SeqTransformer
@@ -55,3 +60,35 @@ def load_teacher(path: str | Path, device: str | torch.device = "cpu"):
             f"the model expects {cfg.vocab_size}"
         )
     return model.to(device).eval(), tok
+
+
+def teacher_config(run_dir: str | Path):
+    """The resolved config the teacher of ``run_dir`` was trained with."""
+    from recipes.teacher import Config
+
+    path = teacher_dir(run_dir) / "config.yaml"
+    if not path.exists():
+        raise CheckpointError(f"{path}: not found; run `distill run teacher` first")
+    return from_dict(Config, yaml.safe_load(path.read_text(encoding="utf-8")))
+
+
+def students_dir(run_dir: str | Path) -> Path:
+    return Path(run_dir) / "students"
+
+
+def load_students(run_dir: str | Path, mode: str, model_cfg: ModelConfig) -> dict:
+    """{site: trained student} of ``mode`` from RUN_DIR/students/<mode>/."""
+    from distill.students import build_student
+
+    path = students_dir(run_dir) / mode
+    spec = read_json(path / "spec.json")
+    students = torch.nn.ModuleDict(
+        {
+            s.replace(".", "/"): build_student(mode, model_cfg, spec["size"], spec["activation"])
+            for s in spec["sites"]
+        }
+    )
+    load_state_dict(
+        students, load_tensors(path / "students.safetensors"), path / "students.safetensors"
+    )
+    return {s: students[s.replace(".", "/")].eval() for s in spec["sites"]}

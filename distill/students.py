@@ -35,8 +35,9 @@ MODES = {
     "aslr": dict(site="encoder.{i}.self_attn", stack="encoder", causal=False, per_head=True),
     "elr": dict(site="encoder.{i}", stack="encoder", causal=False),
     "dec_self": dict(site="decoder.{i}.self_attn", stack="decoder", causal=True),
-    "dec_self_pp": dict(site="decoder.{i}.self_attn", stack="decoder", causal=False,
-                        per_position=True),
+    "dec_self_pp": dict(
+        site="decoder.{i}.self_attn", stack="decoder", causal=False, per_position=True
+    ),
     "cross": dict(site="decoder.{i}.cross_attn", stack="decoder", causal=True, memory=True),
 }
 
@@ -91,8 +92,16 @@ class FlatMLP(nn.Module):
     forward(x (B, L, Din), mask (B, L), memory (B, S, Dm) | None, memory_mask) -> (B, L, Dout)
     """
 
-    def __init__(self, max_len: int, d_in: int, d_out: int, hidden: int,
-                 activation: str = "leaky_relu", causal: bool = False, d_memory: int = 0):
+    def __init__(
+        self,
+        max_len: int,
+        d_in: int,
+        d_out: int,
+        hidden: int,
+        activation: str = "leaky_relu",
+        causal: bool = False,
+        d_memory: int = 0,
+    ):
         super().__init__()
         if activation not in ACTIVATIONS:
             raise ValueError(f"unknown activation '{activation}' (known: {', '.join(ACTIVATIONS)})")
@@ -126,7 +135,7 @@ class FlatMLP(nn.Module):
     def forward(self, x, mask, memory=None, memory_mask=None) -> torch.Tensor:
         b, n, _ = x.shape
         if n > self.max_len:
-            raise ValueError(f"sequence of {n} positions exceeds the student's max_len {self.max_len}")
+            raise ValueError(f"{n} positions exceed the student's max_len {self.max_len}")
         xp = self._pad(x, mask)  # (B, M, Din)
         xp = self.in_norm(xp) if self.causal else self.in_norm(xp.flatten(1)).view_as(xp)
         h = self.fc1(xp.flatten(1))  # (B, width)
@@ -173,8 +182,9 @@ class PerPositionStudent(nn.Module):
         return torch.stack(outs, dim=1)  # (B, L, D)
 
 
-def build_student(mode: str, cfg: ModelConfig, size: str = "m",
-                  activation: str = "leaky_relu") -> nn.Module:
+def build_student(
+    mode: str, cfg: ModelConfig, size: str = "m", activation: str = "leaky_relu"
+) -> nn.Module:
     """A fresh student for one site of ``mode`` with the paper's width for ``size``."""
     if mode not in MODES:
         raise ValueError(f"unknown mode '{mode}' (known: {', '.join(MODES)})")
@@ -182,10 +192,18 @@ def build_student(mode: str, cfg: ModelConfig, size: str = "m",
         raise ValueError(f"unknown size '{size}' (known: {', '.join(SIZES)})")
     spec, m, d = MODES[mode], cfg.max_len, cfg.d_model
     if spec.get("per_head"):
-        return PerHeadStudent(FlatMLP(m, d, cfg.head_dim, HEAD_SIZES[size], activation)
-                              for _ in range(cfg.n_heads))
-    mlp = FlatMLP(m, d, d, SIZES[size], activation, causal=spec["causal"],
-                  d_memory=d if spec.get("memory") else 0)
+        return PerHeadStudent(
+            FlatMLP(m, d, cfg.head_dim, HEAD_SIZES[size], activation) for _ in range(cfg.n_heads)
+        )
+    mlp = FlatMLP(
+        m,
+        d,
+        d,
+        SIZES[size],
+        activation,
+        causal=spec["causal"],
+        d_memory=d if spec.get("memory") else 0,
+    )
     return PerPositionStudent(mlp) if spec.get("per_position") else mlp
 
 
@@ -225,3 +243,13 @@ class Identity(nn.Module):
 
     def forward(self, *args, **kwargs):
         return self.inner(*args, **kwargs)
+
+
+def effective_parameters(module: nn.Module) -> int:
+    """Trainable parameters, not counting weights a causal mask holds at zero."""
+    total = 0
+    for sub in module.modules():
+        for name, p in sub.named_parameters(recurse=False):
+            mask = getattr(sub, "mask", None)
+            total += int(mask.sum()) if name == "weight" and mask is not None else p.numel()
+    return total

@@ -26,8 +26,9 @@ PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3
 # Byte fallback spends 256 pieces on raw bytes; below this size they would crowd out real pieces,
 # so small vocabularies keep every training character instead (character_coverage=1.0).
 BYTE_FALLBACK_MIN_VOCAB = 1024
-# Unigram training time grows with the corpus; a fixed-seed sample of this many sentences gives
-# the same vocabulary quality on IWSLT-sized corpora in seconds instead of minutes.
+# Training time grows with the corpus; a fixed-seed sample of this many sentences covers IWSLT
+# (about 400k sentences over both sides) in a few seconds with BPE, which trains ~8x faster than
+# unigram on 2 cores.
 MAX_TRAIN_SENTENCES = 200_000
 SAMPLE_SEED = 0
 
@@ -60,13 +61,14 @@ class Tokenizer:
 
     @classmethod
     def train(
-        cls, texts: Iterable[str], vocab_size: int, model_path: str | Path, model_type: str = "unigram"
+        cls, texts: Iterable[str], vocab_size: int, model_path: str | Path, model_type: str = "bpe"
     ) -> Tokenizer:
         """Train a model on ``texts``, write it atomically to ``model_path`` and load it.
 
-        Deterministic for the same texts: large corpora are subsampled with a fixed seed. The
-        vocabulary size is a soft limit, so a tiny corpus yields a smaller vocabulary rather than an
-        error; read the result's ``vocab_size``.
+        ``model_type`` is ``"bpe"`` (fast) or ``"unigram"``. Deterministic for the same texts:
+        large corpora are subsampled with a fixed seed. The vocabulary size is a soft limit, so a
+        tiny corpus yields a smaller vocabulary rather than an error; read the result's
+        ``vocab_size``.
         """
         model_path = Path(model_path)
         sentences = [t for t in texts if t.strip()]
@@ -112,7 +114,10 @@ class Tokenizer:
         tok = cls(model_path)
         logger.info(
             "trained %s tokenizer on %d sentences: %d pieces -> %s",
-            model_type, len(sentences), tok.vocab_size, model_path,
+            model_type,
+            len(sentences),
+            tok.vocab_size,
+            model_path,
         )
         return tok
 

@@ -130,7 +130,9 @@ def fit(
     torch.manual_seed(cfg.seed)
     optimizer = torch.optim.Adam(
         list(params) if params is not None else model.parameters(),
-        lr=learning_rate(cfg, 1, d_model), betas=tuple(cfg.betas), eps=cfg.eps,
+        lr=learning_rate(cfg, 1, d_model),
+        betas=tuple(cfg.betas),
+        eps=cfg.eps,
     )
     ckpt_dir = out_dir / "checkpoint"
     state: dict[str, Any] = {"step": 0, "epoch": 0, "batch": 0, "done": False}
@@ -161,16 +163,23 @@ def fit(
     total = cfg.epochs * (len(first) // acc.num_processes)
     if cfg.max_steps:
         total = min(total, cfg.max_steps)
-    bar = tqdm(total=total, initial=min(state["step"], total), desc=desc, unit="step",
-               disable=not acc.is_local_main_process, dynamic_ncols=True)
+    bar = tqdm(
+        total=total,
+        initial=min(state["step"], total),
+        desc=desc,
+        unit="step",
+        disable=not acc.is_local_main_process,
+        dynamic_ncols=True,
+    )
     model.train()
     started, seen = time.perf_counter(), 0
     while not state["done"] and state["epoch"] < cfg.epochs:
         batches = first if state["epoch"] == 0 else batches_for_epoch(state["epoch"])
         n = len(batches) // acc.num_processes * acc.num_processes
-        mine = list(batches[acc.process_index : n : acc.num_processes])
+        mine = range(acc.process_index, n, acc.num_processes)  # indices: batches load lazily
         for i in range(state["batch"], len(mine)):
-            batch = mine[i].to(acc.device) if hasattr(mine[i], "to") else mine[i]
+            batch = batches[mine[i]]
+            batch = batch.to(acc.device) if hasattr(batch, "to") else batch
             lr = learning_rate(cfg, state["step"] + 1, d_model)
             for group in optimizer.param_groups:
                 group["lr"] = lr
@@ -193,8 +202,13 @@ def fit(
             bar.update(1)
             if state["step"] % cfg.log_every == 0:
                 elapsed = time.perf_counter() - started
-                metrics.write(step=state["step"], epoch=state["epoch"], loss=loss.item(), lr=lr,
-                              steps_per_s=seen / elapsed)
+                metrics.write(
+                    step=state["step"],
+                    epoch=state["epoch"],
+                    loss=loss.item(),
+                    lr=lr,
+                    steps_per_s=seen / elapsed,
+                )
                 bar.set_postfix(loss=f"{loss.item():.4f}", epoch=state["epoch"])
             if cfg.eval_every and state["step"] % cfg.eval_every == 0:
                 run_validation()
@@ -222,4 +236,3 @@ def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         mask = mask.unsqueeze(-1)
     denom = mask.sum() * (values.numel() // mask.numel())
     return (values * mask).sum() / denom.clamp(min=1)
-

@@ -25,7 +25,11 @@ def score(hypotheses: list[str], references: list[str]) -> dict[str, Any]:
 
 
 def evaluate_model(
-    model, tok, pairs: list[tuple[str, str]], beam: int = 1, batch_size: int = 64,
+    model,
+    tok,
+    pairs: list[tuple[str, str]],
+    beam: int = 1,
+    batch_size: int = 64,
     progress: bool = False,
 ) -> tuple[dict[str, Any], list[str]]:
     """Translate the sources of ``pairs`` and score them; adds decoding speed and truncations."""
@@ -33,10 +37,14 @@ def evaluate_model(
 
     sources = [s for s, _ in pairs]
     started = time.perf_counter()
-    hyps, truncated = translate_texts(model, tok, sources, beam=beam, batch_size=batch_size,
-                                      progress=progress)
+    hyps, truncated = translate_texts(
+        model, tok, sources, beam=beam, batch_size=batch_size, progress=progress
+    )
     elapsed = time.perf_counter() - started
     result = score(hyps, [t for _, t in pairs])
-    result.update(beam=beam, sentences_per_s=round(len(pairs) / max(elapsed, 1e-9), 2),
-                  truncated_sources=truncated)
+    result.update(
+        beam=beam,
+        sentences_per_s=round(len(pairs) / max(elapsed, 1e-9), 2),
+        truncated_sources=truncated,
+    )
     return result, hyps

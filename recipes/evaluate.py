@@ -1,9 +1,13 @@
-"""Score a run dir (its teacher, and every spliced variant it holds) with sacreBLEU and chrF.
+"""Score the teacher and every spliced variant of a run dir: BLEU, chrF, parameters, speed.
 
-    distill evaluate runs/demo                        # the demo test split, greedy
-    distill evaluate runs/demo --source my.tsv --beam 4
+    distill run evaluate --config demo                  # RUN_DIR/eval/results.{json,md,png}
+    distill evaluate runs/demo --source my.tsv --beam 4 # the same table on other pairs
+    distill run evaluate --config tiny
 
-Writes RUN_DIR/eval/results.json and results.md (for --source demo) or prints the table.
+A variant splices the students of one or more modes into a fresh copy of the teacher (all layers
+of each mode at once, no fine-tuning) and decodes the test split. Variants whose students are
+not trained yet are skipped. The test split is length-filtered like the training data (the count
+is in the table's notes); ``--source FILE`` scores every line, truncating long sources.
 """
 
 from __future__ import annotations
@@ -12,45 +16,152 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from distill.data import DataConfig, load_pairs
+from distill.checkpoint import atomic_write_json, atomic_write_text
+from distill.data import DataConfig, encode_pairs, load_pairs
 from distill.errors import ConfigError
-from distill.runs import load_teacher
+from distill.model import count_parameters, site_path
+from distill.runs import load_students, load_teacher, students_dir, teacher_config
+from distill.students import effective_parameters, splice
 from eval.bleu import evaluate_model
+from eval.report import write_chart, write_markdown
 
 log = logging.getLogger("recipes.evaluate")
+
+# variant -> the student modes spliced in together
+VARIANTS = {
+    "teacher": [],
+    "alr": ["alr"],
+    "alrr": ["alrr"],
+    "aslr": ["aslr"],
+    "elr": ["elr"],
+    "dec_self": ["dec_self"],
+    "dec_self_pp": ["dec_self_pp"],
+    "cross": ["cross"],
+    "attentionless": ["alr", "dec_self", "cross"],
+}
 
 
 @dataclass
 class Config:
     run_dir: str = ""
+    variants: list[str] = field(default_factory=lambda: list(VARIANTS))
     beam: int = 1
     batch_size: int = 64
-    max_sentences: int = 0
-    data: DataConfig = field(default_factory=DataConfig)
+    max_sentences: int = 0  # 0 = the whole (length-filtered) test split
+    source: str = ""  # "" = the teacher's own corpus; else demo | iwslt2017 | a .tsv file
+    pair: str = ""  # with `source`: "" = the teacher's pair
+
+    def __post_init__(self) -> None:
+        for v in self.variants:
+            if v not in VARIANTS:
+                raise ValueError(f"unknown variant '{v}' (known: {', '.join(VARIANTS)})")
+        if self.beam < 1:
+            raise ValueError(f"beam must be >= 1, got {self.beam}")
 
 
-def source_pairs(source: str, pair: str, max_sentences: int = 0) -> list[tuple[str, str]]:
-    """Test pairs of a named corpus, or of a TSV file."""
-    if source in ("demo", "iwslt2017"):
-        pairs = load_pairs(DataConfig(source=source, pair=pair), "test")
-    elif Path(source).suffix in (".tsv", ".gz"):
-        pairs = load_pairs(DataConfig(source="tsv", pair=pair, path=source), "test")
-    else:
-        raise ConfigError(f"--source must be demo, iwslt2017 or a .tsv file, got '{source}'")
-    return pairs[:max_sentences] if max_sentences else pairs
+def test_pairs(cfg: Config, tok, max_len: int) -> tuple[list[tuple[str, str]], str]:
+    """The pairs to score and a note on how they were chosen."""
+    data = teacher_config(cfg.run_dir).data
+    if cfg.source:
+        pair = cfg.pair or data.pair
+        if cfg.source in ("demo", "iwslt2017"):
+            data = DataConfig(source=cfg.source, pair=pair)
+        elif Path(cfg.source).suffix in (".tsv", ".gz"):
+            pairs = load_pairs(DataConfig(source="tsv", pair=pair, path=cfg.source), "test")
+            pairs = pairs[: cfg.max_sentences] if cfg.max_sentences else pairs
+            return pairs, f"all {len(pairs)} pairs of {cfg.source} (long sources truncated)"
+        else:
+            raise ConfigError(f"source must be demo, iwslt2017 or a .tsv file, got '{cfg.source}'")
+    pairs = load_pairs(data, "test")
+    _, report = encode_pairs(pairs, tok, max_len)
+    kept = [pairs[i] for i in report.kept_indices]
+    kept = kept[: cfg.max_sentences] if cfg.max_sentences else kept
+    return kept, (
+        f"{data.source} test split: {len(kept)} of {len(pairs)} pairs "
+        f"(length filter at max_len {max_len})"
+    )
 
 
-def evaluate_path(path: str, source: str = "demo", beam: int = 1, pair: str = "de-en",
-                  batch_size: int = 64, max_sentences: int = 0) -> dict:
-    model, tok = load_teacher(path)
-    pairs = source_pairs(source, pair, max_sentences)
-    result, _ = evaluate_model(model, tok, pairs, beam=beam, batch_size=batch_size, progress=True)
-    print(f"teacher  BLEU {result['bleu']:6.2f}  chrF {result['chrf']:6.2f}  "
-          f"({result['n']} sentences, {result['truncated_sources']} truncated, "
-          f"{result['sentences_per_s']} sent/s)  {result['bleu_signature']}")
-    return result
+def available_modes(run_dir: str) -> set[str]:
+    root = students_dir(run_dir)
+    return {p.parent.name for p in root.glob("*/spec.json")} if root.exists() else set()
 
 
-def main(cfg: Config) -> dict:
-    return evaluate_path(cfg.run_dir, cfg.data.source, cfg.beam, cfg.data.pair, cfg.batch_size,
-                         cfg.max_sentences)
+def evaluate_run(cfg: Config) -> dict:
+    teacher, tok = load_teacher(cfg.run_dir)
+    pairs, note = test_pairs(cfg, tok, teacher.cfg.max_len)
+    trained = available_modes(cfg.run_dir)
+    rows = []
+    for name in cfg.variants:
+        modes = VARIANTS[name]
+        if not set(modes) <= trained:
+            log.info("skipping %s: students for %s not trained", name, sorted(set(modes) - trained))
+            continue
+        model, _ = load_teacher(cfg.run_dir)
+        replaced = student_params = 0
+        sites = []
+        for mode in modes:
+            students = load_students(cfg.run_dir, mode, model.cfg)
+            for site, student in students.items():
+                replaced += count_parameters(model.get_submodule(site_path(site, model.cfg)))
+                student_params += effective_parameters(student)
+            splice(model, students)
+            sites += list(students)
+        log.info("evaluating %s (%d sites replaced)", name, len(sites))
+        result, _ = evaluate_model(
+            model, tok, pairs, beam=cfg.beam, batch_size=cfg.batch_size, progress=True
+        )
+        rows.append(
+            {
+                "variant": name,
+                "modes": modes,
+                "sites": sites,
+                "params_replaced": replaced,
+                "params_student": student_params,
+                **result,
+            }
+        )
+        log.info(
+            "%-14s BLEU %6.2f chrF %6.2f  %.1f sent/s",
+            name,
+            result["bleu"],
+            result["chrf"],
+            result["sentences_per_s"],
+        )
+    base = next((r["bleu"] for r in rows if r["variant"] == "teacher"), None)
+    for r in rows:
+        r["bleu_ratio"] = round(r["bleu"] / base, 3) if base else None
+    return {"note": note, "beam": cfg.beam, "rows": rows}
+
+
+def main(cfg: Config) -> Path:
+    out = Path(cfg.run_dir) / "eval"
+    results = evaluate_run(cfg)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out / "results.json", results)
+    atomic_write_text(out / "results.md", write_markdown(results))
+    write_chart(results, out / "results.png")
+    print(write_markdown(results))
+    return out
+
+
+def evaluate_path(
+    path: str,
+    source: str = "",
+    beam: int = 1,
+    pair: str = "",
+    batch_size: int = 64,
+    max_sentences: int = 0,
+) -> dict:
+    """``distill evaluate PATH``: the table for a run dir, printed (not written)."""
+    cfg = Config(
+        run_dir=path,
+        beam=beam,
+        batch_size=batch_size,
+        max_sentences=max_sentences,
+        source="" if source in ("", "default") else source,
+        pair=pair,
+    )
+    results = evaluate_run(cfg)
+    print(write_markdown(results))
+    return results

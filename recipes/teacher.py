@@ -60,15 +60,20 @@ def prepare_tokenizer(cfg: Config, out: Path, train_pairs) -> Tokenizer:
     if path.exists():
         return Tokenizer(path)
     texts = [s for pair in train_pairs for s in pair]
-    log.info("training a %d-piece SentencePiece model on %d sentences", cfg.data.vocab_size,
-             len(texts))
+    log.info(
+        "training a %d-piece SentencePiece model on %d sentences", cfg.data.vocab_size, len(texts)
+    )
     return Tokenizer.train(texts, cfg.data.vocab_size, path)
 
 
 def label_smoothed_loss(model, batch, smoothing: float) -> torch.Tensor:
     logits = model(batch.src, batch.tgt_in)  # (B, T, V)
-    return F.cross_entropy(logits.flatten(0, 1).float(), batch.tgt_out.flatten(),
-                           ignore_index=PAD_ID, label_smoothing=smoothing)
+    return F.cross_entropy(
+        logits.flatten(0, 1).float(),
+        batch.tgt_out.flatten(),
+        ignore_index=PAD_ID,
+        label_smoothing=smoothing,
+    )
 
 
 def main(cfg: Config) -> Path:
@@ -86,8 +91,9 @@ def main(cfg: Config) -> Path:
     tok = prepare_tokenizer(cfg, out, train_pairs)
     train, train_report = encode_pairs(train_pairs, tok, cfg.data.max_len)
     valid, valid_report = encode_pairs(valid_pairs, tok, cfg.data.max_len)
-    atomic_write_json(out / "data.json", {"train": dataclasses.asdict(train_report),
-                                          "valid": dataclasses.asdict(valid_report)})
+    atomic_write_json(
+        out / "data.json", {"train": train_report.counts(), "valid": valid_report.counts()}
+    )
     log.info("train: %s", train_report)
 
     mcfg = dataclasses.replace(cfg.model, vocab_size=tok.vocab_size, max_len=cfg.data.max_len)
@@ -107,33 +113,35 @@ def main(cfg: Config) -> Path:
 
     fit(
         model,
-        lambda epoch: token_batches(train, cfg.data.batch_tokens, shuffle=True,
-                                    seed=cfg.train.seed, epoch=epoch),
+        lambda epoch: token_batches(
+            train, cfg.data.batch_tokens, shuffle=True, seed=cfg.train.seed, epoch=epoch
+        ),
         lambda m, b: label_smoothed_loss(m, b, cfg.label_smoothing),
-        cfg.train, out, d_model=mcfg.d_model, desc="teacher", validate=validate,
+        cfg.train,
+        out,
+        d_model=mcfg.d_model,
+        desc="teacher",
+        validate=validate,
     )
     model.eval()
     save_model(out, model)
 
     test_pairs = load_pairs(cfg.data, "test")
-    kept, test_report = encode_pairs(test_pairs, tok, cfg.data.max_len)
-    in_range = [test_pairs[i] for i in _kept_indices(test_pairs, tok, cfg.data.max_len)]
+    _, test_report = encode_pairs(test_pairs, tok, cfg.data.max_len)
+    in_range = [test_pairs[i] for i in test_report.kept_indices]
     if cfg.eval.max_sentences:
         in_range = in_range[: cfg.eval.max_sentences]
-    result, hyps = evaluate_model(model, tok, in_range, beam=cfg.eval.beam,
-                                  batch_size=cfg.eval.batch_size, progress=True)
-    result["test_filter"] = dataclasses.asdict(test_report)
+    result, hyps = evaluate_model(
+        model, tok, in_range, beam=cfg.eval.beam, batch_size=cfg.eval.batch_size, progress=True
+    )
+    result["test_filter"] = test_report.counts()
     atomic_write_text(out / "test.hyp.txt", "".join(h + "\n" for h in hyps))
     atomic_write_json(out / "bleu.json", result)
-    log.info("teacher test BLEU %.2f chrF %.2f (%d sentences, %s)", result["bleu"], result["chrf"],
-             result["n"], result["bleu_signature"])
+    log.info(
+        "teacher test BLEU %.2f chrF %.2f (%d sentences, %s)",
+        result["bleu"],
+        result["chrf"],
+        result["n"],
+        result["bleu_signature"],
+    )
     return out
-
-
-def _kept_indices(pairs, tok, max_len: int) -> list[int]:
-    """Indices of the pairs the length filter keeps (the test set the paper protocol scores)."""
-    return [
-        i for i, (s, t) in enumerate(pairs)
-        if s.strip() and t.strip()
-        and len(tok.encode(s)) + 1 <= max_len and len(tok.encode(t)) + 1 <= max_len
-    ]

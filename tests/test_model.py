@@ -112,8 +112,9 @@ def test_model_overfits_one_batch():
     losses = []
     for _ in range(300):
         logits = model(src, tgt_in)
-        loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), tgt.flatten(),
-                                                 ignore_index=PAD_ID)
+        loss = torch.nn.functional.cross_entropy(
+            logits.flatten(0, 1), tgt.flatten(), ignore_index=PAD_ID
+        )
         opt.zero_grad()
         loss.backward()
         opt.step()

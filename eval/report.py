@@ -1,0 +1,70 @@
+"""The results table (Markdown) and chart (PNG) of an evaluation."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+
+def _fmt_params(n: int) -> str:
+    return f"{n / 1e6:.2f}M" if n >= 1e6 else f"{n / 1e3:.1f}k"
+
+
+def write_markdown(results: dict) -> str:
+    """A Markdown table: one row per variant."""
+    lines = [
+        "| variant | BLEU | chrF | BLEU / teacher | sites | params replaced | student params "
+        "| sentences/s |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in results["rows"]:
+        ratio = "" if r.get("bleu_ratio") is None else f"{r['bleu_ratio']:.3f}"
+        lines.append(
+            f"| {r['variant']} | {r['bleu']:.2f} | {r['chrf']:.2f} | {ratio} | {len(r['sites'])} "
+            f"| {_fmt_params(r['params_replaced'])} | {_fmt_params(r['params_student'])} "
+            f"| {r['sentences_per_s']:.1f} |"
+        )
+    sig = results["rows"][0]["bleu_signature"] if results["rows"] else ""
+    lines += [
+        "",
+        f"Test set: {results['note']}; decoding: "
+        f"{'greedy' if results['beam'] == 1 else 'beam ' + str(results['beam'])}.",
+        f"sacreBLEU signature: `{sig}`",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def write_chart(results: dict, path: str | Path) -> None:
+    """Bars of BLEU per variant, annotated with student parameters and speed (atomic PNG)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = results["rows"]
+    fig, ax = plt.subplots(figsize=(max(6, 1.1 * len(rows)), 4))
+    names = [r["variant"] for r in rows]
+    bars = ax.bar(
+        names,
+        [r["bleu"] for r in rows],
+        color=["#444" if r["variant"] == "teacher" else "#3b7dd8" for r in rows],
+    )
+    for bar, r in zip(bars, rows):
+        ax.annotate(
+            f"{_fmt_params(r['params_student'])}\n{r['sentences_per_s']:.0f}/s",
+            (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+            ha="center",
+            va="bottom",
+            fontsize=7,
+        )
+    ax.set_ylabel("sacreBLEU")
+    ax.set_title("BLEU per variant (labels: student parameters, sentences/s)")
+    ax.tick_params(axis="x", rotation=30)
+    fig.tight_layout()
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".png")
+    os.close(fd)
+    fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+    os.replace(tmp, path)

@@ -1,0 +1,81 @@
+"""Record the teacher's site inputs/outputs for the student modes, as safetensors shards.
+
+    distill run record --config demo             # after `distill run teacher --config demo`
+    distill run record --config tiny
+
+Writes RUN_DIR/record/{train,valid}/: shard-*.safetensors + manifest.json (sites, dims, dtype,
+sentence counts, sha256 per shard). Prints the disk estimate first and refuses when the disk is
+short. Interrupted? Run it again: it continues after the last complete shard.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from distill.data import encode_pairs, load_pairs
+from distill.record import record
+from distill.runs import load_teacher, teacher_config, write_config
+from distill.students import MODES, mode_sites
+
+log = logging.getLogger("recipes.record")
+
+
+@dataclass
+class Config:
+    run_dir: str = ""
+    modes: list[str] = field(
+        default_factory=lambda: ["alr", "alrr", "aslr", "elr", "dec_self", "cross"]
+    )
+    dtype: str = "fp16"  # "fp16" halves the disk; "fp32" keeps the teacher's exact values
+    shard_size: int = 1000  # sentences per shard (and the unit of shuffling for students)
+    batch_size: int = 100  # sentences per teacher forward pass while recording
+    max_sentences: int = 0  # 0 = the whole train split
+    valid_sentences: int = 500
+
+    def __post_init__(self) -> None:
+        for mode in self.modes:
+            if mode not in MODES:
+                raise ValueError(f"unknown mode '{mode}' (known: {', '.join(MODES)})")
+        if self.dtype not in ("fp16", "fp32"):
+            raise ValueError(f"dtype must be fp16 or fp32, got '{self.dtype}'")
+        for name in ("shard_size", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+
+
+def recorded_sites(modes: list[str], model_cfg) -> list[str]:
+    """The union of the sites the modes replace, in model order (ALR and ASLR share a site)."""
+    sites: list[str] = []
+    for mode in modes:
+        sites += [s for s in mode_sites(mode, model_cfg) if s not in sites]
+    return sites
+
+
+def main(cfg: Config) -> Path:
+    out = Path(cfg.run_dir) / "record"
+    if (out / "train" / "manifest.json").exists() and (out / "valid" / "manifest.json").exists():
+        log.info("recording already complete: %s", out)
+        return out
+    model, tok = load_teacher(cfg.run_dir)
+    data_cfg = teacher_config(cfg.run_dir).data
+    out.mkdir(parents=True, exist_ok=True)
+    write_config(out, cfg)
+    sites = recorded_sites(cfg.modes, model.cfg)
+    for split, limit in (("train", cfg.max_sentences), ("valid", cfg.valid_sentences)):
+        pairs = load_pairs(data_cfg, split)
+        examples, report = encode_pairs(pairs, tok, model.cfg.max_len)
+        examples = examples[:limit] if limit else examples
+        log.info("%s: %s; recording %d sentences", split, report, len(examples))
+        manifest = record(
+            model,
+            examples,
+            sites,
+            out / split,
+            shard_size=cfg.shard_size,
+            dtype=cfg.dtype,
+            batch_size=cfg.batch_size,
+        )
+        log.info("%s: %d shards, %.1f MB", split, len(manifest["shards"]), manifest["bytes"] / 1e6)
+    return out

@@ -1,0 +1,179 @@
+"""Train one student per site for each mode, on the teacher's own activations.
+
+    distill run students --config demo                 # from RUN_DIR/record (disk shards)
+    distill run students --config demo source=online   # straight from teacher passes, no disk
+    distill run students --config tiny
+
+Each site's student learns the teacher's output of that site from the teacher's input of that
+site (never from outputs of earlier replaced sites): masked MSE over non-pad elements, Adam, the
+paper's constant rates (1e-4 for ALR, 1e-3 otherwise). All sites of a mode train together in one
+loop; their losses are summed, and since they share no parameters and Adam is per parameter, that
+is the same as training each alone. Writes RUN_DIR/students/<mode>/: config.yaml, metrics.jsonl
+(train loss, validation MSE per epoch), checkpoint/ (resumable), students.safetensors + spec.json.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from distill.checkpoint import atomic_write_json, save_tensors
+from distill.data import encode_pairs, load_pairs
+from distill.record import DiskBatches, OnlineBatches, Recording, site_stack
+from distill.runs import load_teacher, students_dir, teacher_config, write_config
+from distill.students import ACTIVATIONS, MODES, SIZES, build_student, mode_sites, student_call
+from distill.train import TrainConfig, fit, masked_mean
+
+log = logging.getLogger("recipes.students")
+
+PAPER_LR = {"alr": 1e-4}  # the paper: 1e-4 for ALR, 1e-3 for every other mode
+
+
+def _student_train_defaults() -> TrainConfig:
+    return TrainConfig(
+        epochs=21, schedule="constant", lr=1e-3, eps=1e-8, ckpt_every=100, log_every=10
+    )
+
+
+@dataclass
+class Config:
+    run_dir: str = ""
+    modes: list[str] = field(
+        default_factory=lambda: ["alr", "alrr", "aslr", "elr", "dec_self", "cross"]
+    )
+    size: str = "m"
+    sizes: dict[str, str] = field(default_factory=dict)  # per-mode size, overrides `size`
+    activation: str = "leaky_relu"
+    source: str = "disk"  # "disk" (RUN_DIR/record) or "online" (teacher forward passes)
+    batch_size: int = 256  # sentences (the paper: 2000)
+    lrs: dict[str, float] = field(default_factory=lambda: dict(PAPER_LR))
+    shard_size: int = 1000  # online mode: the same batching as a recording with this shard size
+    max_sentences: int = 0  # online mode: 0 = whole train split
+    valid_sentences: int = 500
+    train: TrainConfig = field(default_factory=_student_train_defaults)
+
+    def __post_init__(self) -> None:
+        for mode in self.modes:
+            if mode not in MODES:
+                raise ValueError(f"unknown mode '{mode}' (known: {', '.join(MODES)})")
+        for size in [self.size, *self.sizes.values()]:
+            if size not in SIZES:
+                raise ValueError(f"unknown size '{size}' (known: {', '.join(SIZES)})")
+        if self.activation not in ACTIVATIONS:
+            raise ValueError(f"unknown activation '{self.activation}'")
+        if self.source not in ("disk", "online"):
+            raise ValueError(f"source must be 'disk' or 'online', got '{self.source}'")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        if any(not lr > 0 for lr in self.lrs.values()):
+            raise ValueError(f"learning rates must be > 0, got {self.lrs}")
+
+    def size_of(self, mode: str) -> str:
+        return self.sizes.get(mode, self.size)
+
+
+def _key(site: str) -> str:
+    return site.replace(".", "/")  # ModuleDict keys may not contain dots
+
+
+def site_loss(student: nn.Module, mode: str, site: str, batch) -> torch.Tensor:
+    """Masked MSE of one site's student against the teacher's recorded output."""
+    x, y = batch[f"{site}.x"], batch[f"{site}.y"]
+    mask = batch["src_mask"] if site_stack(site) == "encoder" else batch["tgt_mask"]
+    if MODES[mode].get("per_position"):
+        # Train the shared MLP on random prefixes: with input cut after t, the causal teacher's
+        # outputs at positions <= t are unchanged, so they stay the targets there.
+        pos = torch.arange(x.size(1), device=x.device)
+        cut = (torch.rand(x.size(0), 1, device=x.device) * mask.sum(1, keepdim=True)).long()
+        mask = mask & (pos <= cut)
+        pred = student.mlp(x, mask)
+    else:
+        pred = student_call(student, mode, x, mask, batch.tensors.get("memory"), batch["src_mask"])
+    return masked_mean((pred.float() - y) ** 2, mask)
+
+
+def mode_loss(students: nn.ModuleDict, mode: str, sites: list[str], batch) -> torch.Tensor:
+    return sum(site_loss(students[_key(s)], mode, s, batch) for s in sites)
+
+
+def _batches(cfg: Config, sites, split: str, teacher, examples, recording, epoch: int):
+    if cfg.source == "disk":
+        return DiskBatches(recording[split], sites, cfg.batch_size, cfg.train.seed, epoch)
+    return OnlineBatches(
+        teacher,
+        examples[split],
+        sites,
+        shard_size=cfg.shard_size,
+        batch_size=cfg.batch_size,
+        seed=cfg.train.seed,
+        epoch=epoch,
+    )
+
+
+def train_mode(cfg: Config, mode: str, teacher, examples, recording) -> Path:
+    out = students_dir(cfg.run_dir) / mode
+    if (out / "spec.json").exists():
+        log.info("%s students already trained: %s", mode, out)
+        return out
+    out.mkdir(parents=True, exist_ok=True)
+    sites = mode_sites(mode, teacher.cfg)
+    size = cfg.size_of(mode)
+    torch.manual_seed(cfg.train.seed)
+    students = nn.ModuleDict(
+        {_key(s): build_student(mode, teacher.cfg, size, cfg.activation) for s in sites}
+    )
+    train_cfg = dataclasses.replace(cfg.train, lr=cfg.lrs.get(mode, cfg.train.lr))
+    write_config(out, dataclasses.replace(cfg, modes=[mode], train=train_cfg))
+    valid = _batches(cfg, sites, "valid", teacher, examples, recording, 0)
+
+    def validate(model) -> dict[str, float]:
+        device = next(model.parameters()).device
+        total = [0.0] * len(sites)
+        for batch in valid:
+            batch = batch.to(device)
+            for j, s in enumerate(sites):
+                total[j] += site_loss(model[_key(s)], mode, s, batch).item()
+        mse = {f"valid_mse/{s}": v / max(len(valid), 1) for s, v in zip(sites, total)}
+        return {"valid_mse": sum(mse.values()) / len(sites), **mse}
+
+    fit(
+        students,
+        lambda e: _batches(cfg, sites, "train", teacher, examples, recording, e),
+        lambda m, b: mode_loss(m, mode, sites, b),
+        train_cfg,
+        out,
+        d_model=teacher.cfg.d_model,
+        desc=f"students:{mode}",
+        validate=validate,
+    )
+    save_tensors(out / "students.safetensors", students.state_dict())
+    atomic_write_json(
+        out / "spec.json",
+        {"mode": mode, "size": size, "sites": sites, "activation": cfg.activation},
+    )
+    return out
+
+
+def main(cfg: Config) -> Path:
+    teacher, tok = load_teacher(cfg.run_dir)
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    examples, recording = {}, {}
+    if cfg.source == "disk":
+        for split in ("train", "valid"):
+            recording[split] = Recording(Path(cfg.run_dir) / "record" / split)
+            wanted = sorted({s for m in cfg.modes for s in mode_sites(m, teacher.cfg)})
+            recording[split].check_compatible(teacher.cfg, wanted)
+    else:
+        data_cfg = teacher_config(cfg.run_dir).data
+        for split, limit in (("train", cfg.max_sentences), ("valid", cfg.valid_sentences)):
+            ex, _ = encode_pairs(load_pairs(data_cfg, split), tok, teacher.cfg.max_len)
+            examples[split] = ex[:limit] if limit else ex
+    for mode in cfg.modes:
+        train_mode(cfg, mode, teacher, examples, recording)
+    return students_dir(cfg.run_dir)

@@ -1,0 +1,64 @@
+"""Shared fixtures: tiny seeded stand-ins for downloads and trained artifacts."""
+
+import random
+
+import pytest
+
+from distill.data import Tokenizer
+
+# (German, English) lexicon of a toy grammar: enough variety for a tokenizer, no downloads.
+_SUBJECTS = [
+    ("der Hund", "the dog"),
+    ("die Katze", "the cat"),
+    ("der Mann", "the man"),
+    ("die Frau", "the woman"),
+    ("das Kind", "the child"),
+    ("der Vogel", "the bird"),
+    ("die Lehrerin", "the teacher"),
+    ("der Bäcker", "the baker"),
+]
+_VERBS = [
+    ("sieht", "sees"),
+    ("mag", "likes"),
+    ("hört", "hears"),
+    ("findet", "finds"),
+    ("ruft", "calls"),
+    ("füttert", "feeds"),
+    ("sucht", "looks for"),
+]
+_OBJECTS = [
+    ("den Ball", "the ball"),
+    ("einen Apfel", "an apple"),
+    ("das Haus", "the house"),
+    ("die Straße", "the street"),
+    ("ein Buch", "a book"),
+    ("den Garten", "the garden"),
+]
+_ADVERBS = [("", ""), (" heute", " today"), (" oft", " often"), (" nie", " never")]
+
+
+def make_tiny_pairs(n: int, seed: int = 0) -> list[tuple[str, str]]:
+    """``n`` seeded (German, English) sentence pairs from a toy grammar."""
+    rng = random.Random(seed)
+    pairs = []
+    for _ in range(n):
+        (sd, se), (vd, ve), (od, oe), (ad, ae) = (
+            rng.choice(words) for words in (_SUBJECTS, _VERBS, _OBJECTS, _ADVERBS)
+        )
+        end = rng.choice(".!?")
+        de, en = f"{sd} {vd}{ad} {od}{end}", f"{se}{ae} {ve} {oe}{end}"
+        pairs.append((de[0].upper() + de[1:], en[0].upper() + en[1:]))
+    return pairs
+
+
+@pytest.fixture(scope="session")
+def tiny_pairs() -> list[tuple[str, str]]:
+    """300 seeded German-English pairs (data tests; also a corpus for tiny recipes)."""
+    return make_tiny_pairs(300)
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer(tmp_path_factory, tiny_pairs) -> Tokenizer:
+    """A SentencePiece model (under 100 pieces) trained in a few ms on ``tiny_pairs``."""
+    texts = [text for pair in tiny_pairs for text in pair]
+    return Tokenizer.train(texts, 96, tmp_path_factory.mktemp("tok") / "spm.model")

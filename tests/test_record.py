@@ -1,0 +1,145 @@
+"""Recording: replay fidelity, online == disk, learning from a recording, corrupt shards."""
+
+import json
+
+import pytest
+import torch
+
+from distill.errors import DataError
+from distill.model import EOS_ID, PRESETS, ModelConfig, Seq2SeqTransformer
+from distill.record import DiskBatches, OnlineBatches, Recording, capture, record
+from distill.students import build_student, mode_sites
+from distill.train import TrainConfig, fit
+from recipes.students import mode_loss, site_loss
+
+CFG = ModelConfig(**PRESETS["tiny"])
+SITES = [
+    "encoder.0.self_attn",
+    "encoder.1.sublayer0",
+    "encoder.1",
+    "decoder.0.self_attn",
+    "decoder.1.cross_attn",
+]
+
+
+def teacher(seed: int = 0) -> Seq2SeqTransformer:
+    torch.manual_seed(seed)
+    return Seq2SeqTransformer(CFG).eval()
+
+
+def examples(n: int = 40, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for _ in range(n):
+        ls, lt = torch.randint(1, CFG.max_len, (2,), generator=g).tolist()
+        src = torch.randint(4, CFG.vocab_size, (ls,), generator=g).tolist() + [EOS_ID]
+        out.append((src, torch.randint(4, CFG.vocab_size, (lt,), generator=g).tolist()))
+    return out
+
+
+@pytest.fixture(scope="module")
+def recorded(tmp_path_factory):
+    model, ex = teacher(), examples()
+    root = tmp_path_factory.mktemp("rec")
+    for dtype in ("fp32", "fp16"):
+        record(
+            model, ex, SITES, root / dtype, shard_size=16, dtype=dtype, batch_size=5, progress=False
+        )
+    return model, ex, root
+
+
+def live_batch(model, ex, idx):
+    from distill.data import collate
+
+    b = collate([ex[i] for i in idx], idx)
+    return capture(model, SITES, b.src, b.tgt_in)
+
+
+def test_recorded_tensors_equal_live_activations(recorded):
+    model, ex, root = recorded
+    rec32, rec16 = Recording(root / "fp32"), Recording(root / "fp16")
+    shard = rec32.shard(0)
+    idx = shard["sentence"][:4].tolist()
+    live = live_batch(model, ex, idx)
+    a32, a16 = rec32.batch(0, 0, 4, SITES), rec16.batch(0, 0, 4, SITES)
+    for site in SITES:
+        mask = live["src_mask"] if site.startswith("encoder") else live["tgt_mask"]
+        for part in "xy":
+            want = live[f"{site}.{part}"][mask]
+            torch.testing.assert_close(a32[f"{site}.{part}"][mask], want, atol=1e-5, rtol=1e-5)
+            torch.testing.assert_close(a16[f"{site}.{part}"][mask], want, atol=2e-2, rtol=2e-3)
+            assert torch.equal(
+                a32[f"{site}.{part}"][~mask], torch.zeros_like(a32[f"{site}.{part}"][~mask])
+            )
+
+
+def test_manifest_describes_the_shards(recorded):
+    _, ex, root = recorded
+    manifest = json.loads((root / "fp16" / "manifest.json").read_text())
+    assert manifest["sites"] == SITES and manifest["dtype"] == "fp16"
+    assert sum(s["sentences"] for s in manifest["shards"]) == len(ex)
+    assert all(len(s["sha256"]) == 64 for s in manifest["shards"])
+    assert manifest["bytes"] < sum(
+        s["bytes"] for s in json.loads((root / "fp32" / "manifest.json").read_text())["shards"]
+    )
+
+
+@pytest.mark.parametrize("mode", ["alr", "dec_self", "cross"])
+def test_online_and_disk_give_the_same_first_batch_loss(recorded, mode):
+    model, ex, root = recorded
+    sites = [s for s in mode_sites(mode, CFG) if s in SITES]
+    torch.manual_seed(0)
+    students = torch.nn.ModuleDict(
+        {s.replace(".", "/"): build_student(mode, CFG, "xs") for s in sites}
+    )
+    disk = DiskBatches(Recording(root / "fp32"), sites, 8, seed=3, epoch=1)
+    online = OnlineBatches(model, ex, sites, shard_size=16, batch_size=8, seed=3, epoch=1)
+    assert len(disk) == len(online)
+    a, b = mode_loss(students, mode, sites, disk[0]), mode_loss(students, mode, sites, online[0])
+    torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+def test_a_student_trained_on_a_tiny_recording_cuts_its_mse_tenfold(recorded, tmp_path):
+    model, ex, root = recorded
+    site = "encoder.0.self_attn"
+    rec = Recording(root / "fp32")
+    torch.manual_seed(0)
+    student = build_student("alr", CFG, "m")
+    batch = rec.batch(0, 0, 16, [site])
+    before = site_loss(student, "alr", site, batch).item()
+    cfg = TrainConfig(epochs=60, schedule="constant", lr=1e-3, log_every=50, ckpt_every=1000)
+    fit(
+        student,
+        lambda e: DiskBatches(rec, [site], 16, 0, e),
+        lambda m, b: site_loss(m, "alr", site, b),
+        cfg,
+        tmp_path,
+        d_model=CFG.d_model,
+        desc="test",
+    )
+    assert site_loss(student.eval(), "alr", site, batch).item() < before / 10
+
+
+def test_a_corrupt_shard_is_named(recorded, tmp_path):
+    import shutil
+
+    _, _, root = recorded
+    copy = tmp_path / "rec"
+    shutil.copytree(root / "fp16", copy)
+    shard = copy / "shard-00001.safetensors"
+    shard.write_bytes(shard.read_bytes()[:-10])
+    rec = Recording(copy)
+    with pytest.raises(DataError, match="shard-00001.safetensors: checksum mismatch"):
+        rec.batch(1, 0, 2, SITES)
+    (copy / "manifest.json").unlink()
+    with pytest.raises(DataError, match="manifest.json: recording manifest not found"):
+        Recording(copy)
+
+
+def test_recording_refuses_a_teacher_of_other_dimensions(recorded):
+    _, _, root = recorded
+    other = ModelConfig(**{**PRESETS["tiny"], "d_model": 32})
+    with pytest.raises(DataError, match="recorded with d_model 16"):
+        Recording(root / "fp16").check_compatible(other, SITES)
+    with pytest.raises(DataError, match="site 'encoder.1.self_attn' was not recorded"):
+        Recording(root / "fp16").check_compatible(CFG, ["encoder.1.self_attn"])

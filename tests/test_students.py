@@ -1,0 +1,111 @@
+"""Students and surgery: equivalences, causality and padding invariants, learning."""
+
+import pytest
+import torch
+
+from distill.model import PRESETS, ModelConfig, Seq2SeqTransformer, list_sites, site_path
+from distill.students import (
+    ACTIVATIONS,
+    MODES,
+    Identity,
+    build_student,
+    effective_parameters,
+    mode_sites,
+    splice,
+    student_call,
+    unsplice,
+)
+from tests.test_model import random_src
+
+CFG = ModelConfig(**PRESETS["tiny"])
+
+
+def tiny_teacher(seed: int = 0) -> Seq2SeqTransformer:
+    torch.manual_seed(seed)
+    return Seq2SeqTransformer(CFG).eval()
+
+
+def inputs(seed: int = 0, b: int = 3, n: int = 6):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(b, n, CFG.d_model, generator=g)
+    mask = torch.ones(b, n, dtype=torch.bool)
+    mask[0, n - 2 :] = False
+    memory = torch.randn(b, 5, CFG.d_model, generator=g)
+    memory_mask = torch.ones(b, 5, dtype=torch.bool)
+    memory_mask[1, 3:] = False
+    return x, mask, memory, memory_mask
+
+
+def test_identity_adapters_at_every_site_reproduce_the_teacher_exactly():
+    model = tiny_teacher()
+    src, tgt = random_src(), random_src(seed=2)
+    before = model(src, tgt)
+    for site in list_sites(CFG):
+        inner = model.get_submodule(site_path(site, CFG))
+        previous = splice(model, {site: Identity(inner)})
+        assert torch.equal(model(src, tgt), before), site
+        unsplice(model, previous)
+    assert torch.equal(model(src, tgt), before)
+
+
+@pytest.mark.parametrize("mode", [m for m in MODES if MODES[m]["stack"] == "decoder"])
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+def test_decoder_students_are_causal(mode, activation):
+    torch.manual_seed(0)
+    student = build_student(mode, CFG, "xs", activation)
+    x, mask, memory, memory_mask = inputs()
+    base = student_call(student, mode, x, mask, memory, memory_mask)
+    for t in range(x.size(1) - 1):
+        changed = x.clone()
+        changed[:, t + 1 :] += torch.randn_like(changed[:, t + 1 :])
+        out = student_call(student, mode, changed, mask, memory, memory_mask)
+        torch.testing.assert_close(out[:, : t + 1], base[:, : t + 1], atol=1e-6, rtol=1e-5)
+        assert not torch.allclose(out[1, t + 1 :], base[1, t + 1 :])  # later positions do see it
+
+
+def test_cross_student_sees_the_whole_memory():
+    torch.manual_seed(0)
+    student = build_student("cross", CFG, "xs")
+    x, mask, memory, memory_mask = inputs()
+    changed = memory.clone()
+    changed[:, -1] += 1.0
+    a = student_call(student, "cross", x, mask, memory, memory_mask)
+    b = student_call(student, "cross", x, mask, changed, memory_mask)
+    assert not torch.allclose(a[0, 0], b[0, 0])  # position 0 depends on the last source token
+
+
+@pytest.mark.parametrize("mode", list(MODES))
+def test_padded_outputs_are_exactly_zero_and_padding_does_not_leak(mode):
+    torch.manual_seed(0)
+    student = build_student(mode, CFG, "xs")
+    x, mask, memory, memory_mask = inputs()
+    out = student_call(student, mode, x, mask, memory, memory_mask)
+    assert out.shape == x.shape
+    assert torch.equal(out[~mask], torch.zeros_like(out[~mask]))
+    garbage = x.clone()
+    garbage[~mask] = 1e3
+    again = student_call(student, mode, garbage, mask, memory, memory_mask)
+    torch.testing.assert_close(again, out)  # what sits in padded positions is ignored
+
+
+def test_sizes_match_the_paper_at_paper_dimensions():
+    cfg = ModelConfig(**PRESETS["paper"])
+    for size, millions in (("xs", 0.34), ("s", 0.66), ("m", 10.3)):
+        n = effective_parameters(build_student("alr", cfg, size))
+        assert abs(n / 1e6 - millions) / millions < 0.03, (size, n)
+
+
+def test_one_pass_decoder_student_replaces_every_decoder_site_and_decodes():
+    from distill.decode import beam_search, greedy
+
+    model = tiny_teacher()
+    students = {}
+    for mode in ("alr", "dec_self", "cross"):
+        for site in mode_sites(mode, CFG):
+            students[site] = build_student(mode, CFG, "xs").eval()
+    splice(model, students)
+    assert not model.supports_cache()
+    src = random_src()
+    out = greedy(model, src)
+    assert out == beam_search(model, src, beam=1)
+    assert all(len(o) <= CFG.max_len for o in out)
