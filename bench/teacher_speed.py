@@ -148,8 +148,9 @@ def trainable(model: torch.nn.Module) -> list[torch.nn.Parameter]:
 
 
 def run_steps(model, logits_fn, optimizer, batches: list[Batch]) -> dict[str, float]:
-    """Train on ``batches``; returns seconds per phase and the target tokens seen."""
+    """Train on ``batches``; returns seconds per phase, CPU seconds and the target tokens seen."""
     spent = dict.fromkeys(PHASES, 0.0)
+    cpu = time.process_time()
     for b in batches:
         t0 = time.perf_counter()
         logits = logits_fn(model, b)  # (B, T, V)
@@ -167,7 +168,7 @@ def run_steps(model, logits_fn, optimizer, batches: list[Batch]) -> dict[str, fl
         t3 = time.perf_counter()
         for name, dt in zip(PHASES, (t1 - t0, t2 - t1, t3 - t2)):
             spent[name] += dt
-    return {**spent, "tokens": sum(b.ntokens for b in batches)}
+    return {**spent, "cpu": time.process_time() - cpu, "tokens": sum(b.ntokens for b in batches)}
 
 
 def main(args: argparse.Namespace) -> dict:
@@ -193,12 +194,15 @@ def main(args: argparse.Namespace) -> dict:
 
     results = {}
     for name, runs in rounds.items():
-        rates = [run["tokens"] / sum(run[p] for p in PHASES) for run in runs]
+        walls = [sum(run[p] for p in PHASES) for run in runs]
+        rates = [run["tokens"] / wall for run, wall in zip(runs, walls)]
         results[name] = {
             "params": sum(p.numel() for p in trainable(models[name][0])),
             "tokens_per_s": statistics.median(rates),
             "tokens_per_s_min": min(rates),
             "tokens_per_s_max": max(rates),
+            # Busy cores; well under --threads means another process took the CPU meanwhile.
+            "cores_busy": statistics.median(run["cpu"] / wall for run, wall in zip(runs, walls)),
             **{
                 f"{p}_ms": 1e3 * statistics.median(run[p] for run in runs) / args.steps
                 for p in PHASES
@@ -215,13 +219,14 @@ def main(args: argparse.Namespace) -> dict:
     )
     print(
         f"{'model':<8}{'params':>11}{'tokens/s':>10}{'(min-max)':>15}"
-        f"{'fwd+loss ms':>13}{'bwd ms':>8}{'opt ms':>8}"
+        f"{'fwd+loss ms':>13}{'bwd ms':>8}{'opt ms':>8}{'cores':>7}"
     )
     for name, res in results.items():
         spread = f"{res['tokens_per_s_min']:.0f}-{res['tokens_per_s_max']:.0f}"
         print(
             f"{name:<8}{res['params']:>11,}{res['tokens_per_s']:>10.0f}{spread:>15}"
             f"{res['fwd_ms']:>13.1f}{res['bwd_ms']:>8.1f}{res['opt_ms']:>8.1f}"
+            f"{res['cores_busy']:>7.2f}"
         )
     print(f"ours / marian (tokens/s): {ratio:.2f}x")
 
@@ -240,7 +245,7 @@ def main(args: argparse.Namespace) -> dict:
 
 def parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--steps", type=int, default=12, help="measured steps per model per round")
+    ap.add_argument("--steps", type=int, default=10, help="measured steps per model per round")
     ap.add_argument("--rounds", type=int, default=7, help="interleaved rounds per model")
     ap.add_argument("--warmup", type=int, default=5, help="unmeasured steps per model first")
     ap.add_argument("--threads", type=int, default=2)

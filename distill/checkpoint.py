@@ -75,6 +75,7 @@ def save_tensors(path: str | Path, tensors: dict[str, torch.Tensor], meta: dict 
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+    _fsync_dir(path.parent)
 
 
 def load_tensors(path: str | Path) -> dict[str, torch.Tensor]:
@@ -104,6 +105,8 @@ def atomic_dir(final: str | Path) -> Iterator[Path]:
     the swap is done), on error it is removed and ``final`` is untouched."""
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
+    for stale in final.parent.glob(f".{final.name}.*.tmp"):  # left by a kill mid-write
+        shutil.rmtree(stale, ignore_errors=True)
     tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.", suffix=".tmp"))
     try:
         yield tmp
@@ -111,9 +114,10 @@ def atomic_dir(final: str | Path) -> Iterator[Path]:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     old = final.with_name(final.name + ".old")
-    if old.exists():
-        shutil.rmtree(old)
     if final.exists():
+        # Only now is .old redundant; if a kill left .old alone, it stays until tmp is in place.
+        if old.exists():
+            shutil.rmtree(old)
         os.replace(final, old)
     os.replace(tmp, final)
     _fsync_dir(final.parent)
@@ -178,7 +182,12 @@ def load_checkpoint(
         for key, value in list(tensors.items()) + list(meta["scalars"].items()):
             pid, name = key.split(".", 1)
             state.setdefault(int(pid), {})[name] = value
-        optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+        try:
+            optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+        except (ValueError, KeyError) as err:
+            raise CheckpointError(
+                f"{path / 'optimizer.json'}: does not match the model ({err})"
+            ) from None
     if restore_rng:
         rng = load_tensors(path / "rng.safetensors")
         torch.set_rng_state(rng["torch"])

@@ -2,7 +2,9 @@
 
     distill ls                                       recipes and their configs
     distill run RECIPE --config NAME [key=value ...] run a recipe (NAME or a path to a YAML file)
-    distill evaluate RUN_DIR [--source demo|iwslt2017|FILE] [--beam N]
+    distill evaluate RUN_OR_EXPORT_DIR [--source demo|iwslt2017|FILE] [--beam N]
+    distill export RUN_DIR [--variant NAME | --spec SITE=MODE,...] --out DIR
+    distill translate EXPORT_DIR [--beam N] [--batch-size B] [--strict] [FILE]  (or stdin)
 
 Bad input (configs, files, arguments) prints one line and exits with code 2; ``--debug`` shows
 the traceback instead.
@@ -16,7 +18,7 @@ import logging
 import sys
 from pathlib import Path
 
-from distill.errors import ConfigError, DistillError
+from distill.errors import ConfigError, DataError, DistillError
 
 CONFIG_ROOT = Path(__file__).resolve().parent.parent / "recipes" / "configs"
 RECIPES = ("teacher", "record", "students", "evaluate", "pipeline")
@@ -85,6 +87,61 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    from distill.export import export, parse_spec
+
+    if args.spec and args.variant:
+        raise ConfigError("give --variant or --spec, not both")
+    export(
+        args.run_dir,
+        parse_spec(args.spec) if args.spec else args.variant or "attentionless",
+        args.out,
+    )
+    return 0
+
+
+def read_lines(file: str | None) -> list[str]:
+    """Lines of FILE (or stdin when None or "-"), split on newlines only, without their ends."""
+    name = "stdin" if file in (None, "-") else file
+    try:
+        data = sys.stdin.buffer.read() if name == "stdin" else Path(file).read_bytes()
+        text = data.decode("utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        raise DataError(f"{name}: cannot read UTF-8 text ({err})") from None
+    lines = text.split("\n")
+    if lines[-1] == "":  # the final newline ends the last line, it does not start another
+        lines.pop()
+    return [line.removesuffix("\r") for line in lines]
+
+
+def cmd_translate(args) -> int:
+    import time
+
+    from distill.decode import translate_texts
+    from distill.pretrained import from_pretrained
+
+    if args.beam < 1 or args.batch_size < 1:
+        raise ConfigError("--beam and --batch-size must be >= 1")
+    model, tok = from_pretrained(args.path)
+    lines = read_lines(args.file)
+    long = model.too_long(lines)
+    if long:
+        where = ", ".join(str(i + 1) for i in long[:5]) + (", ..." if len(long) > 5 else "")
+        what = (
+            f"{len(long)} line(s) exceed max_len {model.cfg.max_len} tokens with EOS (line {where})"
+        )
+        if args.strict:
+            raise DataError(f"{args.file or 'stdin'}: {what}; shorten or split them")
+        print(f"distill: warning: {what}; truncating them", file=sys.stderr)
+    started = time.perf_counter()
+    out, _ = translate_texts(model, tok, lines, args.beam, args.batch_size, progress=True)
+    sys.stdout.write("".join(line + "\n" for line in out))
+    sys.stdout.flush()
+    elapsed = time.perf_counter() - started
+    print(f"distill: translated {len(lines)} lines in {elapsed:.1f}s", file=sys.stderr)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="distill", description=__doc__.split("\n\n")[0])
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
@@ -96,7 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--config", "-c", required=True, help="config name or YAML path")
     run.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.epochs=3")
     run.set_defaults(func=cmd_run)
-    ev = sub.add_parser("evaluate", help="BLEU/chrF of a run dir (teacher + spliced variants)")
+    ev = sub.add_parser("evaluate", help="BLEU/chrF of a run dir (every variant) or an export")
     ev.add_argument("path")
     ev.add_argument(
         "--source",
@@ -108,6 +165,19 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--batch-size", type=int, default=64)
     ev.add_argument("--max-sentences", type=int, default=0)
     ev.set_defaults(func=cmd_evaluate)
+    ex = sub.add_parser("export", help="write one variant of a run as a loadable model dir")
+    ex.add_argument("run_dir")
+    ex.add_argument("--variant", default="", help="teacher, alr, ..., attentionless (default)")
+    ex.add_argument("--spec", default="", help="SITE=MODE[,SITE=MODE...] instead of a variant")
+    ex.add_argument("--out", required=True, help="export directory (replaced if an old export)")
+    ex.set_defaults(func=cmd_export)
+    tr = sub.add_parser("translate", help="translate lines with an exported model")
+    tr.add_argument("path", help="export directory")
+    tr.add_argument("file", nargs="?", help="input file, one sentence per line (default: stdin)")
+    tr.add_argument("--beam", type=int, default=1)
+    tr.add_argument("--batch-size", type=int, default=64)
+    tr.add_argument("--strict", action="store_true", help="refuse sources longer than max_len")
+    tr.set_defaults(func=cmd_translate)
     return parser
 
 

@@ -56,7 +56,10 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     if tp is Any:
         return value
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
+        try:
+            return float(value)
+        except OverflowError:
+            raise ConfigError(f"config key '{key}': integer too large for a float") from None
     if tp is int and isinstance(value, bool):
         raise ConfigError(f"config key '{key}': expected int, got {value!r}")
     if not isinstance(value, tp):

@@ -17,6 +17,7 @@ import gzip
 import logging
 import random
 import re
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -134,7 +135,7 @@ def _read_lines(path: Path) -> list[str]:
             raw = path.read_bytes()
     except FileNotFoundError:
         raise DataError(f"{path}: file not found") from None
-    except (OSError, EOFError) as err:
+    except (OSError, EOFError, zlib.error) as err:  # zlib.error: corrupt gzip data
         raise DataError(f"{path}: cannot read ({err})") from None
     if raw.startswith(codecs.BOM_UTF8):
         raw = raw[len(codecs.BOM_UTF8) :]
@@ -177,13 +178,19 @@ def _load_tsv(path: Path, split: str, src: str, tgt: str) -> tuple[Path, list[tu
     # serves the en-de direction too.
     if src in header and tgt in header:
         cols, start = (header.index(src), header.index(tgt)), 1
-    need = max(cols) + 1
+    # Every row has as many columns as the first: a stray tab inside a sentence would otherwise
+    # silently cut it short.
+    need = max(len(header), 2)
     pairs = []
     for number in range(start, len(lines)):
         fields = lines[number].split("\t")
-        if len(fields) < need:
+        if len(fields) != need:
+            hint = " (a tab inside the text?)" if len(fields) > need else ""
+            if len(fields) < need and need > 2:
+                hint = f" (line 1 has {need})"
             raise DataError(
-                f"{path}:{number + 1}: expected {need} tab-separated columns, found {len(fields)}"
+                f"{path}:{number + 1}: expected {need} tab-separated columns, "
+                f"found {len(fields)}{hint}"
             )
         pairs.append((fields[cols[0]], fields[cols[1]]))
     return path, pairs

@@ -30,7 +30,10 @@ class _Stepper:
             logits = self.model.decode(
                 prefix[:, -1:], self.memory, self.memory_mask, self.cache, start=t
             )[:, -1]
-        return torch.log_softmax(logits.float(), dim=-1)
+        logp = torch.log_softmax(logits.float(), dim=-1)
+        # PAD is never an output: in a prefix the decoder would mask it (and the cache would not).
+        logp[:, PAD_ID] = float("-inf")
+        return logp
 
     def reorder(self, index: torch.Tensor) -> None:
         """Keep hypotheses ``index`` (beam search reshuffles rows every step)."""
@@ -87,10 +90,13 @@ def beam_search(
     """src (B, S) -> best hypothesis per sentence (no BOS, no EOS).
 
     Scores are summed log-probs; a finished hypothesis is ranked by score / length**length_penalty
-    (length counts the EOS). Each step keeps the ``beam`` best unfinished continuations out of the
-    top 2*beam candidates; an EOS candidate ranked within the top ``beam`` finishes a hypothesis.
-    A sentence stops when it holds ``beam`` finished hypotheses (early stopping); decoding stops
-    when all sentences have, or at max_len.
+    (length counts the EOS) and each sentence keeps its ``beam`` best. Each step keeps the
+    ``beam`` best unfinished continuations out of the top 2*beam candidates; an EOS candidate
+    ranked within the top ``beam`` finishes a hypothesis, and at max_len every top-``beam``
+    candidate does. A sentence stops once it holds ``beam`` finished hypotheses and its best open
+    one, scored at its current length, does not beat the worst of them. This is transformers'
+    default beam search (``early_stopping=False``): an export's ``generate(num_beams=k)`` returns
+    the same tokens.
     """
     if beam < 1:
         raise ValueError(f"beam must be >= 1, got {beam}")
@@ -101,7 +107,8 @@ def beam_search(
     prefix = torch.full((b * k, 1), BOS_ID, dtype=torch.long, device=src.device)
     scores = torch.full((b, k), float("-inf"), device=src.device)
     scores[:, 0] = 0.0  # all beams start identical: only the first may expand
-    finished: list[list[tuple[float, list[int]]]] = [[] for _ in range(b)]
+    finished: list[list[tuple[float, list[int]]]] = [[] for _ in range(b)]  # best first
+    done = [False] * b
     steps = _max_steps(model, max_len)
     for t in range(steps):
         logp = step(prefix)  # (N, V)
@@ -110,30 +117,29 @@ def beam_search(
         cand_scores, cand = total.topk(min(2 * k, k * vocab), dim=1)  # (B, 2k)
         cand_beam, cand_tok = cand // vocab, cand % vocab
         is_eos = cand_tok == EOS_ID
-        length = t + 1
-        for i, j in (is_eos[:, :k] & torch.isfinite(cand_scores[:, :k])).nonzero().tolist():
-            if len(finished[i]) < k:
-                hyp = prefix[i * k + int(cand_beam[i, j]), 1:].tolist()
-                norm = float(cand_scores[i, j]) / length**length_penalty
-                finished[i].append((norm, hyp))
+        length, last = t + 1, t == steps - 1
+        ends = (is_eos[:, :k] | last) & torch.isfinite(cand_scores[:, :k])
+        for i, j in ends.nonzero().tolist():
+            hyp = prefix[i * k + int(cand_beam[i, j]), 1:].tolist() + [int(cand_tok[i, j])]
+            finished[i].append((float(cand_scores[i, j]) / length**length_penalty, hyp))
+            finished[i] = sorted(finished[i], key=lambda h: -h[0])[:k]
+        if last:
+            break
         # Best k non-EOS candidates: a stable sort on is_eos keeps score order within each group.
         order = torch.sort(is_eos.int(), dim=1, stable=True).indices[:, :k]
         scores = cand_scores.gather(1, order)
         sel_beam, sel_tok = cand_beam.gather(1, order), cand_tok.gather(1, order)
-        done = torch.tensor([len(f) >= k for f in finished], device=src.device)
-        scores = scores.masked_fill(done[:, None], float("-inf"))
+        for i in range(b):
+            best_open = float(scores[i, 0]) / length**length_penalty
+            full = len(finished[i]) == k
+            done[i] = done[i] or (full and not best_open > finished[i][-1][0])
+        scores = scores.masked_fill(torch.tensor(done, device=src.device)[:, None], float("-inf"))
         index = (torch.arange(b, device=src.device)[:, None] * k + sel_beam).view(-1)
         prefix = torch.cat([prefix.index_select(0, index), sel_tok.view(-1, 1)], dim=1)
         step.reorder(index)
-        if bool(done.all()):
+        if all(done):
             break
-    for i in range(b):  # sentences that ran out of length keep their best open hypotheses
-        if len(finished[i]) < k:
-            for j in range(k):
-                if torch.isfinite(scores[i, j]):
-                    norm = float(scores[i, j]) / prefix.size(1) ** length_penalty
-                    finished[i].append((norm, prefix[i * k + j, 1:].tolist()))
-    return [_strip(max(f, key=lambda s: s[0])[1]) if f else [] for f in finished]
+    return [_strip(f[0][1]) if f else [] for f in finished]
 
 
 def translate_ids(

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError, safe_open
 
 from distill.checkpoint import atomic_write_json, load_tensors, read_json, save_tensors
 from distill.errors import DataError
@@ -112,11 +113,25 @@ def _trim(batch: ActBatch, sites: list[str], dtype) -> dict[str, torch.Tensor]:
     out = {"src_len": src_mask.sum(1).int(), "tgt_len": tgt_mask.sum(1).int()}
     for site in sites:
         mask = src_mask if site_stack(site) == "encoder" else tgt_mask
-        for part in ("x", "y"):
-            out[f"{site}.{part}"] = batch[f"{site}.{part}"][mask].to(dtype)
+        for part, what in (("x", "input"), ("y", "output")):
+            values = batch[f"{site}.{part}"][mask]
+            out[f"{site}.{part}"] = _finite(values, dtype, f"site '{site}': the teacher's {what}")
     if "memory" in batch.tensors:
-        out["memory"] = batch["memory"][src_mask].to(dtype)
+        out["memory"] = _finite(batch["memory"][src_mask], dtype, "the encoder memory")
     return out
+
+
+def _finite(values: torch.Tensor, dtype, what: str) -> torch.Tensor:
+    """``values`` cast to ``dtype``; ``DataError`` if any is NaN/inf (students cannot learn from
+    those), e.g. a teacher whose activations overflow fp16."""
+    cast = values.to(dtype)
+    if not cast.isfinite().all():
+        if values.isfinite().all():
+            name = next(k for k, v in DTYPES.items() if v == dtype)
+            top = values.abs().max().item()
+            raise DataError(f"{what} (up to {top:.3g}) overflows {name}; record with dtype=fp32")
+        raise DataError(f"{what} is NaN/inf; the teacher itself is broken")
+    return cast
 
 
 def _pad(flat: torch.Tensor, lengths: list[int]) -> torch.Tensor:
@@ -188,6 +203,12 @@ def record(
         "shard_size": shard_size,
         "sentences": len(order),
     }
+    final = out / "manifest.json"
+    if final.exists() and {k: v for k, v in read_json(final).items() if k in header} == header:
+        log.info("recording already complete: %s", final)
+        return read_json(final)
+    for stale in out.glob(".*.tmp"):  # a temp file a kill left mid-write: never renamed, useless
+        stale.unlink()
     done: list[dict] = []
     if partial.exists():
         old = read_json(partial)
@@ -195,40 +216,39 @@ def record(
             done = [s for s in old["shards"] if _sha256(out / s["file"]) == s["sha256"]]
             done = done[: next((i for i, s in enumerate(done) if s["index"] != i), len(done))]
             log.info("resuming recording after %d of %d shards", len(done), len(plan))
-    bar = tqdm(
+    # A context manager closes the bar on errors too, so the CLI's error line starts a line.
+    with tqdm(
         total=len(order),
         initial=sum(s["sentences"] for s in done),
         desc="record",
         unit="sent",
         disable=not progress,
         dynamic_ncols=True,
-    )
-    for index in range(len(done), len(plan)):
-        a, b = plan[index]
-        parts: list[dict[str, torch.Tensor]] = []
-        for c0, c1 in chunks(b - a, batch_size):
-            idx = order[a + c0 : a + c1]
-            parts.append(
-                _trim(capture(model, sites, *_collate(examples, idx, device)), sites, DTYPES[dtype])
+    ) as bar:
+        for index in range(len(done), len(plan)):
+            a, b = plan[index]
+            parts: list[dict[str, torch.Tensor]] = []
+            for c0, c1 in chunks(b - a, batch_size):
+                idx = order[a + c0 : a + c1]
+                acts = capture(model, sites, *_collate(examples, idx, device))
+                parts.append(_trim(acts, sites, DTYPES[dtype]))
+                bar.update(len(idx))
+            tensors = {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
+            tensors["sentence"] = torch.tensor(order[a:b], dtype=torch.int64)
+            name = f"shard-{index:05d}.safetensors"
+            save_tensors(out / name, tensors)
+            done.append(
+                {
+                    "index": index,
+                    "file": name,
+                    "sentences": b - a,
+                    "bytes": (out / name).stat().st_size,
+                    "sha256": _sha256(out / name),
+                }
             )
-            bar.update(len(idx))
-        tensors = {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
-        tensors["sentence"] = torch.tensor(order[a:b], dtype=torch.int64)
-        name = f"shard-{index:05d}.safetensors"
-        save_tensors(out / name, tensors)
-        done.append(
-            {
-                "index": index,
-                "file": name,
-                "sentences": b - a,
-                "bytes": (out / name).stat().st_size,
-                "sha256": _sha256(out / name),
-            }
-        )
-        atomic_write_json(partial, {**header, "shards": done})
-    bar.close()
+            atomic_write_json(partial, {**header, "shards": done})
     manifest = {**header, "shards": done, "bytes": sum(s["bytes"] for s in done)}
-    atomic_write_json(out / "manifest.json", manifest)
+    atomic_write_json(final, manifest)
     partial.unlink(missing_ok=True)
     return manifest
 
@@ -258,8 +278,13 @@ class Recording:
             raise DataError(f"{mpath}: recording manifest not found{hint}")
         self.manifest = read_json(mpath)
         for key in ("sites", "d_model", "dtype", "shards", "max_len"):
-            if key not in self.manifest:
+            if not isinstance(self.manifest, dict) or key not in self.manifest:
                 raise DataError(f"{mpath}: manifest has no '{key}'")
+        if self.manifest["dtype"] not in DTYPES:
+            raise DataError(f"{mpath}: unknown dtype '{self.manifest['dtype']}'")
+        for i, shard in enumerate(self.manifest["shards"]):
+            if not isinstance(shard, dict) or not {"file", "sentences", "sha256"} <= set(shard):
+                raise DataError(f"{mpath}: shard entry {i} lacks file/sentences/sha256")
         self._verified: set[int] = set()
         self._cache: tuple[int, dict] | None = None
 
@@ -287,26 +312,43 @@ class Recording:
                 f"(recorded: {', '.join(m['sites'])})"
             )
 
+    def verify(self) -> None:
+        """Check every shard now (file, sha256, dtype), so a bad recording fails before training
+        starts rather than when the epoch reaches it; ``DataError`` names the first bad shard."""
+        for index in range(len(self.manifest["shards"])):
+            self._check(index)
+
+    def _check(self, index: int) -> None:
+        if index in self._verified:
+            return
+        info = self.manifest["shards"][index]
+        path = self.path / info["file"]
+        if not path.is_file():
+            raise DataError(f"{path}: shard file missing; delete the recording and record again")
+        if _sha256(path) != info["sha256"]:
+            raise DataError(
+                f"{path}: checksum mismatch (corrupt or truncated shard); "
+                "delete the recording and record again"
+            )
+        want = {"fp16": "F16", "fp32": "F32"}[self.manifest["dtype"]]
+        try:
+            with safe_open(path, "pt") as f:
+                dtypes = {key: f.get_slice(key).get_dtype() for key in f.keys()}
+        except (SafetensorError, OSError) as err:
+            raise DataError(f"{path}: not a readable safetensors file ({err})") from None
+        for key, found in dtypes.items():
+            if found.startswith(("F", "BF")) and found != want:
+                raise DataError(
+                    f"{path}: tensor '{key}' is {found}, the manifest says "
+                    f"{self.manifest['dtype']} (shards of two recordings mixed?)"
+                )
+        self._verified.add(index)
+
     def shard(self, index: int) -> dict[str, torch.Tensor]:
         if self._cache and self._cache[0] == index:
             return self._cache[1]
-        info = self.manifest["shards"][index]
-        path = self.path / info["file"]
-        if index not in self._verified:
-            if _sha256(path) != info["sha256"]:
-                raise DataError(
-                    f"{path}: checksum mismatch (corrupt or truncated shard); "
-                    "delete the recording and record again"
-                )
-            self._verified.add(index)
-        tensors = load_tensors(path)
-        want = DTYPES[self.manifest["dtype"]]
-        for key, value in tensors.items():
-            if value.is_floating_point() and value.dtype != want:
-                raise DataError(
-                    f"{path}: tensor '{key}' is {value.dtype}, the manifest says "
-                    f"{self.manifest['dtype']}"
-                )
+        self._check(index)
+        tensors = load_tensors(self.path / self.manifest["shards"][index]["file"])
         self._cache = (index, tensors)
         return tensors
 

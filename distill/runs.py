@@ -19,8 +19,8 @@ from distill.checkpoint import (
     load_tensors,
     read_json,
 )
-from distill.config import from_dict, to_dict
-from distill.errors import CheckpointError
+from distill.config import from_dict, load_yaml, to_dict
+from distill.errors import CheckpointError, ConfigError
 from distill.model import ModelConfig, Seq2SeqTransformer
 
 
@@ -50,7 +50,10 @@ def load_teacher(path: str | Path, device: str | torch.device = "cpu"):
         path = path / "teacher"
     if not (path / "model.json").exists():
         raise CheckpointError(f"{path}: no trained teacher here (model.json missing)")
-    cfg = from_dict(ModelConfig, read_json(path / "model.json"))
+    try:
+        cfg = from_dict(ModelConfig, read_json(path / "model.json"))
+    except ConfigError as err:
+        raise CheckpointError(f"{path / 'model.json'}: {err}") from None
     model = Seq2SeqTransformer(cfg)
     load_state_dict(model, load_tensors(path / "model.safetensors"), path / "model.safetensors")
     tok = Tokenizer(path / "spm.model")
@@ -69,7 +72,11 @@ def teacher_config(run_dir: str | Path):
     path = teacher_dir(run_dir) / "config.yaml"
     if not path.exists():
         raise CheckpointError(f"{path}: not found; run `distill run teacher` first")
-    return from_dict(Config, yaml.safe_load(path.read_text(encoding="utf-8")))
+    try:
+        return from_dict(Config, load_yaml(path))
+    except ConfigError as err:
+        message = str(err) if str(err).startswith(str(path)) else f"{path}: {err}"
+        raise CheckpointError(message) from None
 
 
 def students_dir(run_dir: str | Path) -> Path:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -26,13 +27,17 @@ from distill.checkpoint import (
     resolve_checkpoint,
     save_checkpoint,
 )
-from distill.errors import DistillError
+from distill.errors import CheckpointError, DistillError
 
 log = logging.getLogger(__name__)
 
 
 class TrainingDiverged(DistillError):
-    """Loss became NaN/inf; the message names the run, the step and the kept checkpoint."""
+    """Loss or weights became NaN/inf; the message names the run, the step and the kept checkpoint.
+
+    A ``loss_fn`` may raise it itself to say more (e.g. which student's loss); ``fit`` adds the
+    run, the step and the checkpoint.
+    """
 
 
 @dataclass
@@ -60,8 +65,8 @@ class TrainConfig:
             raise ValueError(f"max_steps must be >= 0, got {self.max_steps}")
         if self.schedule not in ("noam", "constant"):
             raise ValueError(f"schedule must be 'noam' or 'constant', got '{self.schedule}'")
-        if not self.lr > 0:
-            raise ValueError(f"lr must be > 0, got {self.lr}")
+        if not 0 < self.lr < math.inf:
+            raise ValueError(f"lr must be > 0 and finite, got {self.lr}")
         if self.warmup < 1:
             raise ValueError(f"warmup must be >= 1, got {self.warmup}")
         if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
@@ -91,14 +96,22 @@ class MetricsLog:
         elif path.exists():
             kept = [
                 line
-                for line in path.read_text(encoding="utf-8").splitlines()
-                if line.strip() and json.loads(line).get("step", 0) <= resume_step
+                for line in path.read_text(encoding="utf-8", errors="replace").splitlines()
+                if _step_of(line) <= resume_step
             ]
             atomic_write_text(path, "".join(line + "\n" for line in kept))
 
     def write(self, **record: Any) -> None:
         with open(self.path, "a", encoding="utf-8") as f:
             f.write(json.dumps(record, sort_keys=True) + "\n")
+
+
+def _step_of(line: str) -> float:
+    """Step of a metrics record; a line torn by a kill mid-append counts as past any step."""
+    try:
+        return json.loads(line).get("step", 0)
+    except (json.JSONDecodeError, AttributeError):
+        return math.inf
 
 
 def make_accelerator(cfg: TrainConfig):
@@ -138,13 +151,26 @@ def fit(
     state: dict[str, Any] = {"step": 0, "epoch": 0, "batch": 0, "done": False}
     found = resolve_checkpoint(ckpt_dir)
     if found is not None:
-        state = load_checkpoint(found, model, optimizer)
+        try:
+            state = load_checkpoint(found, model, optimizer)
+        except CheckpointError as err:
+            raise CheckpointError(
+                f"{err}; the checkpoint is from a run with other settings: delete {found} "
+                "(or use another run_dir) to start over"
+            ) from None
         log.info("%s: resuming from %s at step %d", desc, found, state["step"])
     metrics = MetricsLog(out_dir / "metrics.jsonl", state["step"] if found else None)
     model, optimizer = acc.prepare(model, optimizer)
     plain = acc.unwrap_model(model)
 
+    def diverged(what: str) -> TrainingDiverged:
+        bar.close()
+        return TrainingDiverged(f"{desc}: {what}; stopped, last good checkpoint kept at {ckpt_dir}")
+
     def checkpoint() -> None:
+        # A finite loss can still come with inf gradients; never save the weights they broke.
+        if not torch.stack([p.detach().isfinite().all() for p in plain.parameters()]).all():
+            raise diverged(f"weights became non-finite by step {state['step']}")
         acc.wait_for_everyone()
         if acc.is_main_process:
             save_checkpoint(ckpt_dir, plain, optimizer, state)
@@ -183,14 +209,13 @@ def fit(
             lr = learning_rate(cfg, state["step"] + 1, d_model)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            with acc.autocast():
-                loss = loss_fn(model, batch)
+            try:
+                with acc.autocast():
+                    loss = loss_fn(model, batch)
+            except TrainingDiverged as err:
+                raise diverged(f"{err} at step {state['step'] + 1}") from None
             if not torch.isfinite(loss.detach()):
-                bar.close()
-                raise TrainingDiverged(
-                    f"{desc}: loss is {loss.item()} at step {state['step'] + 1}; "
-                    f"stopped, last good checkpoint kept at {ckpt_dir}"
-                )
+                raise diverged(f"loss is {loss.item()} at step {state['step'] + 1}")
             optimizer.zero_grad(set_to_none=True)
             acc.backward(loss)
             if cfg.grad_clip:

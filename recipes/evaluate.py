@@ -2,6 +2,7 @@
 
     distill run evaluate --config demo                  # RUN_DIR/eval/results.{json,md,png}
     distill evaluate runs/demo --source my.tsv --beam 4 # the same table on other pairs
+    distill evaluate exports/demo-attentionless         # one exported model
     distill run evaluate --config tiny
 
 A variant splices the students of one or more modes into a fresh copy of the teacher (all layers
@@ -59,9 +60,11 @@ class Config:
             raise ValueError(f"beam must be >= 1, got {self.beam}")
 
 
-def test_pairs(cfg: Config, tok, max_len: int) -> tuple[list[tuple[str, str]], str]:
-    """The pairs to score and a note on how they were chosen."""
-    data = teacher_config(cfg.run_dir).data
+def test_pairs(
+    cfg: Config, tok, max_len: int, data: DataConfig | None = None
+) -> tuple[list[tuple[str, str]], str]:
+    """The pairs to score and a note on how they were chosen (default corpus: the teacher's)."""
+    data = data or teacher_config(cfg.run_dir).data
     if cfg.source:
         pair = cfg.pair or data.pair
         if cfg.source in ("demo", "iwslt2017"):
@@ -134,6 +137,33 @@ def evaluate_run(cfg: Config) -> dict:
     return {"note": note, "beam": cfg.beam, "rows": rows}
 
 
+def evaluate_export(cfg: Config) -> dict:
+    """The one model of an export directory, scored like a run's variants."""
+    from distill.checkpoint import read_json
+    from distill.pretrained import from_pretrained
+
+    model, tok = from_pretrained(cfg.run_dir)
+    config = read_json(Path(cfg.run_dir) / "config.json")
+    trained_on = config.get("data", {})
+    if not cfg.source and trained_on.get("source") not in ("demo", "iwslt2017"):
+        raise ConfigError(f"{cfg.run_dir}: give --source (demo, iwslt2017 or a .tsv file)")
+    data = DataConfig(source=trained_on.get("source", "demo"), pair=trained_on.get("pair", "de-en"))
+    pairs, note = test_pairs(cfg, tok, model.cfg.max_len, data)
+    result, _ = evaluate_model(
+        model, tok, pairs, beam=cfg.beam, batch_size=cfg.batch_size, progress=True
+    )
+    reps = config["replacements"]
+    row = {
+        "variant": config.get("variant", Path(cfg.run_dir).name),
+        "modes": sorted({r["mode"] for r in reps.values()}),
+        "sites": list(reps),
+        "params_replaced": config.get("parameters", {}).get("replaced", 0),
+        "params_student": config.get("parameters", {}).get("student", 0),
+        **result,
+    }
+    return {"note": note, "beam": cfg.beam, "rows": [row]}
+
+
 def main(cfg: Config) -> Path:
     out = Path(cfg.run_dir) / "eval"
     results = evaluate_run(cfg)
@@ -153,7 +183,9 @@ def evaluate_path(
     batch_size: int = 64,
     max_sentences: int = 0,
 ) -> dict:
-    """``distill evaluate PATH``: the table for a run dir, printed (not written)."""
+    """``distill evaluate PATH``: the table of a run dir or an export dir, printed, not written."""
+    from distill.pretrained import is_export
+
     cfg = Config(
         run_dir=path,
         beam=beam,
@@ -162,6 +194,6 @@ def evaluate_path(
         source="" if source in ("", "default") else source,
         pair=pair,
     )
-    results = evaluate_run(cfg)
+    results = evaluate_export(cfg) if is_export(path) else evaluate_run(cfg)
     print(write_markdown(results))
     return results

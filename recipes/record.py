@@ -60,17 +60,19 @@ def main(cfg: Config) -> Path:
         return out
     model, tok = load_teacher(cfg.run_dir)
     data_cfg = teacher_config(cfg.run_dir).data
+    sites = recorded_sites(cfg.modes, model.cfg)
+    # Read both splits before writing anything: a corpus that moved fails with a clean run dir.
+    examples = {}
+    for split, limit in (("train", cfg.max_sentences), ("valid", cfg.valid_sentences)):
+        ex, report = encode_pairs(load_pairs(data_cfg, split), tok, model.cfg.max_len)
+        examples[split] = ex[:limit] if limit else ex
+        log.info("%s: %s; recording %d sentences", split, report, len(examples[split]))
     out.mkdir(parents=True, exist_ok=True)
     write_config(out, cfg)
-    sites = recorded_sites(cfg.modes, model.cfg)
-    for split, limit in (("train", cfg.max_sentences), ("valid", cfg.valid_sentences)):
-        pairs = load_pairs(data_cfg, split)
-        examples, report = encode_pairs(pairs, tok, model.cfg.max_len)
-        examples = examples[:limit] if limit else examples
-        log.info("%s: %s; recording %d sentences", split, report, len(examples))
+    for split in ("train", "valid"):
         manifest = record(
             model,
-            examples,
+            examples[split],
             sites,
             out / split,
             shard_size=cfg.shard_size,

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,7 +28,7 @@ from distill.data import encode_pairs, load_pairs
 from distill.record import DiskBatches, OnlineBatches, Recording, site_stack
 from distill.runs import load_teacher, students_dir, teacher_config, write_config
 from distill.students import ACTIVATIONS, MODES, SIZES, build_student, mode_sites, student_call
-from distill.train import TrainConfig, fit, masked_mean
+from distill.train import TrainConfig, TrainingDiverged, fit, masked_mean
 
 log = logging.getLogger("recipes.students")
 
@@ -70,8 +71,13 @@ class Config:
             raise ValueError(f"source must be 'disk' or 'online', got '{self.source}'")
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
-        if any(not lr > 0 for lr in self.lrs.values()):
-            raise ValueError(f"learning rates must be > 0, got {self.lrs}")
+        for mode in [*self.sizes, *self.lrs]:
+            if mode not in MODES:
+                raise ValueError(f"unknown mode '{mode}' in sizes/lrs (known: {', '.join(MODES)})")
+        for lr in self.lrs.values():
+            # TrainConfig checks the rate again when a mode starts; fail now, not mid-run.
+            if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not 0 < lr < math.inf:
+                raise ValueError(f"learning rates must be finite numbers > 0, got {self.lrs}")
 
     def size_of(self, mode: str) -> str:
         return self.sizes.get(mode, self.size)
@@ -98,7 +104,13 @@ def site_loss(student: nn.Module, mode: str, site: str, batch) -> torch.Tensor:
 
 
 def mode_loss(students: nn.ModuleDict, mode: str, sites: list[str], batch) -> torch.Tensor:
-    return sum(site_loss(students[_key(s)], mode, s, batch) for s in sites)
+    """Sum of the sites' losses; ``TrainingDiverged`` names the first site whose loss is NaN/inf."""
+    losses = torch.stack([site_loss(students[_key(s)], mode, s, batch) for s in sites])
+    finite = torch.isfinite(losses.detach())
+    if not finite.all():  # one check (one device sync) per step, as fit makes anyway
+        j = int((~finite).nonzero()[0])
+        raise TrainingDiverged(f"site '{sites[j]}': loss is {losses[j].item()}")
+    return losses.sum()
 
 
 def _batches(cfg: Config, sites, split: str, teacher, examples, recording, epoch: int):
@@ -169,6 +181,7 @@ def main(cfg: Config) -> Path:
             recording[split] = Recording(Path(cfg.run_dir) / "record" / split)
             wanted = sorted({s for m in cfg.modes for s in mode_sites(m, teacher.cfg)})
             recording[split].check_compatible(teacher.cfg, wanted)
+            recording[split].verify()  # a bad shard fails now, before anything is written
     else:
         data_cfg = teacher_config(cfg.run_dir).data
         for split, limit in (("train", cfg.max_sentences), ("valid", cfg.valid_sentences)):

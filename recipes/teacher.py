@@ -21,6 +21,7 @@ import torch.nn.functional as F
 
 from distill.checkpoint import atomic_write_json, atomic_write_text, read_json
 from distill.data import DataConfig, Tokenizer, encode_pairs, load_pairs, token_batches
+from distill.errors import DataError
 from distill.model import PAD_ID, ModelConfig, Seq2SeqTransformer, count_parameters
 from distill.runs import save_model, teacher_dir, write_config
 from distill.train import TrainConfig, fit
@@ -81,16 +82,27 @@ def main(cfg: Config) -> Path:
     if (out / "bleu.json").exists():
         log.info("teacher already trained: %s (BLEU %s)", out, read_json(out / "bleu.json")["bleu"])
         return out
+    # Read every split before writing anything: a bad file fails here, not after training, and
+    # leaves no half-made run dir behind.
+    train_pairs = load_pairs(cfg.data, "train")
+    valid_pairs = load_pairs(cfg.data, "valid")
+    test_pairs = load_pairs(cfg.data, "test")
+    if not any(s.strip() and t.strip() for s, t in train_pairs):
+        raise DataError(f"{cfg.data.path or cfg.data.source}: every train pair has an empty side")
     out.mkdir(parents=True, exist_ok=True)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     write_config(out, cfg)
-
-    train_pairs = load_pairs(cfg.data, "train")
-    valid_pairs = load_pairs(cfg.data, "valid")
     tok = prepare_tokenizer(cfg, out, train_pairs)
     train, train_report = encode_pairs(train_pairs, tok, cfg.data.max_len)
     valid, valid_report = encode_pairs(valid_pairs, tok, cfg.data.max_len)
+    _, test_report = encode_pairs(test_pairs, tok, cfg.data.max_len)
+    for split, report in (("train", train_report), ("test", test_report)):
+        if not report.kept:
+            raise DataError(
+                f"{cfg.data.path or cfg.data.source}: no {split} pair is left after the length "
+                f"filter (max_len {cfg.data.max_len}): {report}"
+            )
     atomic_write_json(
         out / "data.json", {"train": train_report.counts(), "valid": valid_report.counts()}
     )
@@ -126,8 +138,6 @@ def main(cfg: Config) -> Path:
     model.eval()
     save_model(out, model)
 
-    test_pairs = load_pairs(cfg.data, "test")
-    _, test_report = encode_pairs(test_pairs, tok, cfg.data.max_len)
     in_range = [test_pairs[i] for i in test_report.kept_indices]
     if cfg.eval.max_sentences:
         in_range = in_range[: cfg.eval.max_sentences]

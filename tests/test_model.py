@@ -91,6 +91,7 @@ def test_beam_search_finds_a_hypothesis_at_least_as_likely_as_greedy():
     model = tiny_model(5)
     src = random_src(b=3, seed=7)
 
+    @torch.no_grad()
     def logprob(i: int, ids: list[int]) -> float:
         tgt_in = torch.tensor([[2] + ids])
         tgt_out = torch.tensor([ids + [EOS_ID]])

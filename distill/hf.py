@@ -1,0 +1,155 @@
+"""transformers integration: a config and a seq2seq LM around distill's (spliced) model.
+
+An export ships two one-line remote-code files that import these classes, so
+
+    AutoModelForSeq2SeqLM.from_pretrained(EXPORT_DIR, trust_remote_code=True)
+
+works wherever ``distill`` is installed. With the export's ``generation_config.json``, ``generate``
+gives the tokens of ``distill.decode`` (greedy, and beam search: both use transformers' default
+``early_stopping=False``) for sources that end with EOS and are right-padded (positions are
+absolute, as in training). There is
+no KV cache: spliced students see the whole prefix, so every step re-runs the decoder on it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from transformers import GenerationMixin, PretrainedConfig, PreTrainedModel
+from transformers.initialization import no_init_weights
+from transformers.modeling_outputs import BaseModelOutput, Seq2SeqLMOutput
+
+from distill.model import BOS_ID, EOS_ID, PAD_ID, UNK_ID, Seq2SeqTransformer
+from distill.pretrained import build_model, parse_config
+
+
+class DistillConfig(PretrainedConfig):
+    """``config.json`` of an export as a transformers config (field meanings: ``ModelConfig``)."""
+
+    model_type = "distill"
+
+    vocab_size: int = 8000
+    d_model: int = 128
+    n_heads: int = 8
+    d_ff: int = 512
+    n_enc: int = 6
+    n_dec: int = 6
+    dropout: float = 0.1
+    max_len: int = 50
+    replacements: dict | None = None  # {site: {mode, size, activation}}; None = the teacher
+    tokenizer: dict | None = None
+    is_encoder_decoder: bool = True
+    use_cache: bool = False
+    pad_token_id: int | None = PAD_ID
+    unk_token_id: int | None = UNK_ID
+    bos_token_id: int | None = BOS_ID
+    eos_token_id: int | None = EOS_ID
+    decoder_start_token_id: int | None = BOS_ID
+
+
+def _spec(config: DistillConfig):
+    """(ModelConfig, replacements) of ``config``, checked like distill's own loader checks it."""
+    return parse_config({**config.to_dict(), "replacements": config.replacements or {}}, "config")
+
+
+@dataclass
+class EncoderOutput(BaseModelOutput):
+    """The encoder memory plus its padding mask, so generate() expands both per beam."""
+
+    mask: torch.BoolTensor | None = None
+
+
+class _Encoder:
+    """What generate() calls once per batch: distill's encoder behind transformers' keywords.
+
+    Not an ``nn.Module`` on purpose: registering it would list every encoder weight twice.
+    """
+
+    def __init__(self, model: Seq2SeqTransformer):
+        self.model = model
+
+    def forward(self, input_ids: torch.Tensor, attention_mask=None, **kwargs) -> EncoderOutput:
+        if attention_mask is not None:  # distill masks by PAD: fold the mask into the ids
+            input_ids = input_ids.masked_fill(attention_mask == 0, PAD_ID)
+        memory, mask = self.model.encode(input_ids)
+        return EncoderOutput(last_hidden_state=memory, mask=mask)
+
+    __call__ = forward
+
+
+class DistillForConditionalGeneration(PreTrainedModel, GenerationMixin):
+    """A distill export as a transformers seq2seq LM (``self.model`` is the spliced model)."""
+
+    config_class = DistillConfig
+    base_model_prefix = "model"
+    main_input_name = "input_ids"
+
+    def __init__(self, config: DistillConfig):
+        super().__init__(config)
+        self.model = build_model(*_spec(config))
+        self.post_init()
+
+    @torch.no_grad()
+    def _init_weights(self, module: torch.nn.Module) -> None:
+        super()._init_weights(module)
+        if isinstance(module, Seq2SeqTransformer):
+            # transformers materialises non-persistent buffers (sinusoidal positions, causal
+            # masks) as uninitialised memory when loading; recompute them from a skeleton.
+            with no_init_weights(), torch.device("cpu"):
+                skeleton = build_model(*_spec(self.config))
+            for name, buffer in skeleton.named_buffers():
+                module.get_buffer(name).copy_(buffer)
+
+    @classmethod
+    def _supports_default_dynamic_cache(cls) -> bool:
+        return False
+
+    def get_encoder(self, modality: str | None = None) -> _Encoder:
+        return _Encoder(self.model)
+
+    def prepare_inputs_for_generation(self, input_ids: torch.Tensor, **kwargs) -> dict:
+        # No cache: always feed the whole decoder prefix.
+        kwargs.update(next_sequence_length=None, past_key_values=None, use_cache=False)
+        return super().prepare_inputs_for_generation(input_ids, **kwargs)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        decoder_input_ids: torch.Tensor | None = None,
+        encoder_outputs=None,
+        labels: torch.Tensor | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> Seq2SeqLMOutput | tuple:
+        """Logits (B, T, V) for ``decoder_input_ids`` (or labels shifted right, with a loss)."""
+        if encoder_outputs is None:
+            encoder_outputs = self.get_encoder()(input_ids, attention_mask)
+        memory = encoder_outputs[0]  # (B, S, D)
+        mask = getattr(encoder_outputs, "mask", None)
+        if mask is None:
+            mask = (
+                attention_mask.bool()
+                if attention_mask is not None
+                else torch.ones(memory.shape[:2], dtype=torch.bool, device=memory.device)
+            )
+        if decoder_input_ids is None:
+            if labels is None:
+                raise ValueError("pass decoder_input_ids or labels")
+            shifted = labels[:, :-1].masked_fill(labels[:, :-1] == -100, PAD_ID)
+            bos = torch.full_like(labels[:, :1], BOS_ID)
+            decoder_input_ids = torch.cat([bos, shifted], dim=1)  # (B, T)
+        logits = self.model.decode(decoder_input_ids, memory, mask)  # (B, T, V)
+        loss = None
+        if labels is not None:
+            loss = F.cross_entropy(
+                logits.flatten(0, 1).float(), labels.flatten(), ignore_index=-100
+            )
+        if return_dict is False:
+            return (logits,) if loss is None else (loss, logits)
+        return Seq2SeqLMOutput(loss=loss, logits=logits, encoder_last_hidden_state=memory)
+
+
+__all__ = ["DistillConfig", "DistillForConditionalGeneration"]

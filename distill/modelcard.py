@@ -1,0 +1,118 @@
+"""The README.md of an export: what was replaced, scores, sizes, and how to load the model."""
+
+from __future__ import annotations
+
+CARD = """---
+language: [{src}, {tgt}]
+tags: [translation, distill, attentionless]
+library_name: transformers
+---
+# {name}: {src}→{tgt} translation, variant `{variant}`
+
+A pre-LN encoder-decoder Transformer ({n_enc}+{n_dec} layers, d_model {d_model}, {n_heads} heads,
+at most {max_len} tokens per side) trained with `distill` on the `{corpus}` corpus, with
+{n_sites} attention site(s) replaced by shallow MLP students trained to mimic them (no
+fine-tuning after splicing).
+
+## Replaced sites
+
+| site | mode | size | activation |
+|---|---|---|---|
+{sites}
+
+## Scores
+
+| BLEU | chrF | sentences/s | decoding |
+|---:|---:|---:|---|
+| {bleu:.2f} | {chrf:.2f} | {speed:.1f} | {decoding} |
+
+Test set: {note}.
+sacreBLEU signature: `{signature}`.
+Speed: sentences per second decoded in that evaluation, on the machine that ran it.
+
+## Parameters
+
+| | parameters |
+|---|---:|
+| attention replaced | {replaced} |
+| students (effective: weights held at zero by causal masks not counted) | {student} |
+| whole model | {total} |
+
+## Use with distill
+
+```bash
+distill translate {name} < {src}.txt > {tgt}.txt   # --beam 4; --strict refuses long lines
+distill evaluate {name} --source demo
+```
+
+```python
+import distill
+
+model, tok = distill.from_pretrained("{name}")
+print(model.translate(["{sample}"], beam=1))
+```
+
+## Use with transformers
+
+The remote code here (`modeling_distill.py`, `configuration_distill.py`) only imports the
+`distill` package, so install distill first (`pip install -e .` in its checkout). Sources are
+SentencePiece ids followed by EOS ({eos}) and right-padded with {pad}. With the shipped
+`generation_config.json`, `generate` returns distill's tokens, greedy or with `num_beams=k`.
+
+```python
+import sentencepiece as spm
+import torch
+from transformers import AutoModelForSeq2SeqLM
+
+model = AutoModelForSeq2SeqLM.from_pretrained("{name}", trust_remote_code=True)
+sp = spm.SentencePieceProcessor(model_file="{name}/spm.model")
+ids = [sp.encode(s)[:{max_src}] + [{eos}] for s in ["{sample}"]]
+width = max(map(len, ids))
+src = torch.tensor([x + [{pad}] * (width - len(x)) for x in ids])
+out = model.generate(src, attention_mask=(src != {pad}).long(), num_beams=2)
+print(sp.decode(out[:, 1:].tolist()))  # EOS and padding ids decode to nothing
+```
+
+## Limits
+
+Sources longer than {max_src} tokens plus EOS are truncated (`distill translate --strict` refuses
+them); translations stop at {max_len} tokens. Students have no KV cache, so every decoding step
+re-runs the decoder over the whole prefix.
+"""
+
+
+def _count(n: int) -> str:
+    return f"{n / 1e6:.2f}M" if n >= 1e6 else f"{n / 1e3:.1f}k"
+
+
+def model_card(config: dict, row: dict, note: str, name: str) -> str:
+    """README.md for the export ``name`` described by ``config``, scored by ``row`` on ``note``."""
+    src, _, tgt = config["data"]["pair"].partition("-")
+    reps, params = config["replacements"], config["parameters"]
+    sites = "\n".join(
+        f"| `{site}` | {r['mode']} | {r['size']} | {r['activation']} |" for site, r in reps.items()
+    )
+    beam = row.get("beam", 1)
+    return CARD.format(
+        name=name,
+        src=src,
+        tgt=tgt,
+        variant=config["variant"],
+        corpus=config["data"]["source"],
+        n_sites=len(reps),
+        sites=sites or "| (none: this is the teacher) | | | |",
+        bleu=row["bleu"],
+        chrf=row["chrf"],
+        speed=row["sentences_per_s"],
+        decoding="greedy" if beam == 1 else f"beam {beam}",
+        note=note,
+        signature=row["bleu_signature"],
+        replaced=_count(params["replaced"]),
+        student=_count(params["student"]),
+        total=_count(params["total"]),
+        sample="Guten Morgen!" if src == "de" else "Good morning!",
+        eos=config["eos_token_id"],
+        pad=config["pad_token_id"],
+        max_src=config["max_len"] - 1,
+        **{k: config[k] for k in ("n_enc", "n_dec", "d_model", "n_heads", "max_len")},
+    )

@@ -1,0 +1,71 @@
+"""Configs: every shipped config loads; typos and wrong types fail naming the key."""
+
+import pytest
+
+from distill.cli import CONFIG_ROOT, available, load_recipe_config, main
+from distill.errors import ConfigError
+
+
+def all_configs():
+    return [(r, c) for r, names in available().items() for c in names]
+
+
+def test_every_recipe_has_tiny_demo_and_paper_configs():
+    for recipe, names in available().items():
+        assert {"tiny", "demo", "paper"} <= set(names), recipe
+
+
+@pytest.mark.parametrize("recipe,name", all_configs())
+def test_every_config_loads(recipe, name):
+    _, cfg = load_recipe_config(recipe, name, [])
+    assert cfg.run_dir == f"runs/{name}"
+
+
+def test_unknown_key_is_rejected_with_its_dotted_name():
+    with pytest.raises(ConfigError, match="unknown config key 'train.epoch'"):
+        load_recipe_config("teacher", "tiny", ["train.epoch=3"])
+    with pytest.raises(ConfigError, match="unknown config key 'modle'"):
+        load_recipe_config("teacher", "tiny", ["modle.d_model=3"])
+
+
+def test_wrong_type_and_bad_values_name_the_key():
+    with pytest.raises(ConfigError, match="config key 'train.epochs': expected int"):
+        load_recipe_config("teacher", "tiny", ["train.epochs=three"])
+    with pytest.raises(ConfigError, match="max_len must be >= 2"):
+        load_recipe_config("teacher", "tiny", ["data.max_len=0"])
+    with pytest.raises(ConfigError, match="lr must be > 0"):
+        load_recipe_config("teacher", "tiny", ["train.lr=-1"])
+    with pytest.raises(ConfigError, match="unknown mode 'alx'"):
+        load_recipe_config("students", "tiny", ["modes=[alx]"])
+    with pytest.raises(ConfigError, match="unknown size 'xxl'"):
+        load_recipe_config("students", "tiny", ["size=xxl"])
+
+
+def test_pipeline_sections_are_checked_before_anything_runs():
+    with pytest.raises(ConfigError, match="pipeline section 'students'.*unknown config key 'sise'"):
+        load_recipe_config("pipeline", "tiny", ["students.sise=m"])
+
+
+def test_yaml_syntax_error_names_file_and_line(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train:\n  epochs: [1\n")
+    with pytest.raises(ConfigError, match=r"bad.yaml:\d+: invalid YAML"):
+        load_recipe_config("teacher", str(bad), [])
+
+
+@pytest.mark.parametrize(
+    "argv,needle",
+    [
+        (["run", "nosuch", "--config", "tiny"], "unknown recipe 'nosuch'"),
+        (["run", "teacher", "--config", "nosuch"], "unknown config 'nosuch' for recipe 'teacher'"),
+        (["run", "teacher", "--config", "tiny", "train.epochs=x"], "train.epochs"),
+    ],
+)
+def test_cli_misuse_is_one_line_and_exit_code_2(argv, needle, capsys):
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert needle in err and "\n" not in err and "Traceback" not in err
+
+
+def test_config_root_exists():
+    assert CONFIG_ROOT.is_dir()

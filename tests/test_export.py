@@ -1,0 +1,296 @@
+"""Export directories: round trip, transformers generate == distill decoding, CLI, atomicity."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors import safe_open
+
+import distill
+from distill.checkpoint import atomic_write_json, save_tensors
+from distill.cli import main
+from distill.data import DataConfig
+from distill.decode import beam_search, greedy
+from distill.errors import CheckpointError, ConfigError
+from distill.export import export, parse_spec
+from distill.model import (
+    EOS_ID,
+    PAD_ID,
+    PRESETS,
+    AttentionCore,
+    ModelConfig,
+    Seq2SeqTransformer,
+    site_path,
+)
+from distill.runs import load_students, load_teacher, save_model, write_config
+from distill.students import MODES, build_student, mode_sites, splice
+
+REPO = Path(__file__).resolve().parent.parent
+ATTENTIONLESS = ("alr", "dec_self", "cross")
+
+
+def write_run(root: Path, tok, seed: int = 0) -> Path:
+    """A run dir with a random tiny teacher, random students of every mode and a results table."""
+    from recipes.teacher import Config
+
+    torch.manual_seed(seed)
+    cfg = ModelConfig(**{**PRESETS["tiny"], "vocab_size": tok.vocab_size})
+    teacher = root / "teacher"
+    teacher.mkdir(parents=True)
+    save_model(teacher, Seq2SeqTransformer(cfg))
+    shutil.copyfile(tok.path, teacher / "spm.model")
+    write_config(teacher, Config(data=DataConfig(source="demo", max_len=8), model=cfg))
+    for mode in MODES:
+        sites = mode_sites(mode, cfg)
+        students = torch.nn.ModuleDict(
+            {s.replace(".", "/"): build_student(mode, cfg, "xs") for s in sites}
+        )
+        out = root / "students" / mode
+        save_tensors(out / "students.safetensors", students.state_dict())
+        atomic_write_json(
+            out / "spec.json",
+            {"mode": mode, "size": "xs", "activation": "leaky_relu", "sites": sites},
+        )
+    score = {"bleu": 1.5, "chrf": 9.0, "bleu_signature": "nrefs:1|tok:13a", "sentences_per_s": 9}
+    rows = [
+        {"variant": v, "sites": s, "params_replaced": 0, "params_student": 0, "beam": 1, **score}
+        for v, s in (
+            ("teacher", []),
+            ("attentionless", [s for m in ATTENTIONLESS for s in mode_sites(m, cfg)]),
+        )
+    ]
+    atomic_write_json(root / "eval" / "results.json", {"note": "demo test", "rows": rows})
+    return root
+
+
+def reference(run_dir: Path, modes=ATTENTIONLESS) -> Seq2SeqTransformer:
+    """The run's teacher with the students of ``modes`` spliced in, in memory."""
+    model, _ = load_teacher(run_dir)
+    for mode in modes:
+        splice(model, load_students(run_dir, mode, model.cfg))
+    return model.eval()
+
+
+def sources(n: int = 6, seed: int = 0) -> torch.Tensor:
+    """(n, 7) right-padded source ids ending in EOS, ragged lengths."""
+    g = torch.Generator().manual_seed(seed)
+    src = torch.randint(4, 60, (n, 7), generator=g)
+    for i in range(n):
+        length = 7 - i % 4
+        src[i, length - 1], src[i, length:] = EOS_ID, PAD_ID
+    return src
+
+
+def strip(row) -> list[int]:
+    out = []
+    for t in row:
+        if t in (EOS_ID, PAD_ID):
+            break
+        out.append(t)
+    return out
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory, tiny_tokenizer):
+    return write_run(tmp_path_factory.mktemp("export") / "run", tiny_tokenizer)
+
+
+@pytest.fixture(scope="module")
+def exports(run_dir):
+    root = run_dir.parent
+    return {v: export(run_dir, v, root / v) for v in ("teacher", "attentionless")}
+
+
+@pytest.fixture(scope="module")
+def hf_models(exports, tmp_path_factory):
+    import transformers.dynamic_module_utils as dmu
+    from transformers import AutoModelForSeq2SeqLM
+
+    # The remote code is copied into a modules cache: keep it out of the home directory.
+    mp = pytest.MonkeyPatch()
+    mp.setattr(dmu, "HF_MODULES_CACHE", str(tmp_path_factory.mktemp("hf_modules")))
+    models = {
+        v: AutoModelForSeq2SeqLM.from_pretrained(str(path), trust_remote_code=True).eval()
+        for v, path in exports.items()
+    }
+    yield models
+    mp.undo()
+
+
+@pytest.mark.parametrize("variant", ["teacher", "attentionless"])
+def test_exported_model_gives_the_logits_of_the_in_memory_spliced_model(run_dir, exports, variant):
+    expected = reference(run_dir, () if variant == "teacher" else ATTENTIONLESS)
+    model, tok = distill.from_pretrained(exports[variant])
+    src, tgt = sources(), sources(seed=1)
+    assert torch.equal(model(src, tgt), expected(src, tgt))
+    assert tok.vocab_size == model.cfg.vocab_size
+    config = json.loads((exports[variant] / "config.json").read_text())
+    assert config["auto_map"]["AutoModelForSeq2SeqLM"] and config["max_len"] == 8
+    card = (exports[variant] / "README.md").read_text()
+    assert "nrefs:1|tok:13a" in card and "trust_remote_code=True" in card
+
+
+def test_attentionless_export_holds_no_attention_at_replaced_sites(exports):
+    model, _ = distill.from_pretrained(exports["attentionless"])
+    config = json.loads((exports["attentionless"] / "config.json").read_text())
+    paths = [site_path(s, model.cfg) for s in config["replacements"]]
+    assert len(paths) == 6  # every attention core of the tiny 2+2 model
+    for path in paths:
+        assert not isinstance(model.get_submodule(path), AttentionCore)
+        inner = model.get_submodule(path).modules()
+        assert not any(isinstance(m, AttentionCore) for m in inner)
+    assert not any(isinstance(m, AttentionCore) for m in model.modules())
+    with safe_open(exports["attentionless"] / "model.safetensors", "pt") as f:
+        keys = list(f.keys())
+    assert not [k for k in keys if any(p in k for p in ("q_proj", "k_proj", "v_proj"))]
+    assert any(k.startswith(paths[0] + ".fc1") for k in keys)
+
+
+@pytest.mark.parametrize("variant", ["teacher", "attentionless"])
+def test_transformers_generate_equals_distill_greedy_and_beam(exports, hf_models, variant):
+    model, _ = distill.from_pretrained(exports[variant])
+    hf = hf_models[variant]
+    src = sources(8, seed=3)
+    mask = (src != PAD_ID).long()
+    with torch.no_grad():
+        plain = hf.generate(src)  # generation_config.json alone must give distill's greedy
+        assert [strip(r[1:]) for r in plain.tolist()] == greedy(model, src)
+        for k in (2, 3):
+            out = hf.generate(src, attention_mask=mask, num_beams=k, max_new_tokens=8)
+            assert [strip(r[1:]) for r in out.tolist()] == beam_search(model, src, beam=k), k
+        short = hf.generate(src, attention_mask=mask, max_new_tokens=3)
+        assert [strip(r[1:]) for r in short.tolist()] == greedy(model, src, max_len=3)
+
+
+def test_translate_keeps_one_line_per_input_line(exports, tmp_path, capsys):
+    model, _ = distill.from_pretrained(exports["attentionless"])
+    texts = ["Der Hund sieht den Ball.", "", "Die Katze mag ein Buch!", ""]
+    out = model.translate(texts, beam=2, batch_size=2)
+    assert len(out) == 4 and out[1] == out[3] == ""
+    long = "Der Hund sieht den Ball und die Katze mag ein Buch heute oft."
+    text = tmp_path / "in.txt"
+    text.write_text("\n".join(["Der Hund.", "", long, "Das Kind!", ""]) + "\n")
+    assert main(["-q", "translate", str(exports["attentionless"]), str(text)]) == 0
+    captured = capsys.readouterr()
+    lines = captured.out.split("\n")
+    assert len(lines) == 6 and lines[-1] == "" and lines[1] == lines[4] == ""
+    assert "1 line(s) exceed max_len 8 tokens" in captured.err and "(line 3)" in captured.err
+    assert main(["-q", "translate", str(exports["attentionless"]), str(text), "--strict"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and "line 3" in captured.err
+
+
+def test_cli_export_with_a_spec_scores_it_and_evaluate_reads_export_dirs(run_dir, tmp_path, capsys):
+    out = tmp_path / "custom"
+    spec = "encoder.0.self_attn=alr,decoder.1.cross_attn=cross"
+    assert main(["-q", "export", str(run_dir), "--spec", spec, "--out", str(out)]) == 0
+    config = json.loads((out / "config.json").read_text())
+    assert config["variant"] == "custom" and set(config["replacements"]) == set(parse_spec(spec))
+    assert "demo test split" in (out / "README.md").read_text()  # no results row: scored now
+    capsys.readouterr()
+    assert main(["-q", "evaluate", str(out), "--source", "demo", "--max-sentences", "3"]) == 0
+    table = capsys.readouterr().out
+    assert table.startswith("| variant |") and "| custom |" in table
+
+
+def test_export_refuses_bad_specs_and_foreign_out_dirs(run_dir, tmp_path):
+    with pytest.raises(ConfigError, match="overlap"):
+        export(run_dir, {"encoder.0": "elr", "encoder.0.self_attn": "alr"}, tmp_path / "x")
+    with pytest.raises(ConfigError, match="mode 'alr' replaces encoder.I.self_attn"):
+        export(run_dir, {"decoder.0.self_attn": "alr"}, tmp_path / "x")
+    with pytest.raises(ConfigError, match="unknown variant 'nope'"):
+        export(run_dir, "nope", tmp_path / "x")
+    with pytest.raises(ConfigError, match="SITE=MODE"):
+        parse_spec("encoder.0.self_attn")
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep me")
+    with pytest.raises(ConfigError, match="not a distill export"):
+        export(run_dir, "teacher", tmp_path / "mine")
+    assert (tmp_path / "mine" / "notes.txt").exists()
+    assert not (tmp_path / "x").exists()
+
+
+def test_an_interrupted_export_leaves_no_directory_and_can_be_rerun(run_dir, tmp_path, monkeypatch):
+    import distill.export as export_module
+
+    out = tmp_path / "out"
+
+    def fail(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(export_module, "model_card", fail)
+    with pytest.raises(OSError, match="disk full"):
+        export(run_dir, "attentionless", out)
+    assert not out.exists() and list(tmp_path.iterdir()) == []
+    monkeypatch.undo()
+
+    # A SIGKILL right after the weights are written, inside the temporary directory.
+    code = (
+        "import os, signal, sys\n"
+        "import distill.export as e\n"
+        "save = e.save_tensors\n"
+        "def killed(*a, **k):\n"
+        "    save(*a, **k)\n"
+        "    os.kill(os.getpid(), signal.SIGKILL)\n"
+        "e.save_tensors = killed\n"
+        "e.export(sys.argv[1], 'attentionless', sys.argv[2])\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-c", code, str(run_dir), str(out)], env=env)
+    assert proc.returncode == -signal.SIGKILL
+    assert not out.exists()
+    assert [p.name for p in tmp_path.iterdir()][0].startswith(".out.")  # the orphaned temp dir
+    export(run_dir, "attentionless", out)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+    distill.from_pretrained(out)
+
+
+def _broken_copy(src: Path, dst: Path) -> Path:
+    shutil.copytree(src, dst)
+    return dst
+
+
+def test_broken_export_dirs_raise_checkpoint_errors_naming_the_problem(exports, tmp_path):
+    good = exports["attentionless"]
+    for name in ("config.json", "model.safetensors", "spm.model"):
+        bad = _broken_copy(good, tmp_path / f"no-{name}")
+        (bad / name).unlink()
+        with pytest.raises(CheckpointError, match=name.replace(".", r"\.")):
+            distill.from_pretrained(bad)
+
+    def edited(tag: str, change) -> Path:
+        bad = _broken_copy(good, tmp_path / tag)
+        config = json.loads((bad / "config.json").read_text())
+        change(config)
+        (bad / "config.json").write_text(json.dumps(config))
+        return bad
+
+    cases = {
+        "d_model": (lambda c: c.update(d_model=32), r"model\.safetensors.*shape"),
+        "heads": (lambda c: c.update(n_heads=3), "not divisible by n_heads"),
+        "type": (lambda c: c.update(max_len="8"), "'max_len' must be int"),
+        "missing": (lambda c: c.pop("n_dec"), "missing key 'n_dec'"),
+        "eos": (lambda c: c.update(eos_token_id=1), "'eos_token_id' is 1"),
+        "mode": (
+            lambda c: c["replacements"]["encoder.0.self_attn"].update(mode="cross"),
+            r"replacements.*encoder\.0\.self_attn",
+        ),
+        "size": (
+            lambda c: c["replacements"]["decoder.1.cross_attn"].update(size="huge"),
+            r"replacements\.decoder\.1\.cross_attn.*size",
+        ),
+        "dropped": (
+            lambda c: c["replacements"].pop("decoder.0.self_attn"),
+            r"model\.safetensors: does not match",
+        ),
+    }
+    for tag, (change, message) in cases.items():
+        with pytest.raises(CheckpointError, match=message):
+            distill.from_pretrained(edited(tag, change))
+    assert main(["translate", str(tmp_path / "d_model"), os.devnull]) == 2
