@@ -142,8 +142,15 @@ def cmd_translate(args) -> int:
     return 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """Argument errors in the one-line form every other error uses (subparsers inherit it)."""
+
+    def error(self, message: str):
+        self.exit(2, f"distill: error: {message} (see distill --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="distill", description=__doc__.split("\n\n")[0])
+    parser = _Parser(prog="distill", description=__doc__.split("\n\n")[0])
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     parser.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -200,6 +207,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.debug:
             raise
         print(f"distill: error: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:  # unwritable run dir, full disk, ...: the file and the reason
+        if args.debug:
+            raise
+        print(f"distill: error: {err.filename or ''}: {err.strerror or err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("distill: interrupted; run the same command again to resume", file=sys.stderr)

@@ -20,6 +20,11 @@ from distill.errors import ConfigError
 T = TypeVar("T")
 
 
+def _quote(text: str) -> str:
+    """``'text'``, with newlines and other unprintables escaped: an error stays one line."""
+    return f"'{text}'" if text.isprintable() else repr(text)
+
+
 def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", str(tp))
 
@@ -77,7 +82,7 @@ def from_dict(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
     for key, value in data.items():
         if key not in names:
             raise ConfigError(
-                f"unknown config key '{prefix}{key}' (known: {', '.join(sorted(names))})"
+                f"unknown config key {_quote(f'{prefix}{key}')} (known: {', '.join(sorted(names))})"
             )
         kwargs[key] = _coerce(value, hints[key], prefix + key)
     try:
@@ -96,10 +101,10 @@ def to_dict(cfg: Any) -> dict[str, Any]:
 def parse_override(text: str) -> tuple[list[str], Any]:
     """``"train.lr=1e-3"`` -> (["train", "lr"], 0.001), the value parsed as YAML."""
     if "=" not in text:
-        raise ConfigError(f"override '{text}' is not of the form key=value")
+        raise ConfigError(f"override {_quote(text)} is not of the form key=value")
     key, raw = text.split("=", 1)
     if not key or any(not part for part in key.split(".")):
-        raise ConfigError(f"override '{text}' has an empty key")
+        raise ConfigError(f"override {_quote(text)} has an empty key")
     try:
         value = yaml.safe_load(raw) if raw else ""
     except yaml.YAMLError:

@@ -204,9 +204,12 @@ def record(
         "sentences": len(order),
     }
     final = out / "manifest.json"
-    if final.exists() and {k: v for k, v in read_json(final).items() if k in header} == header:
-        log.info("recording already complete: %s", final)
-        return read_json(final)
+    if final.exists():
+        manifest = read_json(final)
+        if isinstance(manifest, dict) and {k: manifest.get(k) for k in header} == header:
+            log.info("recording already complete: %s", final)
+            return manifest
+        final.unlink()  # its shards are about to be overwritten: never leave it pointing at them
     for stale in out.glob(".*.tmp"):  # a temp file a kill left mid-write: never renamed, useless
         stale.unlink()
     done: list[dict] = []

@@ -107,6 +107,8 @@ class Tokenizer:
         try:
             with os.fdopen(fd, "wb") as f:
                 f.write(model.getvalue())
+                f.flush()
+                os.fsync(f.fileno())
             os.replace(tmp, model_path)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
