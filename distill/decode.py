@@ -67,10 +67,11 @@ def greedy(
         done |= token == EOS_ID
         if bool(done.all()):
             break
-    return [_strip(row) for row in prefix[:, 1:].tolist()]
+    return [strip_ids(row) for row in prefix[:, 1:].tolist()]
 
 
-def _strip(ids: list[int]) -> list[int]:
+def strip_ids(ids: list[int]) -> list[int]:
+    """Generated ids up to (not including) the first EOS or PAD."""
     out = []
     for i in ids:
         if i in (EOS_ID, PAD_ID):
@@ -139,7 +140,7 @@ def beam_search(
         step.reorder(index)
         if all(done):
             break
-    return [_strip(f[0][1]) if f else [] for f in finished]
+    return [strip_ids(f[0][1]) if f else [] for f in finished]
 
 
 def translate_ids(

@@ -16,7 +16,7 @@ import distill
 from distill.checkpoint import atomic_write_json, save_tensors
 from distill.cli import main
 from distill.data import DataConfig
-from distill.decode import beam_search, greedy
+from distill.decode import beam_search, greedy, strip_ids
 from distill.errors import CheckpointError, ConfigError
 from distill.export import export, parse_spec
 from distill.model import (
@@ -87,15 +87,6 @@ def sources(n: int = 6, seed: int = 0) -> torch.Tensor:
     return src
 
 
-def strip(row) -> list[int]:
-    out = []
-    for t in row:
-        if t in (EOS_ID, PAD_ID):
-            break
-        out.append(t)
-    return out
-
-
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory, tiny_tokenizer):
     return write_run(tmp_path_factory.mktemp("export") / "run", tiny_tokenizer)
@@ -160,12 +151,12 @@ def test_transformers_generate_equals_distill_greedy_and_beam(exports, hf_models
     mask = (src != PAD_ID).long()
     with torch.no_grad():
         plain = hf.generate(src)  # generation_config.json alone must give distill's greedy
-        assert [strip(r[1:]) for r in plain.tolist()] == greedy(model, src)
+        assert [strip_ids(r[1:]) for r in plain.tolist()] == greedy(model, src)
         for k in (2, 3):
             out = hf.generate(src, attention_mask=mask, num_beams=k, max_new_tokens=8)
-            assert [strip(r[1:]) for r in out.tolist()] == beam_search(model, src, beam=k), k
+            assert [strip_ids(r[1:]) for r in out.tolist()] == beam_search(model, src, beam=k), k
         short = hf.generate(src, attention_mask=mask, max_new_tokens=3)
-        assert [strip(r[1:]) for r in short.tolist()] == greedy(model, src, max_len=3)
+        assert [strip_ids(r[1:]) for r in short.tolist()] == greedy(model, src, max_len=3)
 
 
 def test_translate_keeps_one_line_per_input_line(exports, tmp_path, capsys):
