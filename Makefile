@@ -29,6 +29,7 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/teacher_speed.py
+	$(BIN)/python bench/distill_speed.py
 
 clean:
 	rm -rf $(VENV) runs

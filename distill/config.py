@@ -77,13 +77,17 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
 def from_dict(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
     """Build dataclass ``cls`` from ``data``; unknown keys and wrong types raise ``ConfigError``."""
     hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls) if f.init}
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     kwargs = {}
     for key, value in data.items():
-        if key not in names:
+        if key not in fields:
             raise ConfigError(
-                f"unknown config key {_quote(f'{prefix}{key}')} (known: {', '.join(sorted(names))})"
+                f"unknown config key {_quote(f'{prefix}{key}')} (known: {', '.join(sorted(fields))})"
             )
+        if dataclasses.is_dataclass(hints[key]) and isinstance(value, dict):
+            # A section holds deltas from the field's own default (e.g. the students' constant
+            # rate), not from the defaults of the section's class.
+            value = merge(_default_dict(fields[key]), value)
         kwargs[key] = _coerce(value, hints[key], prefix + key)
     try:
         return cls(**kwargs)
@@ -91,6 +95,15 @@ def from_dict(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
         raise
     except (ValueError, TypeError) as err:
         raise ConfigError(f"config '{prefix.rstrip('.') or cls.__name__}': {err}") from None
+
+
+def _default_dict(f: dataclasses.Field) -> dict[str, Any]:
+    """The default of a dataclass-typed field as a plain dict ({} when it has none)."""
+    if f.default_factory is not dataclasses.MISSING:
+        return dataclasses.asdict(f.default_factory())
+    if f.default is not dataclasses.MISSING and dataclasses.is_dataclass(f.default):
+        return dataclasses.asdict(f.default)
+    return {}
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:

@@ -69,3 +69,15 @@ def test_cli_misuse_is_one_line_and_exit_code_2(argv, needle, capsys):
 
 def test_config_root_exists():
     assert CONFIG_ROOT.is_dir()
+
+
+def test_a_section_delta_keeps_the_fields_own_defaults():
+    # The students' `train` section defaults to a constant rate, not TrainConfig's Noam factor:
+    # a YAML or override that sets only `train.epochs` must not bring the class defaults back.
+    from recipes.students import Config, _student_train_defaults
+
+    own = _student_train_defaults()
+    _, cfg = load_recipe_config("students", "tiny", ["train.epochs=3"])
+    assert cfg.train.epochs == 3
+    assert (cfg.train.schedule, cfg.train.lr, cfg.train.eps) == (own.schedule, own.lr, own.eps)
+    assert Config().train == own
