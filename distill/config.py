@@ -57,7 +57,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     if origin is dict:
         if not isinstance(value, dict):
             raise ConfigError(f"config key '{key}': expected a mapping, got {value!r}")
-        return dict(value)
+        (_, value_tp) = typing.get_args(tp) or (Any, Any)
+        return {k: _coerce(v, value_tp, f"{key}.{k}") for k, v in value.items()}
     if tp is Any:
         return value
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
@@ -65,6 +66,12 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             return float(value)
         except OverflowError:
             raise ConfigError(f"config key '{key}': integer too large for a float") from None
+    if tp is float and isinstance(value, str):
+        # YAML 1.1 reads `1e-3` (no dot) as a string; it is a float to anyone writing a rate.
+        try:
+            return float(value)
+        except ValueError:
+            pass
     if tp is int and isinstance(value, bool):
         raise ConfigError(f"config key '{key}': expected int, got {value!r}")
     if not isinstance(value, tp):

@@ -40,13 +40,18 @@ class TrainingDiverged(DistillError):
     """
 
 
+SCHEDULES = ("noam", "constant", "cosine")
+
+
 @dataclass
 class TrainConfig:
     """Optimisation settings shared by teacher and student training."""
 
     epochs: int = 20
     max_steps: int = 0  # 0 = no cap; otherwise stop (with a checkpoint) after this many steps
-    schedule: str = "noam"  # "noam" (lr is the Noam factor) or "constant" (lr is the rate)
+    # "noam" (lr is the Noam factor), "constant" (lr is the rate) or "cosine" (linear warm-up
+    # to lr over `warmup` steps, then cosine decay to 0 at the last step)
+    schedule: str = "noam"
     lr: float = 1.0
     warmup: int = 4000
     betas: list[float] = field(default_factory=lambda: [0.9, 0.98])
@@ -63,8 +68,8 @@ class TrainConfig:
             raise ValueError(f"epochs must be >= 1, got {self.epochs}")
         if self.max_steps < 0:
             raise ValueError(f"max_steps must be >= 0, got {self.max_steps}")
-        if self.schedule not in ("noam", "constant"):
-            raise ValueError(f"schedule must be 'noam' or 'constant', got '{self.schedule}'")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"schedule must be one of {'|'.join(SCHEDULES)}, got '{self.schedule}'")
         if not 0 < self.lr < math.inf:
             raise ValueError(f"lr must be > 0 and finite, got {self.lr}")
         if self.warmup < 1:
@@ -78,11 +83,15 @@ class TrainConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
 
 
-def learning_rate(cfg: TrainConfig, step: int, d_model: int) -> float:
-    """Rate for 1-based ``step``: Noam (warm-up then inverse square root) or constant."""
+def learning_rate(cfg: TrainConfig, step: int, d_model: int, total: int = 0) -> float:
+    """Rate for 1-based ``step`` of ``total``: Noam (warm-up then inverse square root), constant,
+    or cosine (warm-up then cosine decay to 0 at ``total``)."""
     if cfg.schedule == "constant":
         return cfg.lr
     step = max(step, 1)
+    if cfg.schedule == "cosine":
+        warm = min(1.0, step / cfg.warmup)
+        return cfg.lr * warm * 0.5 * (1 + math.cos(math.pi * min(step / max(total, 1), 1.0)))
     return cfg.lr * d_model**-0.5 * min(step**-0.5, step * cfg.warmup**-1.5)
 
 
@@ -206,7 +215,7 @@ def fit(
         for i in range(state["batch"], len(mine)):
             batch = batches[mine[i]]
             batch = batch.to(acc.device) if hasattr(batch, "to") else batch
-            lr = learning_rate(cfg, state["step"] + 1, d_model)
+            lr = learning_rate(cfg, state["step"] + 1, d_model, total)
             for group in optimizer.param_groups:
                 group["lr"] = lr
             try:

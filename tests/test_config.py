@@ -81,3 +81,13 @@ def test_a_section_delta_keeps_the_fields_own_defaults():
     assert cfg.train.epochs == 3
     assert (cfg.train.schedule, cfg.train.lr, cfg.train.eps) == (own.schedule, own.lr, own.eps)
     assert Config().train == own
+
+
+def test_exponent_floats_without_a_dot_are_floats():
+    # PyYAML (YAML 1.1) reads `1e-3` as a string; as a float-typed key it must be the number.
+    _, cfg = load_recipe_config("students", "tiny", ["train.lr=2e-3", "lrs={alr: 5e-4}"])
+    assert cfg.train.lr == 2e-3 and cfg.lrs == {"alr": 5e-4}
+    with pytest.raises(ConfigError, match="config key 'train.lr': expected float"):
+        load_recipe_config("students", "tiny", ["train.lr=fast"])
+    with pytest.raises(ConfigError, match="config key 'lrs.alr'"):
+        load_recipe_config("students", "tiny", ["lrs={alr: fast}"])
