@@ -88,9 +88,8 @@ def from_dict(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
     kwargs = {}
     for key, value in data.items():
         if key not in fields:
-            raise ConfigError(
-                f"unknown config key {_quote(f'{prefix}{key}')} (known: {', '.join(sorted(fields))})"
-            )
+            known = ", ".join(sorted(fields))
+            raise ConfigError(f"unknown config key {_quote(f'{prefix}{key}')} (known: {known})")
         if dataclasses.is_dataclass(hints[key]) and isinstance(value, dict):
             # A section holds deltas from the field's own default (e.g. the students' constant
             # rate), not from the defaults of the section's class.

@@ -139,6 +139,7 @@ def export(run_dir: str | Path, variant_or_spec: str | dict[str, str], out_dir: 
                 "mode": mode,
                 "size": trained["size"],
                 "activation": trained["activation"],
+                "residual": trained.get("residual", False),
             }
         splice(model, chosen)
     row, note = _scores(run_dir, name, spec, model, tok)

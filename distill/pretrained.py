@@ -103,6 +103,9 @@ def generation_config(cfg: ModelConfig) -> dict:
     }
 
 
+REQUIRED = {"mode", "size", "activation"}  # per replaced site; "residual" is optional
+
+
 def parse_config(config: dict, source: Path | str) -> tuple[ModelConfig, dict[str, dict]]:
     """(ModelConfig, replacements) from a ``config.json`` dict; CheckpointError names the key."""
     missing = [k for k in MODEL_KEYS + ("replacements",) if k not in config]
@@ -128,8 +131,10 @@ def parse_config(config: dict, source: Path | str) -> tuple[ModelConfig, dict[st
         raise CheckpointError(f"{source}: 'replacements' must be a mapping site -> spec")
     for site, spec in replacements.items():
         where = f"{source}: 'replacements.{site}'"
-        if not isinstance(spec, dict) or set(spec) != {"mode", "size", "activation"}:
-            raise CheckpointError(f"{where} must hold exactly mode, size and activation")
+        if not isinstance(spec, dict) or not (REQUIRED <= set(spec) <= REQUIRED | {"residual"}):
+            raise CheckpointError(f"{where} must hold mode, size, activation (and residual)")
+        if not isinstance(spec.get("residual", False), bool):
+            raise CheckpointError(f"{where}: residual must be true or false")
         if spec["size"] not in SIZES:
             raise CheckpointError(f"{where}: unknown size {spec['size']!r}")
         if spec["activation"] not in ACTIVATIONS:
@@ -147,7 +152,7 @@ def build_model(
     """A freshly initialised model of the exported architecture (teacher + spliced students)."""
     model = (cls or Seq2SeqTransformer)(cfg)
     students = {
-        site: build_student(r["mode"], cfg, r["size"], r["activation"])
+        site: build_student(r["mode"], cfg, r["size"], r["activation"], r.get("residual", False))
         for site, r in replacements.items()
     }
     splice(model, students)

@@ -91,7 +91,9 @@ def load_students(run_dir: str | Path, mode: str, model_cfg: ModelConfig) -> dic
     spec = read_json(path / "spec.json")
     students = torch.nn.ModuleDict(
         {
-            s.replace(".", "/"): build_student(mode, model_cfg, spec["size"], spec["activation"])
+            s.replace(".", "/"): build_student(
+                mode, model_cfg, spec["size"], spec["activation"], spec.get("residual", False)
+            )
             for s in spec["sites"]
         }
     )

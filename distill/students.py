@@ -27,6 +27,9 @@ from distill.model import ModelConfig, site_path
 SIZES = {"xs": 25, "s": 50, "m": 800, "l": 3200}  # hidden width h per replaced layer
 HEAD_SIZES = {"xs": 200, "s": 400, "m": 800, "l": 800}  # ASLR: h per head
 ACTIVATIONS = ("leaky_relu", "relu", "gelu", "swiglu")
+# Modes whose site returns its input plus a change (x + MHA(LN(x)), a whole layer): their student
+# may learn only the change, output = x + MLP(x) (``residual=True``; the paper's is without).
+RESIDUAL_MODES = ("alrr", "elr")
 
 # mode -> the site template it replaces, and how its student is built.
 MODES = {
@@ -101,12 +104,16 @@ class FlatMLP(nn.Module):
         activation: str = "leaky_relu",
         causal: bool = False,
         d_memory: int = 0,
+        residual: bool = False,
     ):
         super().__init__()
+        if residual and d_in != d_out:
+            raise ValueError(f"a residual student needs d_in == d_out, got {d_in} and {d_out}")
         if activation not in ACTIVATIONS:
             raise ValueError(f"unknown activation '{activation}' (known: {', '.join(ACTIVATIONS)})")
         m = self.max_len = max_len
         self.d_out, self.causal, self.activation = d_out, causal, activation
+        self.residual = residual
         if causal:
             group = max(1, -(-hidden // m))  # hidden units per position, rounded up
             hidden = group * m
@@ -153,6 +160,8 @@ class FlatMLP(nn.Module):
             h = F.gelu(h)
         h = self.hidden_norm(h.view(b, -1, self.group)).view(b, self.hidden)
         out = self.fc2(h).view(b, self.max_len, self.d_out)[:, :n]  # (B, L, Dout)
+        if self.residual:
+            out = out + x
         return out * mask[..., None].to(out.dtype)
 
 
@@ -183,13 +192,21 @@ class PerPositionStudent(nn.Module):
 
 
 def build_student(
-    mode: str, cfg: ModelConfig, size: str = "m", activation: str = "leaky_relu"
+    mode: str,
+    cfg: ModelConfig,
+    size: str = "m",
+    activation: str = "leaky_relu",
+    residual: bool = False,
 ) -> nn.Module:
-    """A fresh student for one site of ``mode`` with the paper's width for ``size``."""
+    """A fresh student for one site of ``mode`` with the paper's width for ``size``; with
+    ``residual`` (modes in ``RESIDUAL_MODES`` only) it learns output - input."""
     if mode not in MODES:
         raise ValueError(f"unknown mode '{mode}' (known: {', '.join(MODES)})")
     if size not in SIZES:
         raise ValueError(f"unknown size '{size}' (known: {', '.join(SIZES)})")
+    if residual and mode not in RESIDUAL_MODES:
+        only = ", ".join(RESIDUAL_MODES)
+        raise ValueError(f"mode '{mode}' has no residual variant (only {only})")
     spec, m, d = MODES[mode], cfg.max_len, cfg.d_model
     if spec.get("per_head"):
         return PerHeadStudent(
@@ -203,6 +220,7 @@ def build_student(
         activation,
         causal=spec["causal"],
         d_memory=d if spec.get("memory") else 0,
+        residual=residual,
     )
     return PerPositionStudent(mlp) if spec.get("per_position") else mlp
 

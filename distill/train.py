@@ -69,7 +69,8 @@ class TrainConfig:
         if self.max_steps < 0:
             raise ValueError(f"max_steps must be >= 0, got {self.max_steps}")
         if self.schedule not in SCHEDULES:
-            raise ValueError(f"schedule must be one of {'|'.join(SCHEDULES)}, got '{self.schedule}'")
+            known = "|".join(SCHEDULES)
+            raise ValueError(f"schedule must be one of {known}, got '{self.schedule}'")
         if not 0 < self.lr < math.inf:
             raise ValueError(f"lr must be > 0 and finite, got {self.lr}")
         if self.warmup < 1:

@@ -27,7 +27,15 @@ from distill.checkpoint import atomic_write_json, save_tensors
 from distill.data import encode_pairs, load_pairs
 from distill.record import DiskBatches, OnlineBatches, Recording, site_stack
 from distill.runs import load_teacher, students_dir, teacher_config, write_config
-from distill.students import ACTIVATIONS, MODES, SIZES, build_student, mode_sites, student_call
+from distill.students import (
+    ACTIVATIONS,
+    MODES,
+    RESIDUAL_MODES,
+    SIZES,
+    build_student,
+    mode_sites,
+    student_call,
+)
 from distill.train import TrainConfig, TrainingDiverged, fit, masked_mean
 
 log = logging.getLogger("recipes.students")
@@ -50,9 +58,12 @@ class Config:
     size: str = "m"
     sizes: dict[str, str] = field(default_factory=dict)  # per-mode size, overrides `size`
     activation: str = "leaky_relu"
+    # Modes whose students learn output - input (x + MLP(x)); [] is the paper's plain MLP.
+    residual: list[str] = field(default_factory=lambda: list(RESIDUAL_MODES))
     source: str = "disk"  # "disk" (RUN_DIR/record) or "online" (teacher forward passes)
     batch_size: int = 256  # sentences (the paper: 2000)
     lrs: dict[str, float] = field(default_factory=lambda: dict(PAPER_LR))
+    epochs: dict[str, int] = field(default_factory=dict)  # per-mode epochs, overrides train.epochs
     shard_size: int = 1000  # online mode: the same batching as a recording with this shard size
     max_sentences: int = 0  # online mode: 0 = whole train split
     valid_sentences: int = 500
@@ -67,13 +78,23 @@ class Config:
                 raise ValueError(f"unknown size '{size}' (known: {', '.join(SIZES)})")
         if self.activation not in ACTIVATIONS:
             raise ValueError(f"unknown activation '{self.activation}'")
+        for mode in self.residual:
+            if mode not in RESIDUAL_MODES:
+                raise ValueError(
+                    f"residual: mode '{mode}' has no residual variant "
+                    f"(only {', '.join(RESIDUAL_MODES)})"
+                )
         if self.source not in ("disk", "online"):
             raise ValueError(f"source must be 'disk' or 'online', got '{self.source}'")
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
-        for mode in [*self.sizes, *self.lrs]:
+        for mode in [*self.sizes, *self.lrs, *self.epochs]:
             if mode not in MODES:
-                raise ValueError(f"unknown mode '{mode}' in sizes/lrs (known: {', '.join(MODES)})")
+                known = ", ".join(MODES)
+                raise ValueError(f"unknown mode '{mode}' in sizes/lrs/epochs (known: {known})")
+        for n in self.epochs.values():
+            if n < 1:
+                raise ValueError(f"epochs must be >= 1, got {self.epochs}")
         for lr in self.lrs.values():
             # TrainConfig checks the rate again when a mode starts; fail now, not mid-run.
             if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not 0 < lr < math.inf:
@@ -134,12 +155,16 @@ def train_mode(cfg: Config, mode: str, teacher, examples, recording) -> Path:
         return out
     out.mkdir(parents=True, exist_ok=True)
     sites = mode_sites(mode, teacher.cfg)
-    size = cfg.size_of(mode)
+    size, residual = cfg.size_of(mode), mode in cfg.residual
     torch.manual_seed(cfg.train.seed)
     students = nn.ModuleDict(
-        {_key(s): build_student(mode, teacher.cfg, size, cfg.activation) for s in sites}
+        {_key(s): build_student(mode, teacher.cfg, size, cfg.activation, residual) for s in sites}
     )
-    train_cfg = dataclasses.replace(cfg.train, lr=cfg.lrs.get(mode, cfg.train.lr))
+    train_cfg = dataclasses.replace(
+        cfg.train,
+        lr=cfg.lrs.get(mode, cfg.train.lr),
+        epochs=cfg.epochs.get(mode, cfg.train.epochs),
+    )
     write_config(out, dataclasses.replace(cfg, modes=[mode], train=train_cfg))
     valid = _batches(cfg, sites, "valid", teacher, examples, recording, 0)
 
@@ -166,7 +191,13 @@ def train_mode(cfg: Config, mode: str, teacher, examples, recording) -> Path:
     save_tensors(out / "students.safetensors", students.state_dict())
     atomic_write_json(
         out / "spec.json",
-        {"mode": mode, "size": size, "sites": sites, "activation": cfg.activation},
+        {
+            "mode": mode,
+            "size": size,
+            "sites": sites,
+            "activation": cfg.activation,
+            "residual": residual,
+        },
     )
     return out
 
