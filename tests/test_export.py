@@ -29,7 +29,7 @@ from distill.model import (
     site_path,
 )
 from distill.runs import load_students, load_teacher, save_model, write_config
-from distill.students import MODES, build_student, mode_sites, splice
+from distill.students import MODES, RESIDUAL_MODES, build_student, mode_sites, splice
 
 REPO = Path(__file__).resolve().parent.parent
 ATTENTIONLESS = ("alr", "dec_self", "cross")
@@ -47,15 +47,21 @@ def write_run(root: Path, tok, seed: int = 0) -> Path:
     shutil.copyfile(tok.path, teacher / "spm.model")
     write_config(teacher, Config(data=DataConfig(source="demo", max_len=8), model=cfg))
     for mode in MODES:
-        sites = mode_sites(mode, cfg)
+        sites, residual = mode_sites(mode, cfg), mode in RESIDUAL_MODES
         students = torch.nn.ModuleDict(
-            {s.replace(".", "/"): build_student(mode, cfg, "xs") for s in sites}
+            {s.replace(".", "/"): build_student(mode, cfg, "xs", residual=residual) for s in sites}
         )
         out = root / "students" / mode
         save_tensors(out / "students.safetensors", students.state_dict())
         atomic_write_json(
             out / "spec.json",
-            {"mode": mode, "size": "xs", "activation": "leaky_relu", "sites": sites},
+            {
+                "mode": mode,
+                "size": "xs",
+                "activation": "leaky_relu",
+                "sites": sites,
+                "residual": residual,
+            },
         )
     score = {"bleu": 1.5, "chrf": 9.0, "bleu_signature": "nrefs:1|tok:13a", "sentences_per_s": 9}
     rows = [
@@ -63,6 +69,7 @@ def write_run(root: Path, tok, seed: int = 0) -> Path:
         for v, s in (
             ("teacher", []),
             ("attentionless", [s for m in ATTENTIONLESS for s in mode_sites(m, cfg)]),
+            ("elr", mode_sites("elr", cfg)),
         )
     ]
     atomic_write_json(root / "eval" / "results.json", {"note": "demo test", "rows": rows})
@@ -95,7 +102,7 @@ def run_dir(tmp_path_factory, tiny_tokenizer):
 @pytest.fixture(scope="module")
 def exports(run_dir):
     root = run_dir.parent
-    return {v: export(run_dir, v, root / v) for v in ("teacher", "attentionless")}
+    return {v: export(run_dir, v, root / v) for v in ("teacher", "attentionless", "elr")}
 
 
 @pytest.fixture(scope="module")
@@ -114,9 +121,10 @@ def hf_models(exports, tmp_path_factory):
     mp.undo()
 
 
-@pytest.mark.parametrize("variant", ["teacher", "attentionless"])
+@pytest.mark.parametrize("variant", ["teacher", "attentionless", "elr"])
 def test_exported_model_gives_the_logits_of_the_in_memory_spliced_model(run_dir, exports, variant):
-    expected = reference(run_dir, () if variant == "teacher" else ATTENTIONLESS)
+    modes = {"teacher": (), "attentionless": ATTENTIONLESS, "elr": ("elr",)}[variant]
+    expected = reference(run_dir, modes)
     model, tok = distill.from_pretrained(exports[variant])
     src, tgt = sources(), sources(seed=1)
     assert torch.equal(model(src, tgt), expected(src, tgt))

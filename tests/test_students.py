@@ -7,6 +7,7 @@ from distill.model import PRESETS, ModelConfig, Seq2SeqTransformer, list_sites, 
 from distill.students import (
     ACTIVATIONS,
     MODES,
+    RESIDUAL_MODES,
     Identity,
     build_student,
     effective_parameters,
@@ -86,6 +87,28 @@ def test_padded_outputs_are_exactly_zero_and_padding_does_not_leak(mode):
     garbage[~mask] = 1e3
     again = student_call(student, mode, garbage, mask, memory, memory_mask)
     torch.testing.assert_close(again, out)  # what sits in padded positions is ignored
+
+
+@pytest.mark.parametrize("mode", RESIDUAL_MODES)
+def test_a_residual_student_adds_its_mlp_to_its_input(mode):
+    torch.manual_seed(0)
+    plain = build_student(mode, CFG, "xs")
+    residual = build_student(mode, CFG, "xs", residual=True)
+    residual.load_state_dict(plain.state_dict())  # the same MLP, only the skip differs
+    x, mask, _, _ = inputs()
+    out = residual(x, mask)
+    torch.testing.assert_close(out, plain(x, mask) + x * mask[..., None])
+    assert torch.equal(out[~mask], torch.zeros_like(out[~mask]))
+    with torch.no_grad():  # a zero MLP is the identity on real positions, exactly
+        residual.fc2.weight.zero_()
+        residual.fc2.bias.zero_()
+    assert torch.equal(residual(x, mask), x * mask[..., None])
+
+
+def test_only_residual_modes_have_a_residual_variant():
+    for mode in set(MODES) - set(RESIDUAL_MODES):
+        with pytest.raises(ValueError, match="no residual variant"):
+            build_student(mode, CFG, "xs", residual=True)
 
 
 def test_sizes_match_the_paper_at_paper_dimensions():
