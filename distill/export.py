@@ -24,7 +24,8 @@ from distill.checkpoint import (
     read_json,
     save_tensors,
 )
-from distill.errors import CheckpointError, ConfigError
+from distill.data import load_pairs
+from distill.errors import CheckpointError, ConfigError, DistillError
 from distill.model import ModelConfig, count_parameters, site_path
 from distill.modelcard import model_card
 from distill.pretrained import REMOTE_CODE, check_spec, generation_config, make_config
@@ -98,6 +99,21 @@ def _scores(run_dir: Path, name: str, spec: dict[str, str], model, tok) -> tuple
     return row, note
 
 
+def _whole_split(data, model, tok) -> dict | None:
+    """Scores on every pair of the run's test split, long sources truncated: what translating
+    the split's sources with ``distill translate`` and scoring them with sacreBLEU reproduces."""
+    from eval.bleu import evaluate_model
+
+    try:
+        pairs = load_pairs(data, "test")
+    except DistillError as err:  # e.g. a corpus that is not on this machine any more
+        log.warning("no whole-test-split score in the model card: %s", err)
+        return None
+    log.info("scoring on all %d pairs of the %s test split", len(pairs), data.source)
+    row, _ = evaluate_model(model, tok, pairs, beam=1, progress=True)
+    return row
+
+
 def _check_out(out_dir: Path) -> None:
     """Refuse to replace a directory that is not an earlier export (it would be deleted)."""
     if out_dir.exists() and not out_dir.is_dir():
@@ -144,6 +160,7 @@ def export(run_dir: str | Path, variant_or_spec: str | dict[str, str], out_dir: 
         splice(model, chosen)
     row, note = _scores(run_dir, name, spec, model, tok)
     data = teacher_config(run_dir).data
+    whole = _whole_split(data, model, tok)
     params = {
         "replaced": replaced,
         "student": student_params,
@@ -164,7 +181,7 @@ def export(run_dir: str | Path, variant_or_spec: str | dict[str, str], out_dir: 
         atomic_write_json(tmp / "generation_config.json", generation_config(cfg))
         for filename, code in REMOTE_CODE.items():
             atomic_write_text(tmp / filename, code)
-        atomic_write_text(tmp / "README.md", model_card(config, row, note, out_dir.name))
+        atomic_write_text(tmp / "README.md", model_card(config, row, note, out_dir.name, whole))
         atomic_write_json(tmp / "config.json", config)
         _shareable(tmp)
     log.info("exported '%s' (%d sites replaced) to %s", name, len(replacements), out_dir)

@@ -22,14 +22,13 @@ fine-tuning after splicing).
 
 ## Scores
 
-| BLEU | chrF | sentences/s | decoding |
-|---:|---:|---:|---|
-| {bleu:.2f} | {chrf:.2f} | {speed:.1f} | {decoding} |
-
-Test set: {note}.
+| test set | BLEU | chrF | sentences/s | decoding |
+|---|---:|---:|---:|---|
+| {note} | {bleu:.2f} | {chrf:.2f} | {speed:.1f} | {decoding} |
+{whole_row}
 sacreBLEU signature: `{signature}`.
 Speed: sentences per second decoded in that evaluation, on the machine that ran it.
-
+{reproduce}
 ## Parameters
 
 | | parameters |
@@ -81,12 +80,31 @@ re-runs the decoder over the whole prefix.
 """
 
 
+WHOLE_ROW = (
+    "| all {n} pairs of the test split ({truncated} long sources truncated) | {bleu:.2f} "
+    "| {chrf:.2f} | {speed:.1f} | greedy |\n"
+)
+
+REPRODUCE_DEMO = """
+To reproduce the whole-split row with the command line alone:
+
+```bash
+corpus=$(python -c 'import distill.demo_corpus as c, os; print(os.path.dirname(c.__file__))')
+zcat $corpus/test.tsv.gz | tail -n +2 | cut -f1 > test.de   # skip the header; column 1: German
+zcat $corpus/test.tsv.gz | tail -n +2 | cut -f2 > test.en
+distill translate {name} < test.de > hyp.en
+sacrebleu test.en -i hyp.en -m bleu chrf
+```
+"""
+
+
 def _count(n: int) -> str:
     return f"{n / 1e6:.2f}M" if n >= 1e6 else f"{n / 1e3:.1f}k"
 
 
-def model_card(config: dict, row: dict, note: str, name: str) -> str:
-    """README.md for the export ``name`` described by ``config``, scored by ``row`` on ``note``."""
+def model_card(config: dict, row: dict, note: str, name: str, whole: dict | None = None) -> str:
+    """README.md for the export ``name`` described by ``config``, scored by ``row`` on ``note``
+    and, when given, by ``whole`` on every pair of the test split."""
     src, _, tgt = config["data"]["pair"].partition("-")
     reps, params = config["replacements"], config["parameters"]
     sites = "\n".join(
@@ -107,6 +125,18 @@ def model_card(config: dict, row: dict, note: str, name: str) -> str:
         decoding="greedy" if beam == 1 else f"beam {beam}",
         note=note,
         signature=row["bleu_signature"],
+        whole_row=""
+        if whole is None
+        else WHOLE_ROW.format(
+            n=whole["n"],
+            truncated=whole["truncated_sources"],
+            bleu=whole["bleu"],
+            chrf=whole["chrf"],
+            speed=whole["sentences_per_s"],
+        ),
+        reproduce=REPRODUCE_DEMO.format(name=name)
+        if whole is not None and config["data"]["source"] == "demo"
+        else "",
         replaced=_count(params["replaced"]),
         student=_count(params["student"]),
         total=_count(params["total"]),

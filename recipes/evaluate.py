@@ -147,7 +147,11 @@ def evaluate_export(cfg: Config) -> dict:
     trained_on = config.get("data", {})
     if not cfg.source and trained_on.get("source") not in ("demo", "iwslt2017"):
         raise ConfigError(f"{cfg.run_dir}: give --source (demo, iwslt2017 or a .tsv file)")
-    data = DataConfig(source=trained_on.get("source", "demo"), pair=trained_on.get("pair", "de-en"))
+    # A tsv/text export has no corpus path here: --source names the corpus, only the pair counts
+    # (iwslt2017 takes any pair).
+    source = trained_on.get("source")
+    source = source if source in ("demo", "iwslt2017") else "iwslt2017"
+    data = DataConfig(source=source, pair=trained_on.get("pair", "de-en"))
     pairs, note = test_pairs(cfg, tok, model.cfg.max_len, data)
     result, _ = evaluate_model(
         model, tok, pairs, beam=cfg.beam, batch_size=cfg.batch_size, progress=True

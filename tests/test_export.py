@@ -35,6 +35,14 @@ REPO = Path(__file__).resolve().parent.parent
 ATTENTIONLESS = ("alr", "dec_self", "cross")
 
 
+TEST_PAIRS = [  # in the tiny tokenizer's pieces: the first source is too long for max_len 8
+    ("Die Katze mag nie den Ball.", "The cat never likes the ball."),
+    ("Hallo", "Hello"),
+    ("Ja.", "Yes."),
+    ("Die Katze!", "The cat!"),
+]
+
+
 def write_run(root: Path, tok, seed: int = 0) -> Path:
     """A run dir with a random tiny teacher, random students of every mode and a results table."""
     from recipes.teacher import Config
@@ -45,7 +53,14 @@ def write_run(root: Path, tok, seed: int = 0) -> Path:
     teacher.mkdir(parents=True)
     save_model(teacher, Seq2SeqTransformer(cfg))
     shutil.copyfile(tok.path, teacher / "spm.model")
-    write_config(teacher, Config(data=DataConfig(source="demo", max_len=8), model=cfg))
+    # A small test split keeps the scoring an export does cheap; its first line is too long.
+    corpus = root / "corpus"
+    corpus.mkdir()
+    (corpus / "test.tsv").write_text(
+        "de\ten\n" + "".join(f"{d}\t{e}\n" for d, e in TEST_PAIRS), encoding="utf-8"
+    )
+    data = DataConfig(source="tsv", path=str(corpus), max_len=8)
+    write_config(teacher, Config(data=data, model=cfg))
     for mode in MODES:
         sites, residual = mode_sites(mode, cfg), mode in RESIDUAL_MODES
         students = torch.nn.ModuleDict(
@@ -191,7 +206,9 @@ def test_cli_export_with_a_spec_scores_it_and_evaluate_reads_export_dirs(run_dir
     assert main(["-q", "export", str(run_dir), "--spec", spec, "--out", str(out)]) == 0
     config = json.loads((out / "config.json").read_text())
     assert config["variant"] == "custom" and set(config["replacements"]) == set(parse_spec(spec))
-    assert "demo test split" in (out / "README.md").read_text()  # no results row: scored now
+    card = (out / "README.md").read_text()
+    assert "tsv test split: 3 of 4 pairs" in card  # no results row: scored now
+    assert "all 4 pairs of the test split (1 long sources truncated)" in card
     capsys.readouterr()
     assert main(["-q", "evaluate", str(out), "--source", "demo", "--max-sentences", "3"]) == 0
     table = capsys.readouterr().out
