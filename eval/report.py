@@ -14,14 +14,15 @@ def _fmt_params(n: int) -> str:
 def write_markdown(results: dict) -> str:
     """A Markdown table: one row per variant."""
     lines = [
-        "| variant | BLEU | chrF | BLEU / teacher | sites | params replaced | student params "
-        "| sentences/s |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| variant | students | BLEU | chrF | BLEU / teacher | sites | params replaced "
+        "| student params | sentences/s |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in results["rows"]:
         ratio = "" if r.get("bleu_ratio") is None else f"{r['bleu_ratio']:.3f}"
         lines.append(
-            f"| {r['variant']} | {r['bleu']:.2f} | {r['chrf']:.2f} | {ratio} | {len(r['sites'])} "
+            f"| {r['variant']} | {r.get('students', '')} | {r['bleu']:.2f} | {r['chrf']:.2f} "
+            f"| {ratio} | {len(r['sites'])} "
             f"| {_fmt_params(r['params_replaced'])} | {_fmt_params(r['params_student'])} "
             f"| {r['sentences_per_s']:.1f} |"
         )

@@ -17,7 +17,7 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from distill.checkpoint import atomic_write_json, atomic_write_text
+from distill.checkpoint import atomic_write_json, atomic_write_text, read_json
 from distill.data import DataConfig, encode_pairs, load_pairs
 from distill.errors import ConfigError
 from distill.model import count_parameters, site_path
@@ -85,6 +85,12 @@ def test_pairs(
     )
 
 
+def student_kind(mode: str, spec: dict) -> str:
+    """``"alrr m residual"``: a mode's students as the results table names them."""
+    size = f"{spec['size']}/head" if mode == "aslr" else spec["size"]
+    return f"{mode} {size}" + (" residual" if spec.get("residual") else "")
+
+
 def available_modes(run_dir: str) -> set[str]:
     root = students_dir(run_dir)
     return {p.parent.name for p in root.glob("*/spec.json")} if root.exists() else set()
@@ -102,8 +108,11 @@ def evaluate_run(cfg: Config) -> dict:
             continue
         model, _ = load_teacher(cfg.run_dir)
         replaced = student_params = 0
-        sites = []
+        sites, kinds = [], []
         for mode in modes:
+            kinds.append(
+                student_kind(mode, read_json(students_dir(cfg.run_dir) / mode / "spec.json"))
+            )
             students = load_students(cfg.run_dir, mode, model.cfg)
             for site, student in students.items():
                 replaced += count_parameters(model.get_submodule(site_path(site, model.cfg)))
@@ -118,6 +127,7 @@ def evaluate_run(cfg: Config) -> dict:
             {
                 "variant": name,
                 "modes": modes,
+                "students": ", ".join(kinds),
                 "sites": sites,
                 "params_replaced": replaced,
                 "params_student": student_params,
@@ -139,7 +149,6 @@ def evaluate_run(cfg: Config) -> dict:
 
 def evaluate_export(cfg: Config) -> dict:
     """The one model of an export directory, scored like a run's variants."""
-    from distill.checkpoint import read_json
     from distill.pretrained import from_pretrained
 
     model, tok = from_pretrained(cfg.run_dir)
@@ -160,6 +169,7 @@ def evaluate_export(cfg: Config) -> dict:
     row = {
         "variant": config.get("variant", Path(cfg.run_dir).name),
         "modes": sorted({r["mode"] for r in reps.values()}),
+        "students": ", ".join(sorted({student_kind(r["mode"], r) for r in reps.values()})),
         "sites": list(reps),
         "params_replaced": config.get("parameters", {}).get("replaced", 0),
         "params_student": config.get("parameters", {}).get("student", 0),
