@@ -29,7 +29,7 @@ from distill.errors import CheckpointError, ConfigError, DistillError
 from distill.model import ModelConfig, count_parameters, site_path
 from distill.modelcard import model_card
 from distill.pretrained import REMOTE_CODE, check_spec, generation_config, make_config
-from distill.runs import load_students, load_teacher, students_dir, teacher_config
+from distill.runs import load_students, load_teacher, student_spec, teacher_config
 from distill.students import effective_parameters, splice
 
 log = logging.getLogger(__name__)
@@ -59,7 +59,7 @@ def resolve_spec(
     elif variant_or_spec in VARIANTS:
         name, spec = variant_or_spec, {}
         for mode in VARIANTS[variant_or_spec]:
-            spec.update(dict.fromkeys(_trained(run_dir, mode)["sites"], mode))
+            spec.update(dict.fromkeys(student_spec(run_dir, mode)["sites"], mode))
     else:
         raise ConfigError(f"unknown variant '{variant_or_spec}' (known: {', '.join(VARIANTS)})")
     try:
@@ -67,18 +67,9 @@ def resolve_spec(
     except ValueError as err:
         raise ConfigError(f"spec: {err}") from None
     for site, mode in spec.items():
-        if site not in _trained(run_dir, mode)["sites"]:
+        if site not in student_spec(run_dir, mode)["sites"]:
             raise CheckpointError(f"{run_dir}: no trained '{mode}' student for site '{site}'")
     return name, spec
-
-
-def _trained(run_dir: Path, mode: str) -> dict:
-    path = students_dir(run_dir) / mode / "spec.json"
-    if not path.is_file():
-        raise CheckpointError(
-            f"{path}: not found; train them first (distill run students ... mode={mode})"
-        )
-    return read_json(path)
 
 
 def _scores(run_dir: Path, name: str, spec: dict[str, str], model, tok) -> tuple[dict, str]:
@@ -145,7 +136,7 @@ def export(run_dir: str | Path, variant_or_spec: str | dict[str, str], out_dir: 
     name, spec = resolve_spec(run_dir, variant_or_spec, cfg)
     replacements, replaced, student_params = {}, 0, 0
     for mode in dict.fromkeys(spec.values()):
-        trained = _trained(run_dir, mode)
+        trained = student_spec(run_dir, mode)
         students = load_students(run_dir, mode, cfg)
         chosen = {site: students[site] for site in spec if spec[site] == mode}
         for site, student in chosen.items():

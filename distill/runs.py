@@ -83,12 +83,22 @@ def students_dir(run_dir: str | Path) -> Path:
     return Path(run_dir) / "students"
 
 
+def student_spec(run_dir: str | Path, mode: str) -> dict:
+    """RUN_DIR/students/<mode>/spec.json (mode, size, sites, activation, residual)."""
+    path = students_dir(run_dir) / mode / "spec.json"
+    if not path.is_file():
+        raise CheckpointError(
+            f"{path}: not found; train them first (distill run students ... mode={mode})"
+        )
+    return read_json(path)
+
+
 def load_students(run_dir: str | Path, mode: str, model_cfg: ModelConfig) -> dict:
     """{site: trained student} of ``mode`` from RUN_DIR/students/<mode>/."""
     from distill.students import build_student
 
     path = students_dir(run_dir) / mode
-    spec = read_json(path / "spec.json")
+    spec = student_spec(run_dir, mode)
     students = torch.nn.ModuleDict(
         {
             s.replace(".", "/"): build_student(

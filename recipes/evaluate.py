@@ -21,7 +21,13 @@ from distill.checkpoint import atomic_write_json, atomic_write_text, read_json
 from distill.data import DataConfig, encode_pairs, load_pairs
 from distill.errors import ConfigError
 from distill.model import count_parameters, site_path
-from distill.runs import load_students, load_teacher, students_dir, teacher_config
+from distill.runs import (
+    load_students,
+    load_teacher,
+    student_spec,
+    students_dir,
+    teacher_config,
+)
 from distill.students import effective_parameters, splice
 from eval.bleu import evaluate_model
 from eval.report import write_chart, write_markdown
@@ -110,9 +116,7 @@ def evaluate_run(cfg: Config) -> dict:
         replaced = student_params = 0
         sites, kinds = [], []
         for mode in modes:
-            kinds.append(
-                student_kind(mode, read_json(students_dir(cfg.run_dir) / mode / "spec.json"))
-            )
+            kinds.append(student_kind(mode, student_spec(cfg.run_dir, mode)))
             students = load_students(cfg.run_dir, mode, model.cfg)
             for site, student in students.items():
                 replaced += count_parameters(model.get_submodule(site_path(site, model.cfg)))
