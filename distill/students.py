@@ -139,6 +139,19 @@ class FlatMLP(nn.Module):
         x = x * mask[..., None].to(x.dtype)
         return F.pad(x, (0, 0, 0, self.max_len - x.size(1)))
 
+    def activate(self, h: torch.Tensor) -> torch.Tensor:
+        """Hidden pre-activations (B, width) -> normalised hidden features (B, hidden)."""
+        if self.activation == "swiglu":
+            gate, value = h.chunk(2, dim=-1)
+            h = F.silu(gate) * value
+        elif self.activation == "leaky_relu":
+            h = F.leaky_relu(h)
+        elif self.activation == "relu":
+            h = F.relu(h)
+        else:
+            h = F.gelu(h)
+        return self.hidden_norm(h.view(h.size(0), -1, self.group)).view(h.size(0), self.hidden)
+
     def forward(self, x, mask, memory=None, memory_mask=None) -> torch.Tensor:
         b, n, _ = x.shape
         if n > self.max_len:
@@ -149,17 +162,7 @@ class FlatMLP(nn.Module):
         if self.memory_fc is not None:
             mem = self._pad(memory, memory_mask).flatten(1)  # (B, M * Dm)
             h = h + self.memory_fc(self.memory_norm(mem))
-        if self.activation == "swiglu":
-            gate, value = h.chunk(2, dim=-1)
-            h = F.silu(gate) * value
-        elif self.activation == "leaky_relu":
-            h = F.leaky_relu(h)
-        elif self.activation == "relu":
-            h = F.relu(h)
-        else:
-            h = F.gelu(h)
-        h = self.hidden_norm(h.view(b, -1, self.group)).view(b, self.hidden)
-        out = self.fc2(h).view(b, self.max_len, self.d_out)[:, :n]  # (B, L, Dout)
+        out = self.fc2(self.activate(h)).view(b, self.max_len, self.d_out)[:, :n]  # (B, L, Dout)
         if self.residual:
             out = out + x
         return out * mask[..., None].to(out.dtype)

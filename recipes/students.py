@@ -23,8 +23,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from distill.checkpoint import atomic_write_json, save_tensors
+from distill.checkpoint import atomic_write_json, resolve_checkpoint, save_tensors
 from distill.data import encode_pairs, load_pairs
+from distill.lstsq import least_squares_init, normal_equations
 from distill.record import DiskBatches, OnlineBatches, Recording, site_stack
 from distill.runs import load_teacher, students_dir, teacher_config, write_config
 from distill.students import (
@@ -41,6 +42,8 @@ from distill.train import TrainConfig, TrainingDiverged, fit, masked_mean
 log = logging.getLogger("recipes.students")
 
 PAPER_LR = {"alr": 1e-4}  # the paper: 1e-4 for ALR, 1e-3 for every other mode
+INITS = ("lstsq", "random")
+INIT_BATCH = 1000  # sentences per Gram product of the least-squares init
 
 
 def _student_train_defaults() -> TrainConfig:
@@ -60,6 +63,9 @@ class Config:
     activation: str = "leaky_relu"
     # Modes whose students learn output - input (x + MLP(x)); [] is the paper's plain MLP.
     residual: list[str] = field(default_factory=lambda: list(RESIDUAL_MODES))
+    # "lstsq": non-causal students start from ridge regressions (distill/lstsq.py); "random" is
+    # the paper's (PyTorch's default initialisation).
+    init: str = "lstsq"
     source: str = "disk"  # "disk" (RUN_DIR/record) or "online" (teacher forward passes)
     batch_size: int = 256  # sentences (the paper: 2000)
     lrs: dict[str, float] = field(default_factory=lambda: dict(PAPER_LR))
@@ -84,6 +90,8 @@ class Config:
                     f"residual: mode '{mode}' has no residual variant "
                     f"(only {', '.join(RESIDUAL_MODES)})"
                 )
+        if self.init not in INITS:
+            raise ValueError(f"init must be one of {', '.join(INITS)}, got '{self.init}'")
         if self.source not in ("disk", "online"):
             raise ValueError(f"source must be 'disk' or 'online', got '{self.source}'")
         if self.batch_size < 1:
@@ -148,7 +156,37 @@ def _batches(cfg: Config, sites, split: str, teacher, examples, recording, epoch
     )
 
 
-def train_mode(cfg: Config, mode: str, teacher, examples, recording) -> Path:
+def lstsq_applies(mode: str) -> bool:
+    """Whether ``init=lstsq`` reaches this mode (causal students keep the random init)."""
+    return not MODES[mode]["causal"] and not MODES[mode].get("per_position")
+
+
+def _lstsq(cfg: Config, students: dict, residual: bool, teacher, examples, recording, cache):
+    """Least-squares init of one mode's students from the training batches (read in large
+    batches); the normal equations stay in ``cache`` for a later mode with the same sites and
+    target (ASLR after ALR)."""
+    sites, d = list(students), teacher.cfg.d_model
+    big = dataclasses.replace(cfg, batch_size=INIT_BATCH)
+    missing = [s for s in sites if (s, residual) not in cache]
+    if missing:
+        passes = _batches(big, missing, "train", teacher, examples, recording, 0)
+        found = normal_equations(
+            {s: students[s] for s in missing}, passes, residual=residual, d_model=d
+        )
+        cache.update({(s, residual): v for s, v in found.items()})
+    least_squares_init(
+        students,
+        {s: cache[(s, residual)] for s in sites},
+        _batches(big, sites, "train", teacher, examples, recording, 0),
+        _batches(cfg, sites, "valid", teacher, examples, recording, 0),
+        residual=residual,
+        d_model=d,
+    )
+
+
+def train_mode(cfg: Config, mode: str, teacher, examples, recording, cache=None) -> Path:
+    """Train (or resume) one mode's students; ``cache`` carries normal equations between modes."""
+    cache = {} if cache is None else cache
     out = students_dir(cfg.run_dir) / mode
     if (out / "spec.json").exists():
         log.info("%s students already trained: %s", mode, out)
@@ -178,6 +216,14 @@ def train_mode(cfg: Config, mode: str, teacher, examples, recording) -> Path:
         mse = {f"valid_mse/{s}": v / max(len(valid), 1) for s, v in zip(sites, total)}
         return {"valid_mse": sum(mse.values()) / len(sites), **mse}
 
+    init = cfg.init if lstsq_applies(mode) else "random"
+    if init == "lstsq" and resolve_checkpoint(out / "checkpoint") is None:
+        some = {s: students[_key(s)] for s in sites}
+        _lstsq(cfg, some, residual, teacher, examples, recording, cache)
+        with torch.no_grad():
+            scores = validate(students)
+        log.info("%s: validation MSE after least-squares init %.4f", mode, scores["valid_mse"])
+        atomic_write_json(out / "init.json", {"init": init, **scores})
     fit(
         students,
         lambda e: _batches(cfg, sites, "train", teacher, examples, recording, e),
@@ -197,6 +243,7 @@ def train_mode(cfg: Config, mode: str, teacher, examples, recording) -> Path:
             "sites": sites,
             "activation": cfg.activation,
             "residual": residual,
+            "init": init,
         },
     )
     return out
@@ -218,6 +265,10 @@ def main(cfg: Config) -> Path:
         for split, limit in (("train", cfg.max_sentences), ("valid", cfg.valid_sentences)):
             ex, _ = encode_pairs(load_pairs(data_cfg, split), tok, teacher.cfg.max_len)
             examples[split] = ex[:limit] if limit else ex
-    for mode in cfg.modes:
-        train_mode(cfg, mode, teacher, examples, recording)
+    cache: dict = {}
+    for i, mode in enumerate(cfg.modes):
+        train_mode(cfg, mode, teacher, examples, recording, cache)
+        later = {s for m in cfg.modes[i + 1 :] for s in mode_sites(m, teacher.cfg)}
+        for key in [k for k in cache if k[0] not in later]:
+            del cache[key]  # no later mode solves for this site
     return students_dir(cfg.run_dir)

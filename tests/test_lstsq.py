@@ -1,0 +1,102 @@
+"""Least-squares init: a student that can hold a linear map starts (nearly) on it."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from distill.lstsq import least_squares_init, normal_equations
+from distill.record import ActBatch
+from distill.students import FlatMLP, PerHeadStudent, build_student
+from recipes.students import lstsq_applies
+
+M, D = 6, 8  # max_len, width: a flat input of 48 values
+SITE = "encoder.0.self_attn"
+
+
+def linear_batches(w: torch.Tensor, n_batches: int, residual: bool, seed: int, pad: bool = False):
+    """Batches whose target is linear in the LayerNormed flat input (the student's view); with
+    ``pad``, sentences of random length whose padded outputs are zero, as a recording's are."""
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for _ in range(n_batches):
+        b = 200
+        lengths = torch.randint(2, M + 1, (b,), generator=g) if pad else torch.full((b,), M)
+        mask = torch.arange(M)[None] < lengths[:, None]  # (B, M)
+        x = torch.randn(b, M, D, generator=g) * mask[..., None]
+        flat = F.layer_norm(x.flatten(1), (M * D,))
+        y = (flat @ w).view(b, M, D) * mask[..., None]
+        if residual:
+            y = y + x
+        out.append(ActBatch({f"{SITE}.x": x, f"{SITE}.y": y, "src_mask": mask}))
+    return out
+
+
+def masked_mse(student, batches) -> float:
+    err = n = 0.0
+    for b in batches:
+        x, y, mask = b[f"{SITE}.x"], b[f"{SITE}.y"], b["src_mask"]
+        with torch.no_grad():
+            pred = student(x, mask)
+        err += ((pred - y) ** 2 * mask[..., None]).sum().item()
+        n += mask.sum().item() * D
+    return err / n
+
+
+def init(student, residual: bool, w: torch.Tensor, pad: bool = False):
+    """(validation MSE before, after, mean square of what the MLP must predict)."""
+    train, valid = linear_batches(w, 6, residual, 0, pad), linear_batches(w, 1, residual, 1, pad)
+    before = masked_mse(student, valid)
+    students = {SITE: student}
+    normal = normal_equations(students, train, residual=residual, d_model=D, progress=False)
+    least_squares_init(students, normal, train, valid, residual=residual, d_model=D, progress=False)
+    scale = sum(((b[f"{SITE}.y"] - (b[f"{SITE}.x"] if residual else 0)) ** 2).mean() for b in valid)
+    return before, masked_mse(student, valid), float(scale)
+
+
+@pytest.mark.parametrize("residual", [False, True])
+def test_a_student_wide_enough_starts_on_a_linear_target(residual):
+    torch.manual_seed(0)
+    w = torch.randn(M * D, M * D) / (M * D) ** 0.5
+    student = FlatMLP(M, D, D, hidden=64, residual=residual)  # 64 units >= rank 48
+    before, after, var = init(student, residual, w)
+    assert after < 0.02 * var, (before, after, var)
+    assert after < before / 20
+
+
+def test_each_head_of_a_per_head_student_gets_its_own_slice_of_the_map():
+    torch.manual_seed(0)
+    w = torch.randn(M * D, M * D) / (M * D) ** 0.5
+    student = PerHeadStudent(FlatMLP(M, D, D // 2, hidden=32) for _ in range(2))
+    before, after, var = init(student, False, w)
+    # Not exact: the hidden LayerNorm rescales each sentence's features by their spread, which a
+    # map of rank 24 per head feels more than one of 48; a wrong slice would miss by ~var.
+    assert after < 0.1 * var, (before, after, var)
+
+
+def test_with_padding_the_init_still_starts_far_below_a_random_student():
+    """Zero targets at padded positions are not a linear function of the padded input, so the
+    map is a compromise there; the student must still start well below a random one."""
+    torch.manual_seed(0)
+    w = torch.randn(M * D, M * D) / (M * D) ** 0.5
+    before, after, var = init(FlatMLP(M, D, D, hidden=64), False, w, pad=True)
+    assert after < before / 5 and after < 0.5 * var, (before, after, var)
+
+
+def test_swiglu_students_are_refused_with_a_clear_error():
+    student = FlatMLP(M, D, D, hidden=16, activation="swiglu")
+    batches = linear_batches(torch.eye(M * D), 1, False, 0)
+    with pytest.raises(ValueError, match="least-squares init supports"):
+        normal_equations({SITE: student}, batches, residual=False, d_model=D, progress=False)
+
+
+def test_causal_students_keep_the_random_init():
+    assert lstsq_applies("alr") and lstsq_applies("elr") and lstsq_applies("aslr")
+    assert not lstsq_applies("dec_self") and not lstsq_applies("cross")
+    assert not lstsq_applies("dec_self_pp")
+    assert build_student("dec_self", _tiny_cfg()).causal
+
+
+def _tiny_cfg():
+    from distill.model import PRESETS, ModelConfig
+
+    return ModelConfig(**PRESETS["tiny"])
