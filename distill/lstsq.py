@@ -2,11 +2,13 @@
 
 A ridge regression from the student's normalised, flattened input to the site's output is solved
 in closed form from one pass over the recording, and it already beats what Adam reaches with the
-demo's budget (on the demo teacher's layer 0: ALR validation MSE 0.44 against 0.59 after six
-epochs). The paper's MLP cannot hold that map exactly, so it starts from the nearest one it can:
+demo's budget (on the demo teacher's layer 0: ALR validation MSE 0.459 against 0.587 after six
+epochs; BENCHMARKS.md). The paper's MLP cannot hold that map exactly (h < M * Dout), so it starts
+from the nearest one it can:
 
-1. ``fc1`` gets the top-h directions of the fitted values (reduced-rank regression), each unit
-   standardised and shifted by ``SHIFT`` so LeakyReLU passes most of it through linearly;
+1. ``fc1`` gets the top-h directions of the fitted values (reduced-rank regression), all scaled
+   alike and shifted by ``SHIFT`` of their own std (plus ``SPREAD`` on every other unit) so that
+   the activation and the hidden LayerNorm pass them on almost linearly;
 2. ``fc2`` is a second ridge regression from the student's own hidden features (after its
    activation and hidden LayerNorm) to the target, so it fits what the network really computes.
 
@@ -36,6 +38,10 @@ RIDGE = (0.003, 0.01, 0.03, 0.1, 0.3)  # ridge strength / mean diagonal of the G
 # fc1 bias in units of each unit's std: the activation starts linear for 99.9% of inputs (the demo's
 # ALR layer 0: MSE 0.54 after init at 3, 0.57 at 1: units that start bent cost more than they buy).
 SHIFT = 3.0
+# Every other unit gets this much more bias (still linear): the hidden LayerNorm then divides each
+# sentence by nearly the same spread, instead of by the size of its own features, which would
+# lose their magnitude (a rank-4 map through 8 units: 22% of its variance lost without, 2% with).
+SPREAD = 4.0
 SUPPORTED_ACTIVATIONS = ("leaky_relu", "relu", "gelu")
 
 
@@ -68,7 +74,9 @@ def _ridge(gram: torch.Tensor, cross: torch.Tensor, predict_valid) -> tuple[torc
     """The ridge solution (P+1, Q) whose validation MSE is lowest over ``RIDGE``; the bias
     (last) row is not shrunk. ``predict_valid(W)`` returns that MSE."""
     g = gram.double()
-    scale = torch.diagonal(g)[:-1].mean()
+    # Strengths are relative to the features' variance (a feature's constant part is the
+    # unshrunk bias's business): the centred diagonal, sum(f^2) - sum(f)^2 / N.
+    scale = (torch.diagonal(g)[:-1] - g[:-1, -1] ** 2 / g[-1, -1]).mean()
     eye = torch.eye(g.size(0), dtype=g.dtype)
     eye[-1, -1] = 0
     best = None
@@ -174,8 +182,9 @@ def least_squares_init(
             # LayerNorm and the ridge on fc2 see them as small; each unit is shifted by SHIFT of
             # its own std into the linear part of the activation.
             scale = sd.square().mean().sqrt()
+            spread = SPREAD * (torch.arange(r) % 2)
             mlp.fc1.weight[:r] = (proj[:-1] / scale).T
-            mlp.fc1.bias[:r] = (proj[-1] - mu + SHIFT * sd) / scale
+            mlp.fc1.bias[:r] = (proj[-1] - mu + SHIFT * sd) / scale + spread
 
     # Step 2: fc2 from each unit's real hidden features.
     feats = {}

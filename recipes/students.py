@@ -37,7 +37,7 @@ from distill.students import (
     mode_sites,
     student_call,
 )
-from distill.train import TrainConfig, TrainingDiverged, fit, masked_mean
+from distill.train import SCHEDULES, TrainConfig, TrainingDiverged, fit, masked_mean
 
 log = logging.getLogger("recipes.students")
 
@@ -70,6 +70,7 @@ class Config:
     batch_size: int = 256  # sentences (the paper: 2000)
     lrs: dict[str, float] = field(default_factory=lambda: dict(PAPER_LR))
     epochs: dict[str, int] = field(default_factory=dict)  # per-mode epochs, overrides train.epochs
+    schedules: dict[str, str] = field(default_factory=dict)  # per-mode, overrides train.schedule
     shard_size: int = 1000  # online mode: the same batching as a recording with this shard size
     max_sentences: int = 0  # online mode: 0 = whole train split
     valid_sentences: int = 500
@@ -96,10 +97,16 @@ class Config:
             raise ValueError(f"source must be 'disk' or 'online', got '{self.source}'")
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
-        for mode in [*self.sizes, *self.lrs, *self.epochs]:
+        for mode in [*self.sizes, *self.lrs, *self.epochs, *self.schedules]:
             if mode not in MODES:
                 known = ", ".join(MODES)
-                raise ValueError(f"unknown mode '{mode}' in sizes/lrs/epochs (known: {known})")
+                raise ValueError(
+                    f"unknown mode '{mode}' in sizes/lrs/epochs/schedules (known: {known})"
+                )
+        for name in self.schedules.values():
+            if name not in SCHEDULES:
+                known = ", ".join(SCHEDULES)
+                raise ValueError(f"schedules: must be one of {known}, got '{name}'")
         for n in self.epochs.values():
             if n < 1:
                 raise ValueError(f"epochs must be >= 1, got {self.epochs}")
@@ -202,6 +209,7 @@ def train_mode(cfg: Config, mode: str, teacher, examples, recording, cache=None)
         cfg.train,
         lr=cfg.lrs.get(mode, cfg.train.lr),
         epochs=cfg.epochs.get(mode, cfg.train.epochs),
+        schedule=cfg.schedules.get(mode, cfg.train.schedule),
     )
     write_config(out, dataclasses.replace(cfg, modes=[mode], train=train_cfg))
     valid = _batches(cfg, sites, "valid", teacher, examples, recording, 0)

@@ -91,3 +91,14 @@ def test_exponent_floats_without_a_dot_are_floats():
         load_recipe_config("students", "tiny", ["train.lr=fast"])
     with pytest.raises(ConfigError, match="config key 'lrs.alr'"):
         load_recipe_config("students", "tiny", ["lrs={alr: fast}"])
+
+
+def test_per_mode_schedules_and_init_are_checked_before_anything_runs():
+    _, cfg = load_recipe_config("students", "tiny", ["schedules={cross: constant}", "init=random"])
+    assert cfg.schedules == {"cross": "constant"} and cfg.init == "random"
+    with pytest.raises(ConfigError, match="schedules"):
+        load_recipe_config("students", "tiny", ["schedules={cross: steep}"])
+    with pytest.raises(ConfigError, match="schedules"):
+        load_recipe_config("students", "tiny", ["schedules={crosss: constant}"])
+    with pytest.raises(ConfigError, match="init"):
+        load_recipe_config("students", "tiny", ["init=zeros"])
