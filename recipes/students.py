@@ -25,7 +25,7 @@ from torch import nn
 
 from distill.checkpoint import atomic_write_json, resolve_checkpoint, save_tensors
 from distill.data import encode_pairs, load_pairs
-from distill.lstsq import least_squares_init, normal_equations
+from distill.lstsq import SUPPORTED_ACTIVATIONS, least_squares_init, normal_equations
 from distill.record import DiskBatches, OnlineBatches, Recording, site_stack
 from distill.runs import load_teacher, students_dir, teacher_config, write_config
 from distill.students import (
@@ -93,6 +93,11 @@ class Config:
                 )
         if self.init not in INITS:
             raise ValueError(f"init must be one of {', '.join(INITS)}, got '{self.init}'")
+        if self.init == "lstsq" and self.activation not in SUPPORTED_ACTIVATIONS:
+            raise ValueError(
+                f"init=lstsq supports the activations {', '.join(SUPPORTED_ACTIVATIONS)}; "
+                f"use init=random with activation={self.activation}"
+            )
         if self.source not in ("disk", "online"):
             raise ValueError(f"source must be 'disk' or 'online', got '{self.source}'")
         if self.batch_size < 1:

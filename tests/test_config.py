@@ -102,3 +102,6 @@ def test_per_mode_schedules_and_init_are_checked_before_anything_runs():
         load_recipe_config("students", "tiny", ["schedules={crosss: constant}"])
     with pytest.raises(ConfigError, match="init"):
         load_recipe_config("students", "tiny", ["init=zeros"])
+    with pytest.raises(ConfigError, match="init=random"):
+        load_recipe_config("students", "tiny", ["activation=swiglu"])
+    load_recipe_config("students", "tiny", ["activation=swiglu", "init=random"])
