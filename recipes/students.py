@@ -173,10 +173,10 @@ def lstsq_applies(mode: str) -> bool:
     return not MODES[mode]["causal"] and not MODES[mode].get("per_position")
 
 
-def _lstsq(cfg: Config, students: dict, residual: bool, teacher, examples, recording, cache):
+def _lstsq(cfg: Config, students: dict, residual: bool, teacher, examples, recording, valid, cache):
     """Least-squares init of one mode's students from the training batches (read in large
-    batches); the normal equations stay in ``cache`` for a later mode with the same sites and
-    target (ASLR after ALR)."""
+    batches), ridge strengths chosen on ``valid``; the normal equations stay in ``cache`` for a
+    later mode with the same sites and target (ASLR after ALR)."""
     sites, d = list(students), teacher.cfg.d_model
     big = dataclasses.replace(cfg, batch_size=INIT_BATCH)
     missing = [s for s in sites if (s, residual) not in cache]
@@ -190,7 +190,7 @@ def _lstsq(cfg: Config, students: dict, residual: bool, teacher, examples, recor
         students,
         {s: cache[(s, residual)] for s in sites},
         _batches(big, sites, "train", teacher, examples, recording, 0),
-        _batches(cfg, sites, "valid", teacher, examples, recording, 0),
+        valid,
         residual=residual,
         d_model=d,
     )
@@ -232,7 +232,7 @@ def train_mode(cfg: Config, mode: str, teacher, examples, recording, cache=None)
     init = cfg.init if lstsq_applies(mode) else "random"
     if init == "lstsq" and resolve_checkpoint(out / "checkpoint") is None:
         some = {s: students[_key(s)] for s in sites}
-        _lstsq(cfg, some, residual, teacher, examples, recording, cache)
+        _lstsq(cfg, some, residual, teacher, examples, recording, valid, cache)
         with torch.no_grad():
             scores = validate(students)
         log.info("%s: validation MSE after least-squares init %.4f", mode, scores["valid_mse"])
