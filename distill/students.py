@@ -54,6 +54,18 @@ def mode_sites(mode: str, cfg: ModelConfig) -> list[str]:
     return [spec["site"].format(i=i) for i in range(n)]
 
 
+def apply_activation(name: str, h: torch.Tensor) -> torch.Tensor:
+    """One of ``ACTIVATIONS`` on pre-activations (..., width); SwiGLU halves the width."""
+    if name == "swiglu":
+        gate, value = h.chunk(2, dim=-1)
+        return F.silu(gate) * value
+    if name == "leaky_relu":
+        return F.leaky_relu(h)
+    if name == "relu":
+        return F.relu(h)
+    return F.gelu(h)
+
+
 class MaskedLinear(nn.Linear):
     """Linear layer whose weight is multiplied by a fixed 0/1 mask (None = dense)."""
 
@@ -141,15 +153,7 @@ class FlatMLP(nn.Module):
 
     def activate(self, h: torch.Tensor) -> torch.Tensor:
         """Hidden pre-activations (B, width) -> normalised hidden features (B, hidden)."""
-        if self.activation == "swiglu":
-            gate, value = h.chunk(2, dim=-1)
-            h = F.silu(gate) * value
-        elif self.activation == "leaky_relu":
-            h = F.leaky_relu(h)
-        elif self.activation == "relu":
-            h = F.relu(h)
-        else:
-            h = F.gelu(h)
+        h = apply_activation(self.activation, h)
         return self.hidden_norm(h.view(h.size(0), -1, self.group)).view(h.size(0), self.hidden)
 
     def forward(self, x, mask, memory=None, memory_mask=None) -> torch.Tensor:

@@ -30,6 +30,7 @@ from distill.record import DiskBatches, OnlineBatches, Recording, site_stack
 from distill.runs import load_teacher, students_dir, teacher_config, write_config
 from distill.students import (
     ACTIVATIONS,
+    HEAD_SIZES,
     MODES,
     RESIDUAL_MODES,
     SIZES,
@@ -66,6 +67,9 @@ class Config:
     # "lstsq": non-causal students start from ridge regressions (distill/lstsq.py); "random" is
     # the paper's (PyTorch's default initialisation).
     init: str = "lstsq"
+    # Per mode: hidden units per position that the least-squares init starts as position-local
+    # nonlinear features instead of linear ones (distill/lstsq.py); needs max_len * n < width.
+    local_units: dict[str, int] = field(default_factory=dict)
     source: str = "disk"  # "disk" (RUN_DIR/record) or "online" (teacher forward passes)
     batch_size: int = 256  # sentences (the paper: 2000)
     lrs: dict[str, float] = field(default_factory=lambda: dict(PAPER_LR))
@@ -102,11 +106,19 @@ class Config:
             raise ValueError(f"source must be 'disk' or 'online', got '{self.source}'")
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
-        for mode in [*self.sizes, *self.lrs, *self.epochs, *self.schedules]:
+        for mode, n in self.local_units.items():
+            if mode in MODES and not lstsq_applies(mode):
+                raise ValueError(f"local_units: mode '{mode}' has no least-squares init")
+            if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+                raise ValueError(f"local_units: must be whole numbers >= 0, got {mode}: {n!r}")
+            if n and self.init != "lstsq":
+                raise ValueError(f"local_units ({mode}: {n}) need init=lstsq, not '{self.init}'")
+        for mode in [*self.sizes, *self.lrs, *self.epochs, *self.schedules, *self.local_units]:
             if mode not in MODES:
                 known = ", ".join(MODES)
                 raise ValueError(
-                    f"unknown mode '{mode}' in sizes/lrs/epochs/schedules (known: {known})"
+                    f"unknown mode '{mode}' in sizes/lrs/epochs/schedules/local_units "
+                    f"(known: {known})"
                 )
         for name in self.schedules.values():
             if name not in SCHEDULES:
@@ -173,7 +185,31 @@ def lstsq_applies(mode: str) -> bool:
     return not MODES[mode]["causal"] and not MODES[mode].get("per_position")
 
 
-def _lstsq(cfg: Config, students: dict, residual: bool, teacher, examples, recording, valid, cache):
+def check_local_units(cfg: Config, model_cfg) -> None:
+    """``ValueError`` when a mode's local units would fill its whole hidden layer."""
+    for mode, n in cfg.local_units.items():
+        if mode not in cfg.modes or not n:
+            continue
+        size = cfg.size_of(mode)
+        width = HEAD_SIZES[size] if MODES[mode].get("per_head") else SIZES[size]
+        if n * model_cfg.max_len >= width:
+            raise ValueError(
+                f"local_units: {mode}: {n} per position x max_len {model_cfg.max_len} must stay "
+                f"below the hidden width {width} of size {size} (the rest are the linear units)"
+            )
+
+
+def _lstsq(
+    cfg: Config,
+    mode: str,
+    students: dict,
+    residual: bool,
+    teacher,
+    examples,
+    recording,
+    valid,
+    cache,
+):
     """Least-squares init of one mode's students from the training batches (read in large
     batches), ridge strengths chosen on ``valid``; the normal equations stay in ``cache`` for a
     later mode with the same sites and target (ASLR after ALR)."""
@@ -193,6 +229,8 @@ def _lstsq(cfg: Config, students: dict, residual: bool, teacher, examples, recor
         valid,
         residual=residual,
         d_model=d,
+        local=cfg.local_units.get(mode, 0),
+        seed=cfg.train.seed,
     )
 
 
@@ -232,11 +270,12 @@ def train_mode(cfg: Config, mode: str, teacher, examples, recording, cache=None)
     init = cfg.init if lstsq_applies(mode) else "random"
     if init == "lstsq" and resolve_checkpoint(out / "checkpoint") is None:
         some = {s: students[_key(s)] for s in sites}
-        _lstsq(cfg, some, residual, teacher, examples, recording, valid, cache)
+        _lstsq(cfg, mode, some, residual, teacher, examples, recording, valid, cache)
         with torch.no_grad():
             scores = validate(students)
         log.info("%s: validation MSE after least-squares init %.4f", mode, scores["valid_mse"])
-        atomic_write_json(out / "init.json", {"init": init, **scores})
+        local = cfg.local_units.get(mode, 0)
+        atomic_write_json(out / "init.json", {"init": init, "local_units": local, **scores})
     fit(
         students,
         lambda e: _batches(cfg, sites, "train", teacher, examples, recording, e),
@@ -257,6 +296,7 @@ def train_mode(cfg: Config, mode: str, teacher, examples, recording, cache=None)
             "activation": cfg.activation,
             "residual": residual,
             "init": init,
+            "local_units": cfg.local_units.get(mode, 0) if init == "lstsq" else 0,
         },
     )
     return out
@@ -278,6 +318,7 @@ def main(cfg: Config) -> Path:
         for split, limit in (("train", cfg.max_sentences), ("valid", cfg.valid_sentences)):
             ex, _ = encode_pairs(load_pairs(data_cfg, split), tok, teacher.cfg.max_len)
             examples[split] = ex[:limit] if limit else ex
+    check_local_units(cfg, teacher.cfg)
     cache: dict = {}
     for i, mode in enumerate(cfg.modes):
         train_mode(cfg, mode, teacher, examples, recording, cache)

@@ -105,3 +105,26 @@ def test_per_mode_schedules_and_init_are_checked_before_anything_runs():
     with pytest.raises(ConfigError, match="init=random"):
         load_recipe_config("students", "tiny", ["activation=swiglu"])
     load_recipe_config("students", "tiny", ["activation=swiglu", "init=random"])
+
+
+def test_local_units_are_checked_before_anything_runs():
+    from distill.model import PRESETS, ModelConfig
+    from recipes.students import check_local_units
+
+    _, cfg = load_recipe_config("students", "tiny", ["local_units={elr: 2}", "sizes={elr: l}"])
+    assert cfg.local_units == {"elr": 2}
+    for bad, match in [
+        ("local_units={dec_self: 2}", "no least-squares init"),
+        ("local_units={elrr: 2}", "unknown mode"),
+        ("local_units={elr: -1}", "whole numbers"),
+        ("local_units={elr: 1.5}", "local_units"),
+    ]:
+        with pytest.raises(ConfigError, match=match):
+            load_recipe_config("students", "tiny", [bad])
+    with pytest.raises(ConfigError, match="need init=lstsq"):
+        load_recipe_config("students", "tiny", ["local_units={elr: 2}", "init=random"])
+    model_cfg = ModelConfig(**PRESETS["tiny"])
+    check_local_units(cfg, model_cfg)  # 2 x max_len 8 is well below L's 3200 units
+    _, narrow = load_recipe_config("students", "tiny", ["local_units={elr: 7}", "sizes={elr: s}"])
+    with pytest.raises(ValueError, match="below the hidden width 50"):
+        check_local_units(narrow, model_cfg)

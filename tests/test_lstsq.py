@@ -108,3 +108,49 @@ def _tiny_cfg():
     from distill.model import PRESETS, ModelConfig
 
     return ModelConfig(**PRESETS["tiny"])
+
+
+def local_batches(w: torch.Tensor, a: torch.Tensor, n_batches: int, seed: int):
+    """Targets = a linear map of the flat input + the same nonlinear function of each position's
+    own (normalised) input, |x_p U| C with two directions U: what a position-wise FFN adds."""
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for _ in range(n_batches):
+        x = torch.randn(200, M, D, generator=g)
+        flat = F.layer_norm(x.flatten(1), (M * D,))
+        local = (flat.view(200, M, D) @ a[0]).abs() @ a[1]  # (B, M, D)
+        y = (flat @ w).view(200, M, D) + local
+        mask = torch.ones(200, M, dtype=torch.bool)
+        out.append(ActBatch({f"{SITE}.x": x, f"{SITE}.y": y, "src_mask": mask}))
+    return out
+
+
+def test_local_units_start_on_a_position_wise_nonlinearity_a_linear_start_misses():
+    torch.manual_seed(0)
+    w = torch.randn(M * D, 8) @ torch.randn(8, M * D) / M / D
+    a = torch.randn(D, 2), torch.randn(2, D)
+    train, valid = local_batches(w, a, 20, 0), local_batches(w, a, 1, 1)
+    scores = {}
+    for local in (0, 6):
+        student = FlatMLP(M, D, D, hidden=16 + M * 6)  # 16 linear units >= the map's rank 8
+        students = {SITE: student}
+        normal = normal_equations(students, train, residual=False, d_model=D, progress=False)
+        least_squares_init(
+            students, normal, train, valid, residual=False, d_model=D, local=local, progress=False
+        )
+        scores[local] = masked_mse(student, valid)
+        if local:  # position p's local units read position p only
+            w1 = student.fc1.weight[16:].view(M, local, M, D).detach()
+            off_block = w1 * (1 - torch.eye(M))[:, None, :, None]
+            assert off_block.abs().max() == 0 and w1.abs().sum() > 0
+    assert scores[6] < scores[0] / 10, scores
+
+
+def test_local_units_that_fill_the_hidden_layer_are_refused():
+    student = FlatMLP(M, D, D, hidden=2 * M)
+    batches = linear_batches(torch.eye(M * D), 1, False, 0)
+    normal = normal_equations({SITE: student}, batches, residual=False, d_model=D, progress=False)
+    with pytest.raises(ValueError, match="leave no linear units"):
+        least_squares_init(
+            {SITE: student}, normal, batches, batches, residual=False, d_model=D, local=2
+        )
