@@ -18,6 +18,7 @@ import logging
 import sys
 from pathlib import Path
 
+from distill import progress
 from distill.errors import ConfigError, DataError, DistillError
 
 CONFIG_ROOT = Path(__file__).resolve().parent.parent / "recipes" / "configs"
@@ -196,6 +197,7 @@ def main(argv: list[str] | None = None) -> int:
         args.overrides = args.overrides + extra
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    progress.QUIET = args.quiet
     logging.basicConfig(
         level=logging.WARNING if args.quiet else logging.INFO,
         format="%(asctime)s %(name)s: %(message)s",

@@ -167,7 +167,7 @@ def translate_texts(
     A source longer than ``max_len`` tokens (with its EOS) is truncated to fit, and counted.
     Empty inputs give empty outputs without running the model.
     """
-    from tqdm.auto import tqdm
+    from distill.progress import progress_bar
 
     model.eval()
     device = next(model.parameters()).device
@@ -179,11 +179,11 @@ def translate_texts(
         encoded.append(ids)
     order = sorted((i for i, ids in enumerate(encoded) if ids), key=lambda i: len(encoded[i]))
     out = [""] * len(texts)
-    for start in tqdm(
+    for start in progress_bar(
         range(0, len(order), batch_size),
         desc="translate",
         unit="batch",
-        disable=not progress,
+        show=progress,
         leave=False,
     ):
         chunk = order[start : start + batch_size]

@@ -33,8 +33,8 @@ from collections.abc import Iterable, Sequence
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
 
+from distill.progress import progress_bar
 from distill.record import site_stack
 from distill.students import FlatMLP, PerHeadStudent, apply_activation
 
@@ -50,7 +50,7 @@ SHIFT = 3.0
 SPREAD = 4.0
 SUPPORTED_ACTIVATIONS = ("leaky_relu", "relu", "gelu")
 LOCAL_ROWS = 400_000  # (sentence, position) rows the per-position MLP is fitted on, at most
-LOCAL_STEPS = 3000  # Adam steps for it (the demo's 360k rows: about 8.5 epochs, 6 s)
+LOCAL_STEPS = 3000  # Adam steps for it (the demo's 360k rows: about 8.5 epochs, 12 s)
 LOCAL_BATCH = 1024
 LOCAL_LR = 1e-3
 
@@ -130,7 +130,7 @@ def _fit_local(x: torch.Tensor, e: torch.Tensor, local: int, activation: str, se
     opt = torch.optim.Adam([*fc_in.parameters(), *fc_out.parameters()], lr=LOCAL_LR)
     order = torch.empty(0, dtype=torch.long)
     with torch.enable_grad():
-        for _ in tqdm(range(LOCAL_STEPS), desc=desc, disable=desc is None, leave=False):
+        for _ in progress_bar(range(LOCAL_STEPS), desc=desc, show=desc is not None, leave=False):
             if order.numel() < LOCAL_BATCH:  # a new epoch (the last partial batch is dropped)
                 order = torch.randperm(x.size(0), generator=gen)
             idx, order = order[:LOCAL_BATCH], order[LOCAL_BATCH:]
@@ -186,7 +186,7 @@ def normal_equations(
     ``batches`` may be any number of teacher passes; large batches make the products efficient."""
     first = _check(students, d_model)
     sums: dict[str, list] = {}
-    for batch in tqdm(batches, desc="lstsq: normal equations", disable=not progress, leave=False):
+    for batch in progress_bar(batches, desc="lstsq: normal equations", show=progress, leave=False):
         for site, mlp in first.items():
             f, t, _ = _site_rows(mlp, batch, site, residual)
             t = t.flatten(1)  # (N, M * D)
@@ -265,7 +265,7 @@ def least_squares_init(
 
     # Step 2: fc2 from each unit's real hidden features.
     feats = {}
-    for batch in tqdm(batches, desc="lstsq: hidden", disable=not progress, leave=False):
+    for batch in progress_bar(batches, desc="lstsq: hidden", show=progress, leave=False):
         for site, student in students.items():
             f, t, _ = _site_rows(first[site], batch, site, residual)
             for i, (mlp, dims) in enumerate(_units(student, d_model)):

@@ -170,7 +170,7 @@ def record(
 
     Refuses (DataError) when the estimated size does not fit the free disk.
     """
-    from tqdm.auto import tqdm
+    from distill.progress import progress_bar
 
     if dtype not in DTYPES:
         raise DataError(f"record dtype must be fp16 or fp32, got '{dtype}'")
@@ -220,12 +220,12 @@ def record(
             done = done[: next((i for i, s in enumerate(done) if s["index"] != i), len(done))]
             log.info("resuming recording after %d of %d shards", len(done), len(plan))
     # A context manager closes the bar on errors too, so the CLI's error line starts a line.
-    with tqdm(
+    with progress_bar(
         total=len(order),
         initial=sum(s["sentences"] for s in done),
         desc="record",
         unit="sent",
-        disable=not progress,
+        show=progress,
         dynamic_ncols=True,
     ) as bar:
         for index in range(len(done), len(plan)):

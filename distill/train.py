@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm.auto import tqdm
 
 from distill.checkpoint import (
     atomic_write_text,
@@ -28,6 +27,7 @@ from distill.checkpoint import (
     save_checkpoint,
 )
 from distill.errors import CheckpointError, DistillError
+from distill.progress import progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -199,12 +199,12 @@ def fit(
     total = cfg.epochs * (len(first) // acc.num_processes)
     if cfg.max_steps:
         total = min(total, cfg.max_steps)
-    bar = tqdm(
+    bar = progress_bar(
         total=total,
         initial=min(state["step"], total),
         desc=desc,
         unit="step",
-        disable=not acc.is_local_main_process,
+        show=acc.is_local_main_process,
         dynamic_ncols=True,
     )
     model.train()
