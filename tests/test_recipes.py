@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file
 
+from distill.checkpoint import resolve_checkpoint
 from distill.cli import main
 
 REPO = Path(__file__).resolve().parent.parent
@@ -95,6 +96,16 @@ def _teacher_cmd(run_dir: Path) -> list[str]:
     ]
 
 
+def _checkpoint_step(ckpt: Path) -> int:
+    """Step of the checkpoint the run would resume from, -1 if none (yet): while the running
+    process swaps checkpoints, ``checkpoint/`` is briefly absent and ``.old`` holds the last one."""
+    found = resolve_checkpoint(ckpt)
+    try:
+        return json.loads((found / "state.json").read_text())["step"] if found else -1
+    except FileNotFoundError:  # swapped away between the lookup and the read
+        return -1
+
+
 def test_killed_teacher_resumes_from_its_checkpoint_and_matches_an_uninterrupted_run(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     whole = tmp_path / "whole"
@@ -104,16 +115,17 @@ def test_killed_teacher_resumes_from_its_checkpoint_and_matches_an_uninterrupted
     proc = subprocess.Popen(
         _teacher_cmd(broken), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
-    state = broken / "teacher" / "checkpoint" / "state.json"
+    ckpt = broken / "teacher" / "checkpoint"
     deadline = time.time() + 120
     while time.time() < deadline and proc.poll() is None:
-        if state.exists() and json.loads(state.read_text())["step"] >= 8:
+        if _checkpoint_step(ckpt) >= 8:
             break
         time.sleep(0.02)
     assert proc.poll() is None, "the run finished before it could be killed"
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
-    killed_at = json.loads(state.read_text())["step"]
+    killed_at = _checkpoint_step(ckpt)  # the kill may fall inside a checkpoint swap
+    assert killed_at >= 8
     assert not (broken / "teacher" / "bleu.json").exists()
 
     done = subprocess.run(_teacher_cmd(broken), env=env, capture_output=True, text=True)
