@@ -25,6 +25,7 @@ from torch import nn
 
 from distill.checkpoint import atomic_write_json, resolve_checkpoint, save_tensors
 from distill.data import encode_pairs, load_pairs
+from distill.errors import ConfigError
 from distill.lstsq import SUPPORTED_ACTIVATIONS, least_squares_init, normal_equations
 from distill.record import DiskBatches, OnlineBatches, Recording, site_stack
 from distill.runs import load_teacher, students_dir, teacher_config, write_config
@@ -69,6 +70,7 @@ class Config:
     init: str = "lstsq"
     # Per mode: hidden units per position that the least-squares init starts as position-local
     # nonlinear features instead of linear ones (distill/lstsq.py); needs max_len * n < width.
+    # Unused (with a warning) under init=random.
     local_units: dict[str, int] = field(default_factory=dict)
     source: str = "disk"  # "disk" (RUN_DIR/record) or "online" (teacher forward passes)
     batch_size: int = 256  # sentences (the paper: 2000)
@@ -111,8 +113,6 @@ class Config:
                 raise ValueError(f"local_units: mode '{mode}' has no least-squares init")
             if isinstance(n, bool) or not isinstance(n, int) or n < 0:
                 raise ValueError(f"local_units: must be whole numbers >= 0, got {mode}: {n!r}")
-            if n and self.init != "lstsq":
-                raise ValueError(f"local_units ({mode}: {n}) need init=lstsq, not '{self.init}'")
         for mode in [*self.sizes, *self.lrs, *self.epochs, *self.schedules, *self.local_units]:
             if mode not in MODES:
                 known = ", ".join(MODES)
@@ -186,14 +186,17 @@ def lstsq_applies(mode: str) -> bool:
 
 
 def check_local_units(cfg: Config, model_cfg) -> None:
-    """``ValueError`` when a mode's local units would fill its whole hidden layer."""
+    """``ConfigError`` when a mode's local units would fill its whole hidden layer (checked once
+    the teacher's max_len is known, before any training)."""
+    if cfg.init != "lstsq":
+        return  # unused (main warns)
     for mode, n in cfg.local_units.items():
         if mode not in cfg.modes or not n:
             continue
         size = cfg.size_of(mode)
         width = HEAD_SIZES[size] if MODES[mode].get("per_head") else SIZES[size]
         if n * model_cfg.max_len >= width:
-            raise ValueError(
+            raise ConfigError(
                 f"local_units: {mode}: {n} per position x max_len {model_cfg.max_len} must stay "
                 f"below the hidden width {width} of size {size} (the rest are the linear units)"
             )
@@ -319,6 +322,8 @@ def main(cfg: Config) -> Path:
             ex, _ = encode_pairs(load_pairs(data_cfg, split), tok, teacher.cfg.max_len)
             examples[split] = ex[:limit] if limit else ex
     check_local_units(cfg, teacher.cfg)
+    if cfg.init != "lstsq" and any(cfg.local_units.values()):
+        log.warning("local_units %s unused: they are part of init=lstsq", cfg.local_units)
     cache: dict = {}
     for i, mode in enumerate(cfg.modes):
         train_mode(cfg, mode, teacher, examples, recording, cache)

@@ -121,10 +121,8 @@ def test_local_units_are_checked_before_anything_runs():
     ]:
         with pytest.raises(ConfigError, match=match):
             load_recipe_config("students", "tiny", [bad])
-    with pytest.raises(ConfigError, match="need init=lstsq"):
-        load_recipe_config("students", "tiny", ["local_units={elr: 2}", "init=random"])
     model_cfg = ModelConfig(**PRESETS["tiny"])
     check_local_units(cfg, model_cfg)  # 2 x max_len 8 is well below L's 3200 units
     _, narrow = load_recipe_config("students", "tiny", ["local_units={elr: 7}", "sizes={elr: s}"])
-    with pytest.raises(ValueError, match="below the hidden width 50"):
+    with pytest.raises(ConfigError, match="below the hidden width 50"):
         check_local_units(narrow, model_cfg)

@@ -47,6 +47,18 @@ def test_record_and_student_stages_cover_every_mode(tiny_run):
     assert manifest["dtype"] == "fp32" and manifest["sentences"] > 0
     modes = {p.parent.name for p in (tiny_run / "students").glob("*/spec.json")}
     assert modes == {"alr", "alrr", "aslr", "elr", "dec_self", "dec_self_pp", "cross"}
+    elr = tiny_run / "students" / "elr"
+    spec, init = (json.loads((elr / f).read_text()) for f in ("spec.json", "init.json"))
+    assert spec["local_units"] == init["local_units"] == 1 and spec["init"] == "lstsq"
+
+
+def test_local_units_that_fill_a_students_hidden_layer_fail_before_training(tiny_run, capsys):
+    before = sorted(p.stat().st_mtime_ns for p in (tiny_run / "students").rglob("*"))
+    argv = ["run", "students", "--config", "tiny", f"run_dir={tiny_run}", "modes=[elr]"]
+    assert main(["-q", *argv, "local_units={elr: 7}", "sizes={elr: s}"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("distill: error: local_units: elr") and "\n" not in err
+    assert sorted(p.stat().st_mtime_ns for p in (tiny_run / "students").rglob("*")) == before
 
 
 def test_evaluate_stage_writes_a_row_per_variant(tiny_run):
