@@ -419,4 +419,11 @@ class OnlineBatches(Sequence):
         device = next(self.model.parameters()).device
         batch = capture(self.model, self.sites, *_collate(self.examples, idx, device))
         keep = ["src_mask", "tgt_mask", "memory"] + [f"{s}.{p}" for s in self.sites for p in "xy"]
-        return ActBatch({k: v.float() for k, v in batch.tensors.items() if k in keep})
+        # Activations in fp32 and masks bool, as DiskBatches gives them.
+        return ActBatch(
+            {
+                k: v if v.dtype == torch.bool else v.float()
+                for k, v in batch.tensors.items()
+                if k in keep
+            }
+        )
