@@ -47,6 +47,7 @@ def test_record_and_student_stages_cover_every_mode(tiny_run):
     assert manifest["dtype"] == "fp32" and manifest["sentences"] > 0
     modes = {p.parent.name for p in (tiny_run / "students").glob("*/spec.json")}
     assert modes == {"alr", "alrr", "aslr", "elr", "dec_self", "dec_self_pp", "cross"}
+    assert not list((tiny_run / "students").glob("*/checkpoint*"))  # finished: no resume state
     elr = tiny_run / "students" / "elr"
     spec, init = (json.loads((elr / f).read_text()) for f in ("spec.json", "init.json"))
     assert spec["local_units"] == init["local_units"] == 1 and spec["init"] == "lstsq"
