@@ -205,18 +205,19 @@ def check_local_units(cfg: Config, model_cfg) -> None:
 
 def _lstsq(
     cfg: Config,
-    mode: str,
     students: dict,
     residual: bool,
+    local: int,
     teacher,
     examples,
     recording,
     valid,
     cache,
 ):
-    """Least-squares init of one mode's students from the training batches (read in large
-    batches), ridge strengths chosen on ``valid``; the normal equations stay in ``cache`` for a
-    later mode with the same sites and target (ASLR after ALR)."""
+    """Least-squares init of one mode's students (``local`` position-local units per position)
+    from the training batches (read in large batches), ridge strengths chosen on ``valid``; the
+    normal equations stay in ``cache`` for a later mode with the same sites and target (ASLR
+    after ALR)."""
     sites, d = list(students), teacher.cfg.d_model
     big = dataclasses.replace(cfg, batch_size=INIT_BATCH)
     missing = [s for s in sites if (s, residual) not in cache]
@@ -233,7 +234,7 @@ def _lstsq(
         valid,
         residual=residual,
         d_model=d,
-        local=cfg.local_units.get(mode, 0),
+        local=local,
         seed=cfg.train.seed,
     )
 
@@ -272,13 +273,13 @@ def train_mode(cfg: Config, mode: str, teacher, examples, recording, cache=None)
         return {"valid_mse": sum(mse.values()) / len(sites), **mse}
 
     init = cfg.init if lstsq_applies(mode) else "random"
+    local = cfg.local_units.get(mode, 0) if init == "lstsq" else 0
     if init == "lstsq" and resolve_checkpoint(out / "checkpoint") is None:
         some = {s: students[_key(s)] for s in sites}
-        _lstsq(cfg, mode, some, residual, teacher, examples, recording, valid, cache)
+        _lstsq(cfg, some, residual, local, teacher, examples, recording, valid, cache)
         with torch.no_grad():
             scores = validate(students)
         log.info("%s: validation MSE after least-squares init %.4f", mode, scores["valid_mse"])
-        local = cfg.local_units.get(mode, 0)
         atomic_write_json(out / "init.json", {"init": init, "local_units": local, **scores})
     fit(
         students,
@@ -300,7 +301,7 @@ def train_mode(cfg: Config, mode: str, teacher, examples, recording, cache=None)
             "activation": cfg.activation,
             "residual": residual,
             "init": init,
-            "local_units": cfg.local_units.get(mode, 0) if init == "lstsq" else 0,
+            "local_units": local,
         },
     )
     # A finished mode is skipped, never resumed: its checkpoint (weights and Adam's moments,
