@@ -28,7 +28,7 @@ from distill.runs import (
     students_dir,
     teacher_config,
 )
-from distill.students import effective_parameters, splice
+from distill.students import MODES, effective_parameters, splice
 from eval.bleu import evaluate_model
 from eval.report import write_chart, write_markdown
 
@@ -93,7 +93,7 @@ def test_pairs(
 
 def student_kind(mode: str, spec: dict) -> str:
     """``"alrr m residual"``: a mode's students as the results table names them."""
-    size = f"{spec['size']}/head" if mode == "aslr" else spec["size"]
+    size = f"{spec['size']}/head" if MODES[mode].get("per_head") else spec["size"]
     return f"{mode} {size}" + (" residual" if spec.get("residual") else "")
 
 
