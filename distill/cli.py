@@ -22,7 +22,7 @@ from distill import progress
 from distill.errors import ConfigError, DataError, DistillError
 
 CONFIG_ROOT = Path(__file__).resolve().parent.parent / "recipes" / "configs"
-RECIPES = ("teacher", "record", "students", "evaluate", "pipeline")
+RECIPES = ("teacher", "record", "students", "finetune", "evaluate", "pipeline")
 
 
 def available() -> dict[str, list[str]]:
@@ -97,6 +97,7 @@ def cmd_export(args) -> int:
         args.run_dir,
         parse_spec(args.spec) if args.spec else args.variant or "attentionless",
         args.out,
+        layer_wise=args.layer_wise,
     )
     return 0
 
@@ -178,6 +179,11 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--variant", default="", help="teacher, alr, ..., attentionless (default)")
     ex.add_argument("--spec", default="", help="SITE=MODE[,SITE=MODE...] instead of a variant")
     ex.add_argument("--out", required=True, help="export directory (replaced if an old export)")
+    ex.add_argument(
+        "--layer-wise",
+        action="store_true",
+        help="the layer-wise students even when the finetune stage tuned this variant",
+    )
     ex.set_defaults(func=cmd_export)
     tr = sub.add_parser("translate", help="translate lines with an exported model")
     tr.add_argument("path", help="export directory")

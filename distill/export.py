@@ -26,11 +26,19 @@ from distill.checkpoint import (
 )
 from distill.data import load_pairs
 from distill.errors import CheckpointError, ConfigError, DistillError
-from distill.model import ModelConfig, count_parameters, site_path
+from distill.model import ModelConfig, count_parameters
 from distill.modelcard import model_card
 from distill.pretrained import REMOTE_CODE, check_spec, generation_config, make_config
-from distill.runs import load_students, load_teacher, student_spec, teacher_config
-from distill.students import effective_parameters, splice
+from distill.runs import (
+    load_teacher,
+    load_variant,
+    splice_spec,
+    student_spec,
+    teacher_config,
+    tuned_spec,
+    variant_spec,
+)
+from distill.students import VARIANTS
 
 log = logging.getLogger(__name__)
 
@@ -51,15 +59,11 @@ def parse_spec(text: str) -> dict[str, str]:
 def resolve_spec(
     run_dir: Path, variant_or_spec: str | dict[str, str], cfg: ModelConfig
 ) -> tuple[str, dict[str, str]]:
-    """(variant name, {site: mode}) for a variant of ``recipes.evaluate.VARIANTS`` or a spec."""
-    from recipes.evaluate import VARIANTS
-
+    """(variant name, {site: mode}) for a variant of ``distill.students.VARIANTS`` or a spec."""
     if isinstance(variant_or_spec, dict):
         name, spec = "custom", dict(variant_or_spec)
     elif variant_or_spec in VARIANTS:
-        name, spec = variant_or_spec, {}
-        for mode in VARIANTS[variant_or_spec]:
-            spec.update(dict.fromkeys(student_spec(run_dir, mode)["sites"], mode))
+        name, spec = variant_or_spec, variant_spec(run_dir, VARIANTS[variant_or_spec])
     else:
         raise ConfigError(f"unknown variant '{variant_or_spec}' (known: {', '.join(VARIANTS)})")
     try:
@@ -72,13 +76,17 @@ def resolve_spec(
     return name, spec
 
 
-def _scores(run_dir: Path, name: str, spec: dict[str, str], model, tok) -> tuple[dict, str]:
-    """(result row, test-set note): the run's own evaluation of this variant, else a fresh one."""
+def _scores(
+    run_dir: Path, name: str, stage: str, spec: dict[str, str], model, tok
+) -> tuple[dict, str]:
+    """(result row, test-set note): the run's own evaluation of this variant and stage, else a
+    fresh one."""
     path = run_dir / "eval" / "results.json"
     if path.is_file():
         results = read_json(path)
         for row in results.get("rows", []):
-            if row.get("variant") == name and set(row.get("sites", [])) == set(spec):
+            same = row.get("variant") == name and set(row.get("sites", [])) == set(spec)
+            if same and row.get("stage", "layer-wise") in (stage, ""):
                 log.info("scores of '%s' from %s", name, path)
                 return row, results["note"]
     from eval.bleu import evaluate_model
@@ -127,29 +135,30 @@ def _shareable(directory: Path) -> None:
         path.chmod(0o666 & ~umask)
 
 
-def export(run_dir: str | Path, variant_or_spec: str | dict[str, str], out_dir: str | Path) -> Path:
-    """Write the export directory ``out_dir`` for a variant name or a {site: mode} spec."""
+def export(
+    run_dir: str | Path,
+    variant_or_spec: str | dict[str, str],
+    out_dir: str | Path,
+    layer_wise: bool = False,
+) -> Path:
+    """Write the export directory ``out_dir`` for a variant name or a {site: mode} spec.
+
+    A variant the finetune stage tuned is exported with its tuned weights unless ``layer_wise``.
+    """
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     _check_out(out_dir)
     model, tok = load_teacher(run_dir)
     cfg = model.cfg
     name, spec = resolve_spec(run_dir, variant_or_spec, cfg)
-    replacements, replaced, student_params = {}, 0, 0
-    for mode in dict.fromkeys(spec.values()):
-        trained = student_spec(run_dir, mode)
-        students = load_students(run_dir, mode, cfg)
-        chosen = {site: students[site] for site in spec if spec[site] == mode}
-        for site, student in chosen.items():
-            replaced += count_parameters(model.get_submodule(site_path(site, cfg)))
-            student_params += effective_parameters(student)
-            replacements[site] = {
-                "mode": mode,
-                "size": trained["size"],
-                "activation": trained["activation"],
-                "residual": trained.get("residual", False),
-            }
-        splice(model, chosen)
-    row, note = _scores(run_dir, name, spec, model, tok)
+    tuned = tuned_spec(run_dir, name) if name in VARIANTS and spec and not layer_wise else None
+    if tuned is not None:
+        model, tok, info = load_variant(run_dir, VARIANTS[name], tuned=name)
+        log.info("exporting the tuned '%s' (RUN_DIR/finetune/%s)", name, name)
+    else:
+        info = splice_spec(model, run_dir, spec)
+    replacements, replaced, student_params = info["replacements"], info["replaced"], info["student"]
+    stage = "tuned" if tuned is not None else "layer-wise"
+    row, note = _scores(run_dir, name, stage, spec, model, tok)
     data = teacher_config(run_dir).data
     whole = _whole_split(data, model, tok)
     params = {
@@ -162,6 +171,8 @@ def export(run_dir: str | Path, variant_or_spec: str | dict[str, str], out_dir: 
         replacements,
         {"file": "spm.model", "type": "sentencepiece", "vocab_size": tok.vocab_size},
         variant=name,
+        stage=stage,
+        finetune=tuned["settings"] if tuned is not None else None,
         data={"source": data.source, "pair": data.pair},
         parameters=params,
         distill_version=__version__,

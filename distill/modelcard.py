@@ -11,8 +11,8 @@ library_name: transformers
 
 A pre-LN encoder-decoder Transformer ({n_enc}+{n_dec} layers, d_model {d_model}, {n_heads} heads,
 at most {max_len} tokens per side) trained with `distill` on the `{corpus}` corpus, with
-{n_sites} attention site(s) replaced by shallow MLP students trained to mimic them (no
-fine-tuning after splicing).
+{n_sites} attention site(s) replaced by shallow MLP students trained to mimic them.
+{stage_text}
 
 ## Replaced sites
 
@@ -111,7 +111,21 @@ def model_card(config: dict, row: dict, note: str, name: str, whole: dict | None
         f"| `{site}` | {r['mode']} | {r['size']} | {r['activation']} |" for site, r in reps.items()
     )
     beam = row.get("beam", 1)
+    tuned = config.get("finetune")
+    if config.get("stage") == "tuned" and tuned:
+        stage_text = (
+            "Stage: **tuned**. After the layer-wise students were spliced in, the finetune stage "
+            f"trained {tuned['trainable']} end to end for {tuned['steps']} steps on "
+            f"{tuned['sentences']} training sentences: KL to the teacher's next-token "
+            f"distributions (weight {tuned['kd_weight']}, temperature {tuned['temperature']}), "
+            f"reference cross-entropy (weight {tuned['ce_weight']}), hidden-state MSE (weight "
+            f"{tuned['hidden_weight']}); students initialised {tuned['init']}, decoder inputs "
+            f"{tuned['targets']} targets, Adam at {tuned['lr']} ({tuned['schedule']})."
+        )
+    else:
+        stage_text = "Stage: **layer-wise** (no fine-tuning after splicing: the paper's protocol)."
     return CARD.format(
+        stage_text=stage_text,
         name=name,
         src=src,
         tgt=tgt,

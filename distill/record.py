@@ -165,10 +165,13 @@ def record(
     dtype: str = "fp16",
     batch_size: int = 100,
     progress: bool = True,
+    targets: str = "reference",
 ) -> dict:
     """Write shards + manifest for ``examples`` under ``out``; resumes after the last good shard.
 
-    Refuses (DataError) when the estimated size does not fit the free disk.
+    ``targets`` says what the examples' targets are ("reference" or "teacher" decodes, see
+    ``distill.prefixes``); it goes into the manifest. Refuses (DataError) when the estimated size
+    does not fit the free disk.
     """
     from distill.progress import progress_bar
 
@@ -202,11 +205,12 @@ def record(
         "dtype": dtype,
         "shard_size": shard_size,
         "sentences": len(order),
+        "targets": targets,
     }
     final = out / "manifest.json"
     if final.exists():
         manifest = read_json(final)
-        if isinstance(manifest, dict) and {k: manifest.get(k) for k in header} == header:
+        if isinstance(manifest, dict) and _same_header(manifest, header):
             log.info("recording already complete: %s", final)
             return manifest
         final.unlink()  # its shards are about to be overwritten: never leave it pointing at them
@@ -215,7 +219,7 @@ def record(
     done: list[dict] = []
     if partial.exists():
         old = read_json(partial)
-        if {k: old.get(k) for k in header} == header:
+        if _same_header(old, header):
             done = [s for s in old["shards"] if _sha256(out / s["file"]) == s["sha256"]]
             done = done[: next((i for i, s in enumerate(done) if s["index"] != i), len(done))]
             log.info("resuming recording after %d of %d shards", len(done), len(plan))
@@ -256,6 +260,12 @@ def record(
     return manifest
 
 
+def _same_header(found: dict, header: dict) -> bool:
+    """Whether a manifest on disk was written for this header (recordings made before the
+    ``targets`` key were made on reference targets)."""
+    return {k: found.get(k, "reference" if k == "targets" else None) for k in header} == header
+
+
 def _sha256(path: Path) -> str | None:
     if not path.exists():
         return None
@@ -294,6 +304,11 @@ class Recording:
     @property
     def sites(self) -> list[str]:
         return self.manifest["sites"]
+
+    @property
+    def targets(self) -> str:
+        """What the decoder was teacher-forced on; recordings older than the key: reference."""
+        return self.manifest.get("targets", "reference")
 
     @property
     def shard_sizes(self) -> list[int]:

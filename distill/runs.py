@@ -111,3 +111,78 @@ def load_students(run_dir: str | Path, mode: str, model_cfg: ModelConfig) -> dic
         students, load_tensors(path / "students.safetensors"), path / "students.safetensors"
     )
     return {s: students[s.replace(".", "/")].eval() for s in spec["sites"]}
+
+
+def variant_spec(run_dir: str | Path, modes: list[str]) -> dict[str, str]:
+    """{site: mode} of the trained students of ``modes`` (a variant's sites)."""
+    spec: dict[str, str] = {}
+    for mode in modes:
+        spec.update(dict.fromkeys(student_spec(run_dir, mode)["sites"], mode))
+    return spec
+
+
+def splice_spec(model, run_dir: str | Path, spec: dict[str, str], fresh: bool = False) -> dict:
+    """Splice the students of ``spec`` ({site: mode}) from RUN_DIR/students into ``model``;
+    ``fresh``: the same architectures, randomly initialised. Returns the export's
+    ``replacements`` ({site: {mode, size, activation, residual}}) and the parameter counts."""
+    from distill.model import count_parameters, site_path
+    from distill.students import build_student, effective_parameters, splice
+
+    replacements, chosen, replaced, student = {}, {}, 0, 0
+    for mode in dict.fromkeys(spec.values()):
+        trained = student_spec(run_dir, mode)
+        if fresh:
+            size, act, res = trained["size"], trained["activation"], trained.get("residual", False)
+            students = {s: build_student(mode, model.cfg, size, act, res) for s in trained["sites"]}
+        else:
+            students = load_students(run_dir, mode, model.cfg)
+        for site in [s for s in spec if spec[s] == mode]:
+            if site not in students:
+                raise CheckpointError(f"{run_dir}: no trained '{mode}' student for site '{site}'")
+            chosen[site] = students[site]
+            replaced += count_parameters(model.get_submodule(site_path(site, model.cfg)))
+            student += effective_parameters(students[site])
+            replacements[site] = {
+                "mode": mode,
+                "size": trained["size"],
+                "activation": trained["activation"],
+                "residual": trained.get("residual", False),
+            }
+    splice(model, chosen)
+    return {"replacements": replacements, "replaced": replaced, "student": student}
+
+
+def finetune_dir(run_dir: str | Path, variant: str) -> Path:
+    """RUN_DIR/finetune/<variant>/: the end-to-end tuned students of one variant."""
+    return Path(run_dir) / "finetune" / variant
+
+
+def tuned_spec(run_dir: str | Path, variant: str) -> dict | None:
+    """RUN_DIR/finetune/<variant>/spec.json (what was tuned and how), or None if not tuned."""
+    path = finetune_dir(run_dir, variant) / "spec.json"
+    return read_json(path) if path.is_file() else None
+
+
+def load_variant(run_dir: str | Path, modes: list[str], tuned: str | None = None):
+    """(teacher with the students of ``modes`` spliced in, tokenizer, splice info).
+
+    With ``tuned`` (a variant name), the weights are those RUN_DIR/finetune/<tuned>/ trained
+    end to end (the students, and the teacher's own weights if the stage trained them)."""
+    model, tok = load_teacher(run_dir)
+    spec = variant_spec(run_dir, modes)
+    if tuned is None:
+        return model, tok, splice_spec(model, run_dir, spec)
+    found = tuned_spec(run_dir, tuned)
+    if found is None:
+        raise CheckpointError(
+            f"{finetune_dir(run_dir, tuned)}: not tuned; run `distill run finetune`"
+        )
+    info = splice_spec(model, run_dir, spec, fresh=True)
+    if found.get("replacements") != info["replacements"]:
+        raise CheckpointError(
+            f"{finetune_dir(run_dir, tuned)}: tuned other students than RUN_DIR/students holds "
+            "now; run the finetune stage again"
+        )
+    path = finetune_dir(run_dir, tuned) / "model.safetensors"
+    load_state_dict(model, load_tensors(path), path)
+    return model.eval(), tok, info

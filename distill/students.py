@@ -26,7 +26,12 @@ from distill.model import ModelConfig, site_path
 
 SIZES = {"xs": 25, "s": 50, "m": 800, "l": 3200}  # hidden width h per replaced layer
 HEAD_SIZES = {"xs": 200, "s": 400, "m": 800, "l": 800}  # ASLR: h per head
-ACTIVATIONS = ("leaky_relu", "relu", "gelu", "swiglu")
+ACTIVATIONS = ("leaky_relu", "relu", "gelu", "swiglu", "geglu")
+# GLU-family units: fc1 makes a gate and a value per hidden unit and the unit is their product
+# (act(gate) * value). With a memory term both halves read the decoder states AND the encoder
+# memory, so the product carries decoder x memory interactions: multiplicative, input-conditioned
+# mixing, still one MLP with no scores between positions.
+GATED = ("swiglu", "geglu")
 # Modes whose site returns its input plus a change (x + MHA(LN(x)), a whole layer): their student
 # may learn only the change, output = x + MLP(x) (``residual=True``; the paper's is without).
 RESIDUAL_MODES = ("alrr", "elr")
@@ -45,6 +50,20 @@ MODES = {
 }
 
 
+# variant -> the student modes spliced in together (the rows of the results table)
+VARIANTS = {
+    "teacher": [],
+    "alr": ["alr"],
+    "alrr": ["alrr"],
+    "aslr": ["aslr"],
+    "elr": ["elr"],
+    "dec_self": ["dec_self"],
+    "dec_self_pp": ["dec_self_pp"],
+    "cross": ["cross"],
+    "attentionless": ["alr", "dec_self", "cross"],
+}
+
+
 def mode_sites(mode: str, cfg: ModelConfig) -> list[str]:
     """All sites a mode replaces (every layer of its stack)."""
     if mode not in MODES:
@@ -55,10 +74,10 @@ def mode_sites(mode: str, cfg: ModelConfig) -> list[str]:
 
 
 def apply_activation(name: str, h: torch.Tensor) -> torch.Tensor:
-    """One of ``ACTIVATIONS`` on pre-activations (..., width); SwiGLU halves the width."""
-    if name == "swiglu":
+    """One of ``ACTIVATIONS`` on pre-activations (..., width); gated ones halve the width."""
+    if name in GATED:
         gate, value = h.chunk(2, dim=-1)
-        return F.silu(gate) * value
+        return (F.silu(gate) if name == "swiglu" else F.gelu(gate)) * value
     if name == "leaky_relu":
         return F.leaky_relu(h)
     if name == "relu":
@@ -137,8 +156,8 @@ class FlatMLP(nn.Module):
             self.in_norm = nn.LayerNorm(m * d_in)
             w1_mask = w2_mask = None
         self.hidden, self.group = hidden, group
-        width = 2 * hidden if activation == "swiglu" else hidden
-        if w1_mask is not None and activation == "swiglu":
+        width = 2 * hidden if activation in GATED else hidden
+        if w1_mask is not None and activation in GATED:
             w1_mask = torch.cat([w1_mask, w1_mask])
         self.fc1 = MaskedLinear(m * d_in, width, w1_mask)
         self.memory_norm = nn.LayerNorm(m * d_memory) if d_memory else None

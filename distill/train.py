@@ -146,7 +146,8 @@ def fit(
     """Train ``model`` in place, resuming from ``out_dir/checkpoint`` if one exists.
 
     ``batches_for_epoch(e)`` must return the same batches in the same order for the same ``e``;
-    ``loss_fn(model, batch)`` returns a scalar loss. Returns the final loop state.
+    ``loss_fn(model, batch)`` returns a scalar loss, or ``(loss, {term: scalar})`` to log the
+    terms it is made of beside it. Returns the final loop state.
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     acc = make_accelerator(cfg)
@@ -222,6 +223,7 @@ def fit(
             try:
                 with acc.autocast():
                     loss = loss_fn(model, batch)
+                loss, terms = loss if isinstance(loss, tuple) else (loss, {})
             except TrainingDiverged as err:
                 raise diverged(f"{err} at step {state['step'] + 1}") from None
             if not torch.isfinite(loss.detach()):
@@ -241,6 +243,7 @@ def fit(
                     step=state["step"],
                     epoch=state["epoch"],
                     loss=loss.item(),
+                    **{name: float(value) for name, value in terms.items()},
                     lr=lr,
                     steps_per_s=seen / elapsed,
                 )

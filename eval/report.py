@@ -14,14 +14,15 @@ def _fmt_params(n: int) -> str:
 def write_markdown(results: dict) -> str:
     """A Markdown table: one row per variant."""
     lines = [
-        "| variant | students | BLEU | chrF | BLEU / teacher | sites | params replaced "
+        "| variant | stage | students | BLEU | chrF | BLEU / teacher | sites | params replaced "
         "| student params | sentences/s |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in results["rows"]:
         ratio = "" if r.get("bleu_ratio") is None else f"{r['bleu_ratio']:.3f}"
         lines.append(
-            f"| {r['variant']} | {r.get('students', '')} | {r['bleu']:.2f} | {r['chrf']:.2f} "
+            f"| {r['variant']} | {r.get('stage', '')} | {r.get('students', '')} "
+            f"| {r['bleu']:.2f} | {r['chrf']:.2f} "
             f"| {ratio} | {len(r['sites'])} "
             f"| {_fmt_params(r['params_replaced'])} | {_fmt_params(r['params_student'])} "
             f"| {r['sentences_per_s']:.1f} |"
@@ -29,8 +30,10 @@ def write_markdown(results: dict) -> str:
     sig = results["rows"][0]["bleu_signature"] if results["rows"] else ""
     lines += [
         "",
-        f"Test set: {results['note']}; decoding: "
-        f"{'greedy' if results['beam'] == 1 else 'beam ' + str(results['beam'])}.",
+        f"Scored on: {results['note']}; decoding: "
+        f"{'greedy' if results['beam'] == 1 else 'beam ' + str(results['beam'])}. Stage: "
+        "layer-wise = students trained one site at a time and spliced in with no fine-tuning (the "
+        "paper's protocol); tuned = the same students after the end-to-end finetune stage.",
         f"sacreBLEU signature: `{sig}`",
     ]
     return "\n".join(lines) + "\n"
@@ -45,7 +48,7 @@ def write_chart(results: dict, path: str | Path) -> None:
 
     rows = results["rows"]
     fig, ax = plt.subplots(figsize=(max(6, 1.1 * len(rows)), 4))
-    names = [r["variant"] for r in rows]
+    names = [r["variant"] + (" (tuned)" if r.get("stage") == "tuned" else "") for r in rows]
     bars = ax.bar(
         names,
         [r["bleu"] for r in rows],

@@ -6,9 +6,11 @@
     distill run evaluate --config tiny
 
 A variant splices the students of one or more modes into a fresh copy of the teacher (all layers
-of each mode at once, no fine-tuning) and decodes the test split. Variants whose students are
-not trained yet are skipped. The test split is length-filtered like the training data (the count
-is in the table's notes); ``--source FILE`` scores every line, truncating long sources.
+of each mode at once, no fine-tuning: the paper's protocol, the "layer-wise" row) and decodes the
+test split; a variant the finetune stage trained end to end gets a second, "tuned" row beside it.
+Variants whose students are not trained yet are skipped. ``split=valid`` scores the validation
+split instead (where settings are chosen). The split is length-filtered like the training data
+(the count is in the table's notes); ``--source FILE`` scores every line, truncating long sources.
 """
 
 from __future__ import annotations
@@ -20,32 +22,19 @@ from pathlib import Path
 from distill.checkpoint import atomic_write_json, atomic_write_text, read_json
 from distill.data import DataConfig, encode_pairs, load_pairs
 from distill.errors import ConfigError
-from distill.model import count_parameters, site_path
 from distill.runs import (
-    load_students,
     load_teacher,
+    load_variant,
     student_spec,
     students_dir,
     teacher_config,
+    tuned_spec,
 )
-from distill.students import MODES, effective_parameters, splice
+from distill.students import MODES, VARIANTS
 from eval.bleu import evaluate_model
 from eval.report import write_chart, write_markdown
 
 log = logging.getLogger("recipes.evaluate")
-
-# variant -> the student modes spliced in together
-VARIANTS = {
-    "teacher": [],
-    "alr": ["alr"],
-    "alrr": ["alrr"],
-    "aslr": ["aslr"],
-    "elr": ["elr"],
-    "dec_self": ["dec_self"],
-    "dec_self_pp": ["dec_self_pp"],
-    "cross": ["cross"],
-    "attentionless": ["alr", "dec_self", "cross"],
-}
 
 
 @dataclass
@@ -57,8 +46,13 @@ class Config:
     max_sentences: int = 0  # 0 = the whole (length-filtered) test split
     source: str = ""  # "" = the teacher's own corpus; else demo | iwslt2017 | a .tsv file
     pair: str = ""  # with `source`: "" = the teacher's pair
+    # "valid" scores the validation split instead: where settings are chosen (the test split is
+    # only reported).
+    split: str = "test"
 
     def __post_init__(self) -> None:
+        if self.split not in ("test", "valid"):
+            raise ValueError(f"split must be test or valid, got '{self.split}'")
         for v in self.variants:
             if v not in VARIANTS:
                 raise ValueError(f"unknown variant '{v}' (known: {', '.join(VARIANTS)})")
@@ -76,17 +70,17 @@ def test_pairs(
         if cfg.source in ("demo", "iwslt2017"):
             data = DataConfig(source=cfg.source, pair=pair)
         elif Path(cfg.source).suffix in (".tsv", ".gz"):
-            pairs = load_pairs(DataConfig(source="tsv", pair=pair, path=cfg.source), "test")
+            pairs = load_pairs(DataConfig(source="tsv", pair=pair, path=cfg.source), cfg.split)
             pairs = pairs[: cfg.max_sentences] if cfg.max_sentences else pairs
             return pairs, f"all {len(pairs)} pairs of {cfg.source} (long sources truncated)"
         else:
             raise ConfigError(f"source must be demo, iwslt2017 or a .tsv file, got '{cfg.source}'")
-    pairs = load_pairs(data, "test")
+    pairs = load_pairs(data, cfg.split)
     _, report = encode_pairs(pairs, tok, max_len)
     kept = [pairs[i] for i in report.kept_indices]
     kept = kept[: cfg.max_sentences] if cfg.max_sentences else kept
     return kept, (
-        f"{data.source} test split: {len(kept)} of {len(pairs)} pairs "
+        f"{data.source} {cfg.split} split: {len(kept)} of {len(pairs)} pairs "
         f"(length filter at max_len {max_len})"
     )
 
@@ -112,43 +106,39 @@ def evaluate_run(cfg: Config) -> dict:
         if not set(modes) <= trained:
             log.info("skipping %s: students for %s not trained", name, sorted(set(modes) - trained))
             continue
-        model, _ = load_teacher(cfg.run_dir)
-        replaced = student_params = 0
-        sites, kinds = [], []
-        for mode in modes:
-            kinds.append(student_kind(mode, student_spec(cfg.run_dir, mode)))
-            students = load_students(cfg.run_dir, mode, model.cfg)
-            for site, student in students.items():
-                replaced += count_parameters(model.get_submodule(site_path(site, model.cfg)))
-                student_params += effective_parameters(student)
-            splice(model, students)
-            sites += list(students)
-        log.info("evaluating %s (%d sites replaced)", name, len(sites))
-        result, _ = evaluate_model(
-            model, tok, pairs, beam=cfg.beam, batch_size=cfg.batch_size, progress=True
-        )
-        rows.append(
-            {
-                "variant": name,
-                "modes": modes,
-                "students": ", ".join(kinds),
-                "sites": sites,
-                "params_replaced": replaced,
-                "params_student": student_params,
-                **result,
-            }
-        )
-        log.info(
-            "%-14s BLEU %6.2f chrF %6.2f  %.1f sent/s",
-            name,
-            result["bleu"],
-            result["chrf"],
-            result["sentences_per_s"],
-        )
+        stages = ["layer-wise"] + (["tuned"] if modes and tuned_spec(cfg.run_dir, name) else [])
+        for stage in stages:
+            model, _, info = load_variant(cfg.run_dir, modes, name if stage == "tuned" else None)
+            kinds = [student_kind(mode, student_spec(cfg.run_dir, mode)) for mode in modes]
+            sites = list(info["replacements"])
+            log.info("evaluating %s, %s (%d sites replaced)", name, stage, len(sites))
+            result, _ = evaluate_model(
+                model, tok, pairs, beam=cfg.beam, batch_size=cfg.batch_size, progress=True
+            )
+            rows.append(
+                {
+                    "variant": name,
+                    "stage": stage if modes else "",
+                    "modes": modes,
+                    "students": ", ".join(kinds),
+                    "sites": sites,
+                    "params_replaced": info["replaced"],
+                    "params_student": info["student"],
+                    **result,
+                }
+            )
+            log.info(
+                "%-14s %-10s BLEU %6.2f chrF %6.2f  %.1f sent/s",
+                name,
+                stage if modes else "",
+                result["bleu"],
+                result["chrf"],
+                result["sentences_per_s"],
+            )
     base = next((r["bleu"] for r in rows if r["variant"] == "teacher"), None)
     for r in rows:
         r["bleu_ratio"] = round(r["bleu"] / base, 3) if base else None
-    return {"note": note, "beam": cfg.beam, "rows": rows}
+    return {"note": note, "split": cfg.split, "beam": cfg.beam, "rows": rows}
 
 
 def evaluate_export(cfg: Config) -> dict:
@@ -172,6 +162,7 @@ def evaluate_export(cfg: Config) -> dict:
     reps = config["replacements"]
     row = {
         "variant": config.get("variant", Path(cfg.run_dir).name),
+        "stage": config.get("stage", "layer-wise"),
         "modes": sorted({r["mode"] for r in reps.values()}),
         "students": ", ".join(sorted({student_kind(r["mode"], r) for r in reps.values()})),
         "sites": list(reps),
@@ -186,9 +177,10 @@ def main(cfg: Config) -> Path:
     out = Path(cfg.run_dir) / "eval"
     results = evaluate_run(cfg)
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(out / "results.json", results)
-    atomic_write_text(out / "results.md", write_markdown(results))
-    write_chart(results, out / "results.png")
+    stem = "results" if cfg.split == "test" else f"results-{cfg.split}"  # export reads test's
+    atomic_write_json(out / f"{stem}.json", results)
+    atomic_write_text(out / f"{stem}.md", write_markdown(results))
+    write_chart(results, out / f"{stem}.png")
     print(write_markdown(results))
     return out
 

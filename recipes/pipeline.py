@@ -1,4 +1,4 @@
-"""The main job: teacher -> record -> students -> evaluate, skipping stages already finished.
+"""The main job: teacher -> record -> students -> finetune -> evaluate, skipping finished stages.
 
     distill run pipeline --config demo                         # what `make demo` runs
     distill run pipeline --config demo online=true             # students from teacher passes
@@ -7,7 +7,7 @@
 
 Each stage starts from its own named config (recipes/configs/<stage>/<stages>.yaml); the
 pipeline's sections hold deltas on top of it. Everything lands in RUN_DIR (default runs/<config>):
-teacher/, record/, students/<mode>/, eval/results.{json,md,png}.
+teacher/, record/, students/<mode>/, finetune/<variant>/, eval/results.{json,md,png}.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from typing import Any
 from distill.errors import ConfigError
 
 log = logging.getLogger("recipes.pipeline")
-STAGES = ("teacher", "record", "students", "evaluate")
+STAGES = ("teacher", "record", "students", "finetune", "evaluate")
 
 
 def stage_config(stage: str, base: str, delta: dict[str, Any], run_dir: str):
@@ -46,6 +46,7 @@ class Config:
     teacher: dict[str, Any] = field(default_factory=dict)
     record: dict[str, Any] = field(default_factory=dict)
     students: dict[str, Any] = field(default_factory=dict)
+    finetune: dict[str, Any] = field(default_factory=dict)
     evaluate: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:

@@ -4,8 +4,11 @@
     distill run record --config tiny
 
 Writes RUN_DIR/record/{train,valid}/: shard-*.safetensors + manifest.json (sites, dims, dtype,
-sentence counts, sha256 per shard). Prints the disk estimate first and refuses when the disk is
-short. Interrupted? Run it again: it continues after the last complete shard.
+sentence counts, sha256 per shard, targets). With ``targets=teacher`` the decoder is
+teacher-forced on the teacher's greedy decodes (cached in RUN_DIR/record/{split}.targets.json),
+so decoder students learn on the prefixes they meet at inference. Prints the disk estimate
+first and refuses when the disk is short. Interrupted? Run it again: it continues after the last
+complete shard.
 """
 
 from __future__ import annotations
@@ -15,7 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from distill.data import encode_pairs, load_pairs
-from distill.record import record
+from distill.prefixes import TARGETS, teacher_targets
+from distill.record import Recording, record
 from distill.runs import load_teacher, teacher_config, write_config
 from distill.students import MODES, mode_sites
 
@@ -33,6 +37,9 @@ class Config:
     batch_size: int = 100  # sentences per teacher forward pass while recording
     max_sentences: int = 0  # 0 = the whole train split
     valid_sentences: int = 500
+    # "teacher": targets are the teacher's greedy decodes (sequence-level distillation), so
+    # decoder sites are recorded on the prefixes they see at inference.
+    targets: str = "reference"
 
     def __post_init__(self) -> None:
         for mode in self.modes:
@@ -40,6 +47,8 @@ class Config:
                 raise ValueError(f"unknown mode '{mode}' (known: {', '.join(MODES)})")
         if self.dtype not in ("fp16", "fp32"):
             raise ValueError(f"dtype must be fp16 or fp32, got '{self.dtype}'")
+        if self.targets not in TARGETS:
+            raise ValueError(f"targets must be one of {', '.join(TARGETS)}, got '{self.targets}'")
         for name in ("shard_size", "batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -55,7 +64,11 @@ def recorded_sites(modes: list[str], model_cfg) -> list[str]:
 
 def main(cfg: Config) -> Path:
     out = Path(cfg.run_dir) / "record"
-    if (out / "train" / "manifest.json").exists() and (out / "valid" / "manifest.json").exists():
+    splits = ("train", "valid")
+    # A recording on other targets is redone (record() sees its header differ), not skipped.
+    if all((out / s / "manifest.json").exists() for s in splits) and all(
+        Recording(out / s).targets == cfg.targets for s in splits
+    ):
         log.info("recording already complete: %s", out)
         return out
     model, tok = load_teacher(cfg.run_dir)
@@ -69,6 +82,11 @@ def main(cfg: Config) -> Path:
         log.info("%s: %s; recording %d sentences", split, report, len(examples[split]))
     out.mkdir(parents=True, exist_ok=True)
     write_config(out, cfg)
+    if cfg.targets == "teacher":
+        # Valid too: students' validation MSE then measures the distribution they train on.
+        for split in ("train", "valid"):
+            cache = out / f"{split}.targets.json"
+            examples[split] = teacher_targets(model, examples[split], cache=cache)
     for split in ("train", "valid"):
         manifest = record(
             model,
@@ -78,6 +96,7 @@ def main(cfg: Config) -> Path:
             shard_size=cfg.shard_size,
             dtype=cfg.dtype,
             batch_size=cfg.batch_size,
+            targets=cfg.targets,
         )
         log.info("%s: %d shards, %.1f MB", split, len(manifest["shards"]), manifest["bytes"] / 1e6)
     return out

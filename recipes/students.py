@@ -28,6 +28,7 @@ from distill.checkpoint import atomic_write_json, resolve_checkpoint, save_tenso
 from distill.data import encode_pairs, load_pairs
 from distill.errors import ConfigError
 from distill.lstsq import SUPPORTED_ACTIVATIONS, least_squares_init, normal_equations
+from distill.prefixes import TARGETS, teacher_targets
 from distill.record import DiskBatches, OnlineBatches, Recording, site_stack
 from distill.runs import load_teacher, students_dir, teacher_config, write_config
 from distill.students import (
@@ -64,6 +65,8 @@ class Config:
     size: str = "m"
     sizes: dict[str, str] = field(default_factory=dict)  # per-mode size, overrides `size`
     activation: str = "leaky_relu"
+    # Per-mode activation, overrides `activation` (e.g. {cross: swiglu}: gated hidden units).
+    activations: dict[str, str] = field(default_factory=dict)
     # Modes whose students learn output - input (x + MLP(x)); [] is the paper's plain MLP.
     residual: list[str] = field(default_factory=lambda: list(RESIDUAL_MODES))
     # "lstsq": non-causal students start from ridge regressions (distill/lstsq.py); "random" is
@@ -81,6 +84,9 @@ class Config:
     shard_size: int = 1000  # online mode: the same batching as a recording with this shard size
     max_sentences: int = 0  # online mode: 0 = whole train split
     valid_sentences: int = 500
+    # "teacher": decoder sites learn on the teacher's greedy decodes (the prefixes of inference);
+    # online mode decodes them, disk mode needs a recording made with the same targets.
+    targets: str = "reference"
     train: TrainConfig = field(default_factory=_student_train_defaults)
 
     def __post_init__(self) -> None:
@@ -90,8 +96,10 @@ class Config:
         for size in [self.size, *self.sizes.values()]:
             if size not in SIZES:
                 raise ValueError(f"unknown size '{size}' (known: {', '.join(SIZES)})")
-        if self.activation not in ACTIVATIONS:
-            raise ValueError(f"unknown activation '{self.activation}'")
+        for act in [self.activation, *self.activations.values()]:
+            if act not in ACTIVATIONS:
+                known = ", ".join(ACTIVATIONS)
+                raise ValueError(f"unknown activation '{act}' (known: {known})")
         for mode in self.residual:
             if mode not in RESIDUAL_MODES:
                 raise ValueError(
@@ -100,13 +108,17 @@ class Config:
                 )
         if self.init not in INITS:
             raise ValueError(f"init must be one of {', '.join(INITS)}, got '{self.init}'")
-        if self.init == "lstsq" and self.activation not in SUPPORTED_ACTIVATIONS:
-            raise ValueError(
-                f"init=lstsq supports the activations {', '.join(SUPPORTED_ACTIVATIONS)}; "
-                f"use init=random with activation={self.activation}"
-            )
+        for mode in self.modes:
+            act = self.activation_of(mode)
+            if self.init == "lstsq" and lstsq_applies(mode) and act not in SUPPORTED_ACTIVATIONS:
+                raise ValueError(
+                    f"init=lstsq supports the activations {', '.join(SUPPORTED_ACTIVATIONS)}; "
+                    f"use init=random with activation={act} (mode {mode})"
+                )
         if self.source not in ("disk", "online"):
             raise ValueError(f"source must be 'disk' or 'online', got '{self.source}'")
+        if self.targets not in TARGETS:
+            raise ValueError(f"targets must be one of {', '.join(TARGETS)}, got '{self.targets}'")
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
         for mode, n in self.local_units.items():
@@ -114,12 +126,13 @@ class Config:
                 raise ValueError(f"local_units: mode '{mode}' has no least-squares init")
             if isinstance(n, bool) or not isinstance(n, int) or n < 0:
                 raise ValueError(f"local_units: must be whole numbers >= 0, got {mode}: {n!r}")
-        for mode in [*self.sizes, *self.lrs, *self.epochs, *self.schedules, *self.local_units]:
+        per_mode = [self.sizes, self.lrs, self.epochs, self.schedules, self.local_units]
+        for mode in [m for table in [*per_mode, self.activations] for m in table]:
             if mode not in MODES:
                 known = ", ".join(MODES)
                 raise ValueError(
-                    f"unknown mode '{mode}' in sizes/lrs/epochs/schedules/local_units "
-                    f"(known: {known})"
+                    f"unknown mode '{mode}' in sizes/lrs/epochs/schedules/local_units/"
+                    f"activations (known: {known})"
                 )
         for name in self.schedules.values():
             if name not in SCHEDULES:
@@ -135,6 +148,9 @@ class Config:
 
     def size_of(self, mode: str) -> str:
         return self.sizes.get(mode, self.size)
+
+    def activation_of(self, mode: str) -> str:
+        return self.activations.get(mode, self.activation)
 
 
 def _key(site: str) -> str:
@@ -251,7 +267,10 @@ def train_mode(cfg: Config, mode: str, teacher, examples, recording, cache=None)
     size, residual = cfg.size_of(mode), mode in cfg.residual
     torch.manual_seed(cfg.train.seed)
     students = nn.ModuleDict(
-        {_key(s): build_student(mode, teacher.cfg, size, cfg.activation, residual) for s in sites}
+        {
+            _key(s): build_student(mode, teacher.cfg, size, cfg.activation_of(mode), residual)
+            for s in sites
+        }
     )
     train_cfg = dataclasses.replace(
         cfg.train,
@@ -298,7 +317,7 @@ def train_mode(cfg: Config, mode: str, teacher, examples, recording, cache=None)
             "mode": mode,
             "size": size,
             "sites": sites,
-            "activation": cfg.activation,
+            "activation": cfg.activation_of(mode),
             "residual": residual,
             "init": init,
             "local_units": local,
@@ -319,6 +338,12 @@ def main(cfg: Config) -> Path:
     if cfg.source == "disk":
         for split in ("train", "valid"):
             recording[split] = Recording(Path(cfg.run_dir) / "record" / split)
+            if recording[split].targets != cfg.targets:
+                raise ConfigError(
+                    f"targets={cfg.targets} but {recording[split].path} was recorded with "
+                    f"targets={recording[split].targets}; record again with "
+                    f"targets={cfg.targets} or use source=online"
+                )
             wanted = sorted({s for m in cfg.modes for s in mode_sites(m, teacher.cfg)})
             recording[split].check_compatible(teacher.cfg, wanted)
             recording[split].verify()  # a bad shard fails now, before anything is written
@@ -327,6 +352,9 @@ def main(cfg: Config) -> Path:
         for split, limit in (("train", cfg.max_sentences), ("valid", cfg.valid_sentences)):
             ex, _ = encode_pairs(load_pairs(data_cfg, split), tok, teacher.cfg.max_len)
             examples[split] = ex[:limit] if limit else ex
+            if cfg.targets == "teacher":
+                cache = Path(cfg.run_dir) / "students" / f"{split}.targets.json"
+                examples[split] = teacher_targets(teacher, examples[split], cache=cache)
     check_local_units(cfg, teacher.cfg)
     if cfg.init != "lstsq" and any(cfg.local_units.values()):
         log.warning("local_units %s unused: they are part of init=lstsq", cfg.local_units)

@@ -1,0 +1,272 @@
+"""Train the spliced students end to end: distil the teacher's next-token distributions.
+
+    distill run finetune --config demo                  # after `distill run students`
+    distill run finetune --config demo variants=[cross] trainable=students+norms
+    distill run finetune --config tiny
+
+The layer-wise stage trains each student alone on the teacher's own inputs; spliced together they
+never saw each other's errors. This stage splices a variant's students into a copy of the teacher
+and trains them on the training split, teacher-forced, with
+    kd_weight     * T^2 * KL(teacher_T || spliced_T)   next-token distributions at temperature T
+  + ce_weight     * cross-entropy on the reference      (0 = pure distillation)
+  + hidden_weight * MSE of each replaced site's output against the teacher's output there.
+``trainable`` says what moves: ``students`` (the teacher's own weights stay bit-identical),
+``students+norms`` (and every LayerNorm) or ``all``. ``init: random`` starts from fresh students of
+the same shapes (the no-layer-wise-stage ablation); ``targets: teacher`` teacher-forces on the
+teacher's own greedy decodes of the sources (sequence-level distillation) instead of references.
+Writes RUN_DIR/finetune/<variant>/: config.yaml, metrics.jsonl (each loss term), checkpoint/
+(resumable; deleted once finished), model.safetensors (the tuned spliced model) and spec.json.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from distill.prefixes import TARGETS, teacher_targets
+from torch import nn
+
+from distill.checkpoint import atomic_write_json, save_tensors
+from distill.data import encode_pairs, load_pairs, token_batches
+from distill.model import PAD_ID, site_path
+from distill.record import site_stack
+from distill.runs import (
+    finetune_dir,
+    load_teacher,
+    splice_spec,
+    teacher_config,
+    tuned_spec,
+    variant_spec,
+    write_config,
+)
+from distill.students import VARIANTS
+from distill.train import TrainConfig, TrainingDiverged, fit, masked_mean
+
+log = logging.getLogger("recipes.finetune")
+
+TRAINABLE = ("students", "students+norms", "all")
+INITS = ("layerwise", "random")
+
+
+def _finetune_train_defaults() -> TrainConfig:
+    # A small peak rate after a warm-up: at 1e-3 Adam's first steps undo the layer-wise start.
+    return TrainConfig(
+        epochs=1, schedule="cosine", lr=1e-4, warmup=50, eps=1e-8, ckpt_every=100, log_every=10
+    )
+
+
+@dataclass
+class Config:
+    run_dir: str = ""
+    variants: list[str] = field(default_factory=lambda: ["attentionless"])
+    init: str = "layerwise"  # "layerwise" (RUN_DIR/students) | "random" (same shapes, fresh)
+    trainable: str = "students"
+    temperature: float = 1.0
+    kd_weight: float = 1.0
+    ce_weight: float = 0.0
+    hidden_weight: float = 0.0
+    targets: str = "reference"  # "teacher": the teacher's greedy decodes as decoder inputs
+    batch_tokens: int = 2000
+    max_sentences: int = 0  # training sentences (first of the length-filtered split); 0 = all
+    valid_sentences: int = 500
+    train: TrainConfig = field(default_factory=_finetune_train_defaults)
+
+    def __post_init__(self) -> None:
+        for v in self.variants:
+            if v not in VARIANTS or not VARIANTS[v]:
+                known = ", ".join(k for k, modes in VARIANTS.items() if modes)
+                raise ValueError(f"variants: unknown or empty variant '{v}' (known: {known})")
+        for key, value, allowed in (
+            ("init", self.init, INITS),
+            ("trainable", self.trainable, TRAINABLE),
+            ("targets", self.targets, TARGETS),
+        ):
+            if value not in allowed:
+                raise ValueError(f"{key} must be one of {', '.join(allowed)}, got '{value}'")
+        if not self.temperature > 0:
+            raise ValueError(f"temperature must be > 0, got {self.temperature}")
+        weights = {"kd_weight": self.kd_weight, "ce_weight": self.ce_weight}
+        weights["hidden_weight"] = self.hidden_weight
+        for key, w in weights.items():
+            if not w >= 0:
+                raise ValueError(f"{key} must be >= 0, got {w}")
+        if not any(weights.values()):
+            raise ValueError("kd_weight, ce_weight and hidden_weight are all 0: nothing to learn")
+        for key in ("batch_tokens", "valid_sentences"):
+            if getattr(self, key) < 1:
+                raise ValueError(f"{key} must be >= 1, got {getattr(self, key)}")
+
+
+def kd_loss(logits: torch.Tensor, target_logits: torch.Tensor, mask, temperature: float):
+    """T^2 * KL(softmax(target/T) || softmax(logits/T)) per token, mean over ``mask`` (B, T)."""
+    logq = F.log_softmax(logits.float() / temperature, dim=-1)  # (B, T, V)
+    logp = F.log_softmax(target_logits.float() / temperature, dim=-1)
+    kl = F.kl_div(logq, logp, log_target=True, reduction="none").sum(-1)  # (B, T)
+    return temperature**2 * masked_mean(kl, mask)
+
+
+def forward_with_sites(model, batch, sites: list[str]):
+    """(logits (B, T, V), {site: output}) of one teacher-forced pass."""
+    got: dict[str, torch.Tensor] = {}
+    handles = [
+        model.get_submodule(site_path(s, model.cfg)).register_forward_hook(
+            lambda module, args, out, s=s: got.__setitem__(s, out)
+        )
+        for s in sites
+    ]
+    try:
+        logits = model(batch.src, batch.tgt_in)
+    finally:
+        for h in handles:
+            h.remove()
+    return logits, got
+
+
+def finetune_loss(model, teacher, batch, cfg: Config, sites: list[str]):
+    """(weighted loss, {term: value}); ``TrainingDiverged`` names a non-finite term."""
+    hidden_sites = sites if cfg.hidden_weight else []
+    with torch.no_grad():
+        t_logits, t_sites = forward_with_sites(teacher, batch, hidden_sites)
+    logits, s_sites = forward_with_sites(model, batch, hidden_sites)
+    mask = batch.tgt_out != PAD_ID
+    terms, weights = {}, {}
+    if cfg.kd_weight:
+        terms["kd"], weights["kd"] = kd_loss(logits, t_logits, mask, cfg.temperature), cfg.kd_weight
+    if cfg.ce_weight:
+        terms["ce"] = F.cross_entropy(
+            logits.flatten(0, 1).float(), batch.tgt_out.flatten(), ignore_index=PAD_ID
+        )
+        weights["ce"] = cfg.ce_weight
+    if hidden_sites:
+        masks = {"encoder": batch.src != PAD_ID, "decoder": batch.tgt_in != PAD_ID}
+        per_site = [
+            masked_mean((s_sites[s].float() - t_sites[s].float()) ** 2, masks[site_stack(s)])
+            for s in hidden_sites
+        ]
+        terms["hidden"], weights["hidden"] = torch.stack(per_site).mean(), cfg.hidden_weight
+    values = {k: v.detach() for k, v in terms.items()}
+    for name, value in values.items():
+        if not torch.isfinite(value):
+            raise TrainingDiverged(f"loss term '{name}' is {value.item()}")
+    return sum(weights[k] * terms[k] for k in terms), values
+
+
+def trainable_parameters(model: nn.Module, sites: list[str], what: str) -> list[nn.Parameter]:
+    """The parameters ``what`` trains; every other parameter gets ``requires_grad=False``."""
+    if what == "all":
+        chosen = list(model.parameters())
+    else:
+        modules = [model.get_submodule(site_path(s, model.cfg)) for s in sites]
+        if what == "students+norms":
+            modules += [m for m in model.modules() if isinstance(m, nn.LayerNorm)]
+        chosen = list({id(p): p for m in modules for p in m.parameters()}.values())
+    keep = {id(p) for p in chosen}
+    for p in model.parameters():
+        p.requires_grad_(id(p) in keep)
+    return chosen
+
+
+def _examples(cfg: Config, teacher, tok, split: str, limit: int):
+    ex, _ = encode_pairs(
+        load_pairs(teacher_config(cfg.run_dir).data, split), tok, teacher.cfg.max_len
+    )
+    ex = ex[:limit] if limit else ex
+    if cfg.targets == "teacher":
+        cache = Path(cfg.run_dir) / "finetune" / f"{split}-{len(ex)}.targets.json"
+        ex = teacher_targets(teacher, ex, cache=cache)
+    return ex
+
+
+def tune_variant(cfg: Config, variant: str, teacher, tok, train, valid) -> Path:
+    """Train (or resume) one variant end to end; a finished one is skipped."""
+    out = finetune_dir(cfg.run_dir, variant)
+    if tuned_spec(cfg.run_dir, variant) is not None:
+        log.info("%s already tuned: %s", variant, out)
+        return out
+    out.mkdir(parents=True, exist_ok=True)
+    write_config(out, dataclasses.replace(cfg, variants=[variant]))
+    spec = variant_spec(cfg.run_dir, VARIANTS[variant])
+    model, _ = load_teacher(cfg.run_dir)
+    torch.manual_seed(cfg.train.seed)
+    info = splice_spec(model, cfg.run_dir, spec, fresh=cfg.init == "random")
+    sites = list(spec)
+    params = trainable_parameters(model, sites, cfg.trainable)
+    log.info(
+        "%s: %d sites, %d trainable parameters (%s), init %s",
+        variant,
+        len(sites),
+        sum(p.numel() for p in params),
+        cfg.trainable,
+        cfg.init,
+    )
+    valid_batches = token_batches(valid, cfg.batch_tokens, shuffle=False)
+
+    def validate(m) -> dict[str, float]:
+        totals: dict[str, float] = {}
+        for b in valid_batches:
+            loss, terms = finetune_loss(m, teacher, b, cfg, sites)
+            for k, v in {"loss": loss, **terms}.items():
+                totals[f"valid_{k}"] = totals.get(f"valid_{k}", 0.0) + float(v) / len(valid_batches)
+        return totals
+
+    state = fit(
+        model,
+        lambda e: token_batches(
+            train, cfg.batch_tokens, shuffle=True, seed=cfg.train.seed, epoch=e
+        ),
+        lambda m, b: finetune_loss(m, teacher, b, cfg, sites),
+        cfg.train,
+        out,
+        d_model=teacher.cfg.d_model,
+        desc=f"finetune:{variant}",
+        validate=validate,
+        params=params,
+    )
+    model.eval()
+    with torch.no_grad():
+        scores = validate(model)
+    save_tensors(out / "model.safetensors", model.state_dict())
+    settings = {k: getattr(cfg, k) for k in ("init", "trainable", "temperature", "targets")}
+    settings.update({k: getattr(cfg, k) for k in ("kd_weight", "ce_weight", "hidden_weight")})
+    settings.update(
+        steps=state["step"],
+        lr=cfg.train.lr,
+        schedule=cfg.train.schedule,
+        batch_tokens=cfg.batch_tokens,
+        sentences=len(train),
+    )
+    atomic_write_json(
+        out / "spec.json",
+        {
+            "variant": variant,
+            "modes": VARIANTS[variant],
+            "sites": spec,
+            "replacements": info["replacements"],
+            "settings": settings,
+            **scores,
+        },
+    )
+    for ckpt in (out / "checkpoint", out / "checkpoint.old"):  # finished: skipped, never resumed
+        shutil.rmtree(ckpt, ignore_errors=True)
+    log.info("%s tuned in %d steps: %s", variant, state["step"], scores)
+    return out
+
+
+def main(cfg: Config) -> Path:
+    teacher, tok = load_teacher(cfg.run_dir)
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    todo = [v for v in cfg.variants if tuned_spec(cfg.run_dir, v) is None]
+    for v in todo:  # a missing layer-wise student fails now, before any data loads
+        variant_spec(cfg.run_dir, VARIANTS[v])
+    if todo:
+        train = _examples(cfg, teacher, tok, "train", cfg.max_sentences)
+        valid = _examples(cfg, teacher, tok, "valid", cfg.valid_sentences)
+        for v in todo:
+            tune_variant(cfg, v, teacher, tok, train, valid)
+    return Path(cfg.run_dir) / "finetune"

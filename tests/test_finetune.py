@@ -1,0 +1,168 @@
+"""The end-to-end finetune stage: what it trains, what it leaves alone, resumption, export."""
+
+import json
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from distill.cli import load_recipe_config, main
+from distill.data import collate, encode_pairs, load_pairs
+from distill.errors import ConfigError
+from distill.export import export
+from distill.model import site_path
+from distill.pretrained import from_pretrained
+from distill.runs import load_teacher, load_variant, teacher_config, variant_spec
+from distill.students import VARIANTS, Identity, splice
+from distill.train import TrainingDiverged
+from recipes import finetune
+from tests.test_reliability import run_and_kill
+
+MODES = "modes=[alr,dec_self,cross]"
+FINETUNE = ["run", "finetune", "--config", "tiny"]
+
+
+@pytest.fixture(scope="module")
+def layerwise(tmp_path_factory) -> Path:
+    """A tiny run dir with a teacher and the layer-wise students of ``attentionless``."""
+    run = tmp_path_factory.mktemp("finetune") / "run"
+    assert main(["-q", "run", "teacher", "--config", "tiny", f"run_dir={run}"]) == 0
+    argv = ["run", "students", "--config", "tiny", f"run_dir={run}", MODES, "source=online"]
+    assert main(["-q", *argv]) == 0
+    return run
+
+
+@pytest.fixture(scope="module")
+def tuned(layerwise, tmp_path_factory) -> Path:
+    run = Path(shutil.copytree(layerwise, tmp_path_factory.mktemp("tuned") / "run"))
+    assert main(["-q", *FINETUNE, f"run_dir={run}"]) == 0
+    return run
+
+
+def _batch(run: Path, n: int = 8):
+    teacher, tok = load_teacher(run)
+    pairs = load_pairs(teacher_config(run).data, "valid")
+    examples, _ = encode_pairs(pairs, tok, teacher.cfg.max_len)
+    return collate(examples[:n], list(range(n)))
+
+
+def test_students_only_leaves_every_teacher_weight_bit_identical(layerwise, tuned):
+    teacher = load_file(layerwise / "teacher" / "model.safetensors")
+    tuned_weights = load_file(tuned / "finetune" / "attentionless" / "model.safetensors")
+    model, _ = load_teacher(layerwise)
+    paths = [
+        site_path(s, model.cfg) + "." for s in variant_spec(layerwise, VARIANTS["attentionless"])
+    ]
+    kept = [k for k in teacher if not any(k.startswith(p) for p in paths)]
+    assert kept and all(torch.equal(teacher[k], tuned_weights[k]) for k in kept)
+    # ... while the students did move.
+    before = load_file(layerwise / "students" / "cross" / "students.safetensors")
+    key = "decoder.0.sublayer1.attn.fc1.weight"
+    assert not torch.equal(before["decoder/0/cross_attn.fc1.weight"], tuned_weights[key])
+
+
+def test_distillation_loss_is_exactly_zero_with_identity_adapters(layerwise):
+    teacher, _ = load_teacher(layerwise)
+    model, _ = load_teacher(layerwise)
+    sites = list(variant_spec(layerwise, VARIANTS["attentionless"]))
+    splice(model, {s: Identity(model.get_submodule(site_path(s, model.cfg))) for s in sites})
+    assert all(isinstance(model.get_submodule(site_path(s, model.cfg)), Identity) for s in sites)
+    cfg = finetune.Config(run_dir=str(layerwise), hidden_weight=1.0, temperature=2.0)
+    batch = _batch(layerwise)
+    loss, terms = finetune.finetune_loss(model, teacher, batch, cfg, sites)
+    assert loss.item() == 0.0 and terms["kd"].item() == 0.0 and terms["hidden"].item() == 0.0
+    spliced, _, _ = load_variant(layerwise, VARIANTS["attentionless"])
+    loss, _ = finetune.finetune_loss(spliced, teacher, batch, cfg, sites)
+    assert loss.item() > 0
+
+
+def test_the_loss_falls_at_least_five_fold_on_a_tiny_run(layerwise, tmp_path):
+    run = Path(shutil.copytree(layerwise, tmp_path / "run"))
+    argv = [f"run_dir={run}", "init=random", "train.epochs=8", "train.lr=3e-3"]
+    assert main(["-q", *FINETUNE, *argv]) == 0
+    records = [json.loads(x) for x in (run / "finetune/attentionless/metrics.jsonl").open()]
+    valid = [r["valid_kd"] for r in records if "valid_kd" in r]
+    kd = [r["kd"] for r in records if "kd" in r]
+    assert len(valid) == 8 and kd[0] >= 5 * kd[-1], (kd[0], kd[-1])
+    spec = json.loads((run / "finetune/attentionless/spec.json").read_text())
+    assert spec["settings"]["init"] == "random" and spec["valid_kd"] < valid[0]
+
+
+def test_a_killed_finetune_resumes_to_the_same_tuned_weights(layerwise, tuned, tmp_path):
+    broken = Path(shutil.copytree(layerwise, tmp_path / "broken"))
+    argv = [*FINETUNE, f"run_dir={broken}", "train.ckpt_every=3"]
+    # learning_rate: once when the optimizer is made, then before each step (tiny: 5 per epoch;
+    # checkpoints at 3, 5, 6): the 8th call returns before step 7, after the checkpoint at 6.
+    run_and_kill("distill.train.learning_rate", 8, argv, tmp_path / "m")
+    out = broken / "finetune" / "attentionless"
+    assert json.loads((out / "checkpoint" / "state.json").read_text())["step"] == 6
+    assert not (out / "spec.json").exists()
+    assert main(["-q", *argv]) == 0
+    a = load_file(tuned / "finetune" / "attentionless" / "model.safetensors")
+    b = load_file(out / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert not (out / "checkpoint").exists()
+
+
+def test_tuned_students_exported_and_loaded_give_the_in_memory_logits(tuned, tmp_path):
+    out = export(tuned, "attentionless", tmp_path / "export")
+    config = json.loads((out / "config.json").read_text())
+    assert config["stage"] == "tuned" and config["finetune"]["trainable"] == "students"
+    assert "Stage: **tuned**" in (out / "README.md").read_text()
+    loaded, _ = from_pretrained(out)
+    in_memory, _, _ = load_variant(tuned, VARIANTS["attentionless"], tuned="attentionless")
+    layer_wise, _, _ = load_variant(tuned, VARIANTS["attentionless"])
+    batch = _batch(tuned)
+    with torch.no_grad():
+        want = in_memory(batch.src, batch.tgt_in)
+        assert torch.equal(loaded(batch.src, batch.tgt_in), want)
+        assert not torch.allclose(layer_wise(batch.src, batch.tgt_in), want)
+    plain = export(tuned, "attentionless", tmp_path / "layerwise", layer_wise=True)
+    assert json.loads((plain / "config.json").read_text())["stage"] == "layer-wise"
+
+
+def test_evaluate_shows_the_layer_wise_and_the_tuned_row_side_by_side(tuned):
+    argv = ["run", "evaluate", "--config", "tiny", f"run_dir={tuned}"]
+    assert main(["-q", *argv, "variants=[teacher,attentionless]"]) == 0
+    rows = json.loads((tuned / "eval" / "results.json").read_text())["rows"]
+    assert [(r["variant"], r["stage"]) for r in rows] == [
+        ("teacher", ""),
+        ("attentionless", "layer-wise"),
+        ("attentionless", "tuned"),
+    ]
+    assert "| attentionless | tuned |" in (tuned / "eval" / "results.md").read_text()
+    assert main(["-q", *argv, "variants=[teacher]", "split=valid"]) == 0
+    valid = json.loads((tuned / "eval" / "results-valid.json").read_text())
+    assert valid["split"] == "valid" and "valid split" in valid["note"]
+
+
+def test_a_non_finite_loss_term_is_named(layerwise, tmp_path, monkeypatch):
+    run = Path(shutil.copytree(layerwise, tmp_path / "run"))
+    monkeypatch.setattr(finetune, "kd_loss", lambda *a: torch.tensor(float("nan")))
+    cfg = load_recipe_config("finetune", "tiny", [f"run_dir={run}"])[1]
+    with pytest.raises(TrainingDiverged, match="loss term 'kd' is nan at step 1"):
+        finetune.main(cfg)
+
+
+@pytest.mark.parametrize(
+    "override, needle",
+    [
+        ("variants=[teacher]", "variants: unknown or empty variant 'teacher'"),
+        ("trainable=norms", "trainable must be one of students, students+norms, all"),
+        ("kd_weight=0", "all 0: nothing to learn"),
+        ("targets=gold", "targets must be one of reference, teacher"),
+    ],
+)
+def test_bad_finetune_settings_name_the_key(override, needle):
+    with pytest.raises(ConfigError, match=re.escape(needle)):
+        load_recipe_config("finetune", "tiny", [override])
+
+
+def test_a_variant_without_layer_wise_students_fails_before_training(layerwise, capsys):
+    argv = [*FINETUNE, f"run_dir={layerwise}", "variants=[elr]"]
+    assert main(["-q", *argv]) == 2
+    assert "students/elr/spec.json: not found" in capsys.readouterr().err
+    assert not (layerwise / "finetune" / "elr").exists()
