@@ -28,12 +28,12 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from distill.prefixes import TARGETS, teacher_targets
 from torch import nn
 
 from distill.checkpoint import atomic_write_json, save_tensors
 from distill.data import encode_pairs, load_pairs, token_batches
 from distill.model import PAD_ID, site_path
+from distill.prefixes import TARGETS, teacher_targets
 from distill.record import site_stack
 from distill.runs import (
     finetune_dir,
