@@ -1,8 +1,10 @@
 """Batched greedy and beam-search decoding for ``Seq2SeqTransformer``.
 
-When every decoder site still holds the teacher's attention, decoding is incremental (a K/V cache
-per layer). When a student replaced a decoder site, each step re-runs the decoder over the whole
-prefix: students see the padded sentence, so there is nothing to cache, and the result is the same.
+Decoding is incremental: every decoder site keeps its own cache (``distill.model.site_step``).
+The teacher's attention caches K/V, the one-pass causal students their normalised inputs and
+hidden groups (and the cross student its memory term, once per sentence), the per-position
+student its prefix; a site with no incremental form re-runs alone over the prefix. Each step
+feeds only the newest token and gives the logits a full recomputation would.
 
 Dimension letters: B sentences, N = B * beam hypotheses, t current length, V vocabulary.
 """
@@ -14,12 +16,32 @@ import torch
 from distill.model import BOS_ID, EOS_ID, PAD_ID, Seq2SeqTransformer
 
 
-class _Stepper:
-    """Next-token log-probabilities for a batch of growing prefixes, cached when possible."""
+def reorder_cache(cache, index: torch.Tensor):
+    """Every tensor in a (nested) cache with its rows picked by ``index``, in place for dicts."""
+    if isinstance(cache, torch.Tensor):
+        return cache.index_select(0, index)
+    if isinstance(cache, dict):
+        for key, value in cache.items():
+            cache[key] = reorder_cache(value, index)
+        return cache
+    if isinstance(cache, list):
+        cache[:] = [reorder_cache(value, index) for value in cache]
+        return cache
+    raise TypeError(f"cannot reorder a cache entry of type {type(cache).__name__}")
 
-    def __init__(self, model: Seq2SeqTransformer, memory: torch.Tensor, memory_mask: torch.Tensor):
+
+class _Stepper:
+    """Next-token log-probabilities for a batch of growing prefixes, one new token per call."""
+
+    def __init__(
+        self,
+        model: Seq2SeqTransformer,
+        memory: torch.Tensor,
+        memory_mask: torch.Tensor,
+        use_cache: bool = True,
+    ):
         self.model, self.memory, self.memory_mask = model, memory, memory_mask
-        self.cache = [{} for _ in model.decoder] if model.supports_cache() else None
+        self.cache = [{} for _ in model.decoder] if use_cache else None
 
     def __call__(self, prefix: torch.Tensor) -> torch.Tensor:
         """prefix (N, t) -> log-probs (N, V) for position t."""
@@ -31,7 +53,7 @@ class _Stepper:
                 prefix[:, -1:], self.memory, self.memory_mask, self.cache, start=t
             )[:, -1]
         logp = torch.log_softmax(logits.float(), dim=-1)
-        # PAD is never an output: in a prefix the decoder would mask it (and the cache would not).
+        # PAD is never an output (a finished row's PAD inputs are masked, never attended to).
         logp[:, PAD_ID] = float("-inf")
         return logp
 
@@ -40,10 +62,7 @@ class _Stepper:
         self.memory = self.memory.index_select(0, index)
         self.memory_mask = self.memory_mask.index_select(0, index)
         if self.cache is not None:
-            for layer in self.cache:
-                for part in layer.values():
-                    for key in part:
-                        part[key] = part[key].index_select(0, index)
+            reorder_cache(self.cache, index)
 
 
 def _max_steps(model: Seq2SeqTransformer, max_len: int | None) -> int:
@@ -52,11 +71,16 @@ def _max_steps(model: Seq2SeqTransformer, max_len: int | None) -> int:
 
 @torch.no_grad()
 def greedy(
-    model: Seq2SeqTransformer, src: torch.Tensor, max_len: int | None = None
+    model: Seq2SeqTransformer,
+    src: torch.Tensor,
+    max_len: int | None = None,
+    use_cache: bool = True,
 ) -> list[list[int]]:
-    """src (B, S) -> token ids per sentence (no BOS, no EOS), argmax at every step."""
+    """src (B, S) -> token ids per sentence (no BOS, no EOS), argmax at every step.
+    ``use_cache=False`` re-runs the decoder over the whole prefix at every step (the reference
+    the cached path is tested against)."""
     memory, memory_mask = model.encode(src)
-    step = _Stepper(model, memory, memory_mask)
+    step = _Stepper(model, memory, memory_mask, use_cache)
     b = src.size(0)
     prefix = torch.full((b, 1), BOS_ID, dtype=torch.long, device=src.device)
     done = torch.zeros(b, dtype=torch.bool, device=src.device)
@@ -87,6 +111,7 @@ def beam_search(
     beam: int = 4,
     length_penalty: float = 1.0,
     max_len: int | None = None,
+    use_cache: bool = True,
 ) -> list[list[int]]:
     """src (B, S) -> best hypothesis per sentence (no BOS, no EOS).
 
@@ -104,7 +129,8 @@ def beam_search(
     b, k = src.size(0), beam
     memory, memory_mask = model.encode(src)
     rows = torch.arange(b, device=src.device).repeat_interleave(k)
-    step = _Stepper(model, memory.index_select(0, rows), memory_mask.index_select(0, rows))
+    memory, memory_mask = memory.index_select(0, rows), memory_mask.index_select(0, rows)
+    step = _Stepper(model, memory, memory_mask, use_cache)
     prefix = torch.full((b * k, 1), BOS_ID, dtype=torch.long, device=src.device)
     scores = torch.full((b, k), float("-inf"), device=src.device)
     scores[:, 0] = 0.0  # all beams start identical: only the first may expand

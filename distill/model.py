@@ -75,11 +75,35 @@ def sinusoidal_positions(n: int, d: int) -> torch.Tensor:
     return table
 
 
+def recompute_step(module: nn.Module, x, mask, cache: dict, memory=None, memory_mask=None):
+    """Incremental step of a site that cannot step exactly: keep its inputs in ``cache`` and
+    re-run it over the whole prefix (only this site recomputes). Returns the new positions."""
+    if "x" in cache:
+        x, mask = torch.cat([cache["x"], x], dim=1), torch.cat([cache["mask"], mask], dim=1)
+    n = x.size(1) - (cache["x"].size(1) if "x" in cache else 0)
+    cache["x"], cache["mask"] = x, mask
+    out = module(x, mask) if memory is None else module(x, mask, memory, memory_mask)
+    return out[:, -n:]
+
+
+def site_step(module: nn.Module, x, mask, cache: dict, memory=None, memory_mask=None):
+    """One incremental step of a decoder site: ``x`` (B, n, D) and ``mask`` (B, n) hold only the
+    new positions, ``cache`` the site's own state from earlier steps. A module with a ``step``
+    method (the teacher's attention core, the decoder students) updates its state itself, any
+    other falls back to ``recompute_step``. ``memory`` is passed to cross-attention sites only."""
+    step = getattr(module, "step", None)
+    if step is None:
+        return recompute_step(module, x, mask, cache, memory, memory_mask)
+    return step(x, mask, cache) if memory is None else step(x, mask, cache, memory, memory_mask)
+
+
 class AttentionCore(nn.Module):
     """Q/K/V projections + scaled dot-product softmax attention of all heads, without W_O.
 
     Self-attention when ``memory`` is None (causal if ``causal``), cross-attention otherwise.
     ``mask`` (B, L) is True at real tokens; padded query rows are computed but ignored downstream.
+    ``step`` is the incremental form: cached K/V of earlier positions (self-attention) or of the
+    memory (cross-attention, computed once per sentence).
     """
 
     def __init__(self, d_model: int, n_heads: int, dropout: float, causal: bool = False):
@@ -93,41 +117,50 @@ class AttentionCore(nn.Module):
         b, n, d = x.shape
         return x.view(b, n, self.n_heads, d // self.n_heads).transpose(1, 2)  # (B, H, L, K)
 
+    def _attend(self, q, k, v, allowed) -> torch.Tensor:
+        out = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=allowed, dropout_p=self.dropout if self.training else 0.0
+        )  # (B, H, L, K)
+        b, _, n, _ = out.shape
+        return out.transpose(1, 2).reshape(b, n, -1)
+
     def forward(
         self,
         x: torch.Tensor,
         mask: torch.Tensor,
         memory: torch.Tensor | None = None,
         memory_mask: torch.Tensor | None = None,
-        cache: dict | None = None,
     ) -> torch.Tensor:
-        b, n, d = x.shape
         q = self._heads(self.q_proj(x))
-        if memory is not None:  # cross-attention: memory K/V are computed once per sentence
-            if cache is not None and "k" in cache:
-                k, v = cache["k"], cache["v"]
-            else:
-                k, v = self._heads(self.k_proj(memory)), self._heads(self.v_proj(memory))
-                if cache is not None:
-                    cache["k"], cache["v"] = k, v
-            allowed = memory_mask[:, None, None, :]  # (B, 1, 1, S)
-        else:
-            k, v = self._heads(self.k_proj(x)), self._heads(self.v_proj(x))
-            if cache is not None:  # incremental: x holds only the new positions
-                if "k" in cache:
-                    k = torch.cat([cache["k"], k], dim=2)
-                    v = torch.cat([cache["v"], v], dim=2)
-                cache["k"], cache["v"] = k, v
-                allowed = None  # every cached key is a real, earlier position
-            else:
-                allowed = mask[:, None, None, :]  # (B, 1, 1, L)
-                if self.causal:
-                    tri = torch.ones(n, n, dtype=torch.bool, device=x.device).tril()
-                    allowed = allowed & tri
-        out = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=allowed, dropout_p=self.dropout if self.training else 0.0
-        )  # (B, H, L, K)
-        return out.transpose(1, 2).reshape(b, n, d)
+        if memory is not None:
+            k, v = self._heads(self.k_proj(memory)), self._heads(self.v_proj(memory))
+            return self._attend(q, k, v, memory_mask[:, None, None, :])  # (B, 1, 1, S)
+        k, v = self._heads(self.k_proj(x)), self._heads(self.v_proj(x))
+        allowed = mask[:, None, None, :]  # (B, 1, 1, L)
+        if self.causal:
+            n = x.size(1)
+            allowed = allowed & torch.ones(n, n, dtype=torch.bool, device=x.device).tril()
+        return self._attend(q, k, v, allowed)
+
+    def step(self, x, mask, cache: dict, memory=None, memory_mask=None) -> torch.Tensor:
+        """``forward`` on the new positions ``x`` (B, n, D) after those already in ``cache``."""
+        q = self._heads(self.q_proj(x))
+        if memory is not None:
+            if "k" not in cache:
+                cache["k"] = self._heads(self.k_proj(memory))
+                cache["v"] = self._heads(self.v_proj(memory))
+            return self._attend(q, cache["k"], cache["v"], memory_mask[:, None, None, :])
+        k, v = self._heads(self.k_proj(x)), self._heads(self.v_proj(x))
+        if "k" in cache:
+            k, v = torch.cat([cache["k"], k], dim=2), torch.cat([cache["v"], v], dim=2)
+            mask = torch.cat([cache["mask"], mask], dim=1)
+        cache["k"], cache["v"], cache["mask"] = k, v, mask
+        keys, n = k.size(2), x.size(1)
+        allowed = mask[:, None, None, :]  # (B, 1, 1, keys)
+        if self.causal:  # query i is position keys - n + i
+            pos = torch.arange(keys, device=x.device)
+            allowed = allowed & (pos[None, :] <= pos[keys - n :, None])
+        return self._attend(q, k, v, allowed)
 
 
 class AttentionSublayer(nn.Module):
@@ -141,9 +174,10 @@ class AttentionSublayer(nn.Module):
         self.drop = nn.Dropout(cfg.dropout)
 
     def forward(self, x, mask, memory=None, memory_mask=None, cache=None) -> torch.Tensor:
+        """With ``cache`` (decoder sites), ``x`` holds only the new positions (``site_step``)."""
         h = self.norm(x)
         if cache is not None:
-            h = self.attn(h, mask, memory, memory_mask, cache=cache)
+            h = site_step(self.attn, h, mask, cache, memory, memory_mask)
         elif memory is not None:
             h = self.attn(h, mask, memory, memory_mask)
         else:
@@ -236,7 +270,9 @@ class Seq2SeqTransformer(nn.Module):
         cache: list[dict] | None = None,
         start: int = 0,
     ) -> torch.Tensor:
-        """tgt_in (B, T) -> logits (B, T, V); with ``cache``, tgt_in starts at ``start``."""
+        """tgt_in (B, T) -> logits (B, T, V). With ``cache`` (one dict per layer, empty at the first
+        step) tgt_in holds only the positions from ``start`` on: every decoder site, teacher or
+        student, keeps its own incremental state there (``site_step``)."""
         mask = tgt_in != PAD_ID
         y = self._embed(self.tgt_embed, tgt_in, start)
         for i, layer in enumerate(self.decoder):
@@ -247,17 +283,6 @@ class Seq2SeqTransformer(nn.Module):
         """Teacher-forced logits (B, T, V)."""
         memory, memory_mask = self.encode(src)
         return self.decode(tgt_in, memory, memory_mask)
-
-    def supports_cache(self) -> bool:
-        """Incremental decoding needs the teacher's own attention cores at every decoder site."""
-        return all(
-            isinstance(layer, DecoderLayer)
-            and isinstance(layer.sublayer0, AttentionSublayer)
-            and isinstance(layer.sublayer0.attn, AttentionCore)
-            and isinstance(layer.sublayer1, AttentionSublayer)
-            and isinstance(layer.sublayer1.attn, AttentionCore)
-            for layer in self.decoder
-        )
 
 
 def _init_weights(module: nn.Module) -> None:

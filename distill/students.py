@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from distill.model import ModelConfig, site_path
+from distill.model import ModelConfig, recompute_step, site_path, site_step
 
 SIZES = {"xs": 25, "s": 50, "m": 800, "l": 3200}  # hidden width h per replaced layer
 HEAD_SIZES = {"xs": 200, "s": 400, "m": 800, "l": 800}  # ASLR: h per head
@@ -175,20 +175,75 @@ class FlatMLP(nn.Module):
         h = apply_activation(self.activation, h)
         return self.hidden_norm(h.view(h.size(0), -1, self.group)).view(h.size(0), self.hidden)
 
-    def forward(self, x, mask, memory=None, memory_mask=None) -> torch.Tensor:
-        b, n, _ = x.shape
-        if n > self.max_len:
-            raise ValueError(f"{n} positions exceed the student's max_len {self.max_len}")
+    def _memory_term(self, memory, memory_mask) -> torch.Tensor:
+        """The memory's contribution to every hidden pre-activation (B, width)."""
+        return self.memory_fc(self.memory_norm(self._pad(memory, memory_mask).flatten(1)))
+
+    def hidden_features(self, x, mask, memory=None, memory_mask=None) -> torch.Tensor:
+        """(B, L, Din) -> normalised hidden features (B, hidden)."""
+        if x.size(1) > self.max_len:
+            raise ValueError(f"{x.size(1)} positions exceed the student's max_len {self.max_len}")
         xp = self._pad(x, mask)  # (B, M, Din)
         xp = self.in_norm(xp) if self.causal else self.in_norm(xp.flatten(1)).view_as(xp)
         h = self.fc1(xp.flatten(1))  # (B, width)
         if self.memory_fc is not None:
-            mem = self._pad(memory, memory_mask).flatten(1)  # (B, M * Dm)
-            h = h + self.memory_fc(self.memory_norm(mem))
-        out = self.fc2(self.activate(h)).view(b, self.max_len, self.d_out)[:, :n]  # (B, L, Dout)
+            h = h + self._memory_term(memory, memory_mask)
+        return self.activate(h)
+
+    def _finish(self, out, x, mask) -> torch.Tensor:
         if self.residual:
             out = out + x
         return out * mask[..., None].to(out.dtype)
+
+    def forward(self, x, mask, memory=None, memory_mask=None) -> torch.Tensor:
+        b, n, _ = x.shape
+        hid = self.hidden_features(x, mask, memory, memory_mask)
+        out = self.fc2(hid).view(b, self.max_len, self.d_out)[:, :n]  # (B, L, Dout)
+        return self._finish(out, x, mask)
+
+    def output_at(self, x, mask, t: int, memory=None, memory_mask=None) -> torch.Tensor:
+        """``forward(...)[:, t]`` (B, Dout), computing only position t's outputs."""
+        hid = self.hidden_features(x, mask, memory, memory_mask)
+        rows = slice(t * self.d_out, (t + 1) * self.d_out)
+        w2 = (
+            self.fc2.weight[rows]
+            if self.fc2.mask is None
+            else (self.fc2.weight * self.fc2.mask)[rows]
+        )
+        out = F.linear(hid, w2, self.fc2.bias[rows])[:, None]  # (B, 1, Dout)
+        return self._finish(out, x[:, t : t + 1], mask[:, t : t + 1])[:, 0]
+
+    def step(self, x, mask, cache: dict, memory=None, memory_mask=None) -> torch.Tensor:
+        """Incremental ``forward`` of a causal student: the new positions ``x`` (B, n, Din) after
+        the ones in ``cache``. Exact: hidden group t reads inputs <= t and output t reads groups
+        <= t, so the cache holds the normalised inputs and hidden groups of earlier positions,
+        and the memory term (computed once per sentence). A non-causal student recomputes."""
+        if not self.causal:
+            return recompute_step(self, x, mask, cache, memory, memory_mask)
+        if self.memory_fc is not None and "memory" not in cache:
+            cache["memory"] = self._memory_term(memory, memory_mask)  # (B, width)
+        g, d_in, d_out = self.group, x.size(-1), self.d_out
+        w1, b1, w2, b2 = self.fc1.weight, self.fc1.bias, self.fc2.weight, self.fc2.bias
+        outs = []
+        for j in range(x.size(1)):
+            t = cache["xn"].size(1) if "xn" in cache else 0
+            if t >= self.max_len:
+                raise ValueError(f"{t + 1} positions exceed the student's max_len {self.max_len}")
+            xt = x[:, j : j + 1] * mask[:, j : j + 1, None].to(x.dtype)  # (B, 1, Din)
+            xn = self.in_norm.weight[t] * F.layer_norm(xt, (d_in,)) + self.in_norm.bias[t]
+            cache["xn"] = xn if t == 0 else torch.cat([cache["xn"], xn], dim=1)  # (B, t+1, Din)
+            rows = torch.arange(t * g, (t + 1) * g, device=x.device)
+            if self.activation in GATED:  # gate rows, then value rows
+                rows = torch.cat([rows, rows + self.hidden])
+            h = F.linear(cache["xn"].flatten(1), w1[rows, : (t + 1) * d_in], b1[rows])
+            if "memory" in cache:
+                h = h + cache["memory"][:, rows]
+            a = self.hidden_norm(apply_activation(self.activation, h))[:, None]  # (B, 1, g)
+            cache["acts"] = a if t == 0 else torch.cat([cache["acts"], a], dim=1)
+            out_rows = slice(t * d_out, (t + 1) * d_out)
+            out = F.linear(cache["acts"].flatten(1), w2[out_rows, : (t + 1) * g], b2[out_rows])
+            outs.append(out[:, None])
+        return self._finish(torch.cat(outs, dim=1), x, mask)
 
 
 class PerHeadStudent(nn.Module):
@@ -213,8 +268,22 @@ class PerPositionStudent(nn.Module):
     def forward(self, x, mask, memory=None, memory_mask=None) -> torch.Tensor:
         n = x.size(1)
         pos = torch.arange(n, device=x.device)
-        outs = [self.mlp(x, mask & (pos <= t))[:, t] for t in range(n)]
+        outs = [self.mlp.output_at(x, mask & (pos <= t), t) for t in range(n)]
         return torch.stack(outs, dim=1)  # (B, L, D)
+
+    def step(self, x, mask, cache: dict) -> torch.Tensor:
+        """Incremental ``forward``: earlier outputs never change, so only the new positions are
+        computed, one pass each over the prefix kept in ``cache``."""
+        outs = []
+        for j in range(x.size(1)):
+            if "x" in cache:
+                cache["x"] = torch.cat([cache["x"], x[:, j : j + 1]], dim=1)
+                cache["mask"] = torch.cat([cache["mask"], mask[:, j : j + 1]], dim=1)
+            else:
+                cache["x"], cache["mask"] = x[:, j : j + 1], mask[:, j : j + 1]
+            t = cache["x"].size(1) - 1
+            outs.append(self.mlp.output_at(cache["x"], cache["mask"], t))
+        return torch.stack(outs, dim=1)
 
 
 def build_student(
@@ -287,6 +356,9 @@ class Identity(nn.Module):
 
     def forward(self, *args, **kwargs):
         return self.inner(*args, **kwargs)
+
+    def step(self, x, mask, cache: dict, *memory):
+        return site_step(self.inner, x, mask, cache, *memory)
 
 
 def effective_parameters(module: nn.Module) -> int:
