@@ -7,8 +7,10 @@ An export ships two one-line remote-code files that import these classes, so
 works wherever ``distill`` is installed. With the export's ``generation_config.json``, ``generate``
 gives the tokens of ``distill.decode`` (greedy, and beam search: both use transformers' default
 ``early_stopping=False``) for sources that end with EOS and are right-padded (positions are
-absolute, as in training). There is
-no KV cache: spliced students see the whole prefix, so every step re-runs the decoder on it.
+absolute, as in training). Decoding is incremental through the same per-site cache as
+``distill.decode`` (``DecoderCache``: the teacher's K/V and each student's own state), which
+``generate`` carries from step to step and reorders for beam search; ``use_cache=False`` re-runs
+the decoder over the whole prefix at every step and gives the same tokens.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from transformers import GenerationMixin, PretrainedConfig, PreTrainedModel
 from transformers.initialization import no_init_weights
 from transformers.modeling_outputs import BaseModelOutput, Seq2SeqLMOutput
 
+from distill.decode import reorder_cache
 from distill.model import BOS_ID, EOS_ID, PAD_ID, UNK_ID, Seq2SeqTransformer
 from distill.pretrained import build_model, parse_config
 
@@ -41,7 +44,7 @@ class DistillConfig(PretrainedConfig):
     replacements: dict | None = None  # {site: {mode, size, activation}}; None = the teacher
     tokenizer: dict | None = None
     is_encoder_decoder: bool = True
-    use_cache: bool = False
+    use_cache: bool = True
     pad_token_id: int | None = PAD_ID
     unk_token_id: int | None = UNK_ID
     bos_token_id: int | None = BOS_ID
@@ -59,6 +62,19 @@ class EncoderOutput(BaseModelOutput):
     """The encoder memory plus its padding mask, so generate() expands both per beam."""
 
     mask: torch.BoolTensor | None = None
+
+
+class DecoderCache:
+    """What ``generate`` carries between steps: one dict per decoder layer, in which every site
+    keeps its own incremental state (``distill.model.site_step``), and how many positions it has
+    seen. Not a transformers ``Cache``: students keep state that is not keys and values."""
+
+    def __init__(self, n_layers: int):
+        self.layers: list[dict] = [{} for _ in range(n_layers)]
+        self.length = 0
+
+    def reorder_cache(self, beam_idx: torch.Tensor) -> None:
+        reorder_cache(self.layers, beam_idx)
 
 
 class _Encoder:
@@ -104,15 +120,21 @@ class DistillForConditionalGeneration(PreTrainedModel, GenerationMixin):
 
     @classmethod
     def _supports_default_dynamic_cache(cls) -> bool:
-        return False
+        return False  # forward creates its own DecoderCache
+
+    def _reorder_cache(self, cache: DecoderCache, beam_idx: torch.Tensor) -> DecoderCache:
+        cache.reorder_cache(beam_idx)
+        return cache
 
     def get_encoder(self, modality: str | None = None) -> _Encoder:
         return _Encoder(self.model)
 
-    def prepare_inputs_for_generation(self, input_ids: torch.Tensor, **kwargs) -> dict:
-        # No cache: always feed the whole decoder prefix.
-        kwargs.update(next_sequence_length=None, past_key_values=None, use_cache=False)
-        return super().prepare_inputs_for_generation(input_ids, **kwargs)
+    def prepare_inputs_for_generation(self, input_ids: torch.Tensor, cache=None, **kwargs) -> dict:
+        # The whole prefix goes in; forward feeds the decoder what the cache has not seen.
+        kwargs.update(next_sequence_length=None)
+        inputs = super().prepare_inputs_for_generation(input_ids, **kwargs)
+        inputs["cache"] = cache
+        return inputs
 
     def forward(
         self,
@@ -122,9 +144,14 @@ class DistillForConditionalGeneration(PreTrainedModel, GenerationMixin):
         encoder_outputs=None,
         labels: torch.Tensor | None = None,
         return_dict: bool | None = None,
+        cache: DecoderCache | None = None,
+        use_cache: bool | None = None,
         **kwargs,
     ) -> Seq2SeqLMOutput | tuple:
-        """Logits (B, T, V) for ``decoder_input_ids`` (or labels shifted right, with a loss)."""
+        """Logits (B, T, V) for ``decoder_input_ids`` (or labels shifted right, with a loss).
+
+        With ``use_cache`` (the config's default; never with labels) the logits are those of the
+        positions ``cache`` has not seen yet, and the output carries the updated cache."""
         if encoder_outputs is None:
             encoder_outputs = self.get_encoder()(input_ids, attention_mask)
         memory = encoder_outputs[0]  # (B, S, D)
@@ -141,7 +168,16 @@ class DistillForConditionalGeneration(PreTrainedModel, GenerationMixin):
             shifted = labels[:, :-1].masked_fill(labels[:, :-1] == -100, PAD_ID)
             bos = torch.full_like(labels[:, :1], BOS_ID)
             decoder_input_ids = torch.cat([bos, shifted], dim=1)  # (B, T)
-        logits = self.model.decode(decoder_input_ids, memory, mask)  # (B, T, V)
+        use_cache = self.config.use_cache if use_cache is None else use_cache
+        if use_cache and labels is None:
+            cache = cache if cache is not None else DecoderCache(len(self.model.decoder))
+            start = cache.length
+            new = decoder_input_ids[:, start:]
+            logits = self.model.decode(new, memory, mask, cache.layers, start=start)
+            cache.length += new.size(1)
+        else:
+            cache = None
+            logits = self.model.decode(decoder_input_ids, memory, mask)  # (B, T, V)
         loss = None
         if labels is not None:
             loss = F.cross_entropy(
@@ -149,7 +185,9 @@ class DistillForConditionalGeneration(PreTrainedModel, GenerationMixin):
             )
         if return_dict is False:
             return (logits,) if loss is None else (loss, logits)
-        return Seq2SeqLMOutput(loss=loss, logits=logits, encoder_last_hidden_state=memory)
+        return Seq2SeqLMOutput(
+            loss=loss, logits=logits, cache=cache, encoder_last_hidden_state=memory
+        )
 
 
 __all__ = ["DistillConfig", "DistillForConditionalGeneration"]

@@ -77,7 +77,7 @@ def make_config(cfg: ModelConfig, replacements: dict[str, dict], tokenizer: dict
             "AutoModelForSeq2SeqLM": "modeling_distill.DistillForConditionalGeneration",
         },
         "is_encoder_decoder": True,
-        "use_cache": False,  # spliced students see the whole prefix: nothing to cache
+        "use_cache": True,  # every decoder site, students included, decodes incrementally
         "format_version": FORMAT_VERSION,
         **dataclasses.asdict(cfg),
         "replacements": replacements,
@@ -99,7 +99,7 @@ def generation_config(cfg: ModelConfig) -> dict:
         "max_new_tokens": cfg.max_len,
         "early_stopping": False,  # transformers' default, and distill's beam search
         "length_penalty": 1.0,
-        "use_cache": False,
+        "use_cache": True,
     }
 
 

@@ -182,6 +182,24 @@ def test_transformers_generate_equals_distill_greedy_and_beam(exports, hf_models
         assert [strip_ids(r[1:]) for r in short.tolist()] == greedy(model, src, max_len=3)
 
 
+@pytest.mark.parametrize("variant", ["teacher", "attentionless"])
+def test_generate_decodes_incrementally_and_the_cache_changes_no_token(hf_models, variant):
+    hf = hf_models[variant]
+    src = sources(8, seed=3)
+    mask = (src != PAD_ID).long()
+    widths = []
+    hook = hf.model.decoder[0].register_forward_hook(lambda m, a, o: widths.append(a[0].size(1)))
+    with torch.no_grad():
+        for k in (1, 3):
+            widths.clear()
+            cached = hf.generate(src, attention_mask=mask, num_beams=k)
+            assert len(widths) > 2 and set(widths) == {1}  # one new position per step
+            again = hf.generate(src, attention_mask=mask, num_beams=k, use_cache=False)
+            assert torch.equal(cached, again), k
+            assert max(widths) > 1  # without the cache the whole prefix goes in
+    hook.remove()
+
+
 def test_translate_keeps_one_line_per_input_line(exports, tmp_path, capsys):
     model, _ = distill.from_pretrained(exports["attentionless"])
     texts = ["Der Hund sieht den Ball.", "", "Die Katze mag ein Buch!", ""]
