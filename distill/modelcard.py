@@ -75,8 +75,9 @@ print(sp.decode(out[:, 1:].tolist()))  # EOS and padding ids decode to nothing
 ## Limits
 
 Sources longer than {max_src} tokens plus EOS are truncated (`distill translate --strict` refuses
-them); translations stop at {max_len} tokens. Students have no KV cache, so every decoding step
-re-runs the decoder over the whole prefix.
+them); translations stop at {max_len} tokens. Decoding is incremental at every site: the
+teacher's attention caches keys and values, each decoder student its own state (the cross
+student its memory term once per sentence), in `distill translate` and in `generate` alike.
 """
 
 
