@@ -15,6 +15,7 @@ from distill.model import EOS_ID, PRESETS, ModelConfig, Seq2SeqTransformer
 from distill.prefixes import teacher_targets
 from distill.record import Recording, record
 from distill.runs import save_model, teacher_config, write_config
+from tests.test_record import examples
 
 CFG = ModelConfig(**PRESETS["tiny"])  # max_len 8
 
@@ -22,16 +23,6 @@ CFG = ModelConfig(**PRESETS["tiny"])  # max_len 8
 def teacher(cfg: ModelConfig = CFG, seed: int = 0) -> Seq2SeqTransformer:
     torch.manual_seed(seed)
     return Seq2SeqTransformer(cfg).eval()
-
-
-def examples(n: int = 30, seed: int = 0):
-    g = torch.Generator().manual_seed(seed)
-    out = []
-    for _ in range(n):
-        ls, lt = torch.randint(1, CFG.max_len, (2,), generator=g).tolist()
-        src = torch.randint(4, CFG.vocab_size, (ls,), generator=g).tolist() + [EOS_ID]
-        out.append((src, torch.randint(4, CFG.vocab_size, (lt,), generator=g).tolist()))
-    return out
 
 
 def one_by_one(model, ex):
@@ -44,7 +35,7 @@ def one_by_one(model, ex):
 
 
 def test_teacher_targets_are_each_sources_own_greedy_decode_in_input_order():
-    model, ex = teacher(), examples()
+    model, ex = teacher(), examples(30)
     got = teacher_targets(model, ex, batch_size=7, progress=False)
     assert got == one_by_one(model, ex)
     assert [s for s, _ in got] == [s for s, _ in ex]
@@ -66,7 +57,7 @@ def test_an_empty_decode_keeps_the_reference(caplog):
 
 
 def test_the_cache_is_reused_for_the_same_sources_only(tmp_path, monkeypatch):
-    model, ex = teacher(), examples()
+    model, ex = teacher(), examples(30)
     cache = tmp_path / "train.targets.json"
     first = teacher_targets(model, ex, batch_size=8, cache=cache, progress=False)
     assert json.loads(cache.read_text())["sentences"] == len(ex)
