@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from distill.data import encode_pairs, load_pairs
+from distill.data import _pad, encode_pairs, load_pairs
 from distill.decode import beam_search, greedy
 from distill.model import EOS_ID, PAD_ID, AttentionCore
 from distill.runs import load_teacher, load_variant, students_dir, teacher_config, tuned_spec
@@ -40,14 +40,7 @@ def sources(run_dir: str, tok, max_len: int, n: int) -> list[list[int]]:
 
 
 def batches(srcs: list[list[int]], size: int) -> list[torch.Tensor]:
-    out = []
-    for i in range(0, len(srcs), size):
-        chunk = srcs[i : i + size]
-        t = torch.full((len(chunk), max(map(len, chunk))), PAD_ID, dtype=torch.long)
-        for row, ids in enumerate(chunk):
-            t[row, : len(ids)] = torch.tensor(ids)
-        out.append(t)
-    return out
+    return [_pad(srcs[i : i + size]) for i in range(0, len(srcs), size)]
 
 
 def fresh_variant(run_dir: str, mode: str, size: str):
