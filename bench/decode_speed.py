@@ -4,14 +4,16 @@
     python bench/decode_speed.py --run-dir runs/demo --quick         # fewer sentences
     python bench/decode_speed.py --run-dir runs/demo --json out.json
 
-For each variant (alr, aslr, elr, dec_self, dec_self_pp, cross, attentionless, and the tuned
-rows the finetune stage wrote): greedy and beam 4 at batch 64 (sentences/s) and at batch 1
-(ms per sentence), with the per-site cache, and the same greedy at batch 64 with the cache off
-(``use_cache=False``: every step re-runs the decoder over the prefix, which is how spliced
+For each variant (alr, aslr, elr, dec_self, dec_self_pp, cross, cross_pw, attentionless,
+attentionless_pw, and the tuned rows the finetune stage wrote): greedy and beam 4 at batch 64
+(sentences/s) and at batch 1 (ms per sentence, and ms per generated token: variants translate
+to different lengths), with the per-site cache, and the same greedy at batch 64 with the cache
+off (``use_cache=False``: every step re-runs the decoder over the prefix, which is how spliced
 decoder students decoded before the per-site cache). A mode whose students the run has not
 trained (e.g. dec_self_pp) is timed with freshly initialised students of the run's size:
 speed does not depend on the weights; the table marks them. Ratios to the teacher come last,
-then where one greedy step's time goes (per sublayer kind) for the teacher and attentionless.
+then where one greedy step's time goes (per sublayer kind) for the teacher and the
+attentionless variants.
 """
 
 from __future__ import annotations
@@ -30,7 +32,18 @@ from distill.model import EOS_ID, PAD_ID, AttentionCore
 from distill.runs import load_teacher, load_variant, students_dir, teacher_config, tuned_spec
 from distill.students import VARIANTS, build_student, mode_sites, splice
 
-ORDER = ["teacher", "alr", "aslr", "elr", "dec_self", "dec_self_pp", "cross", "attentionless"]
+ORDER = [
+    "teacher",
+    "alr",
+    "aslr",
+    "elr",
+    "dec_self",
+    "dec_self_pp",
+    "cross",
+    "cross_pw",
+    "attentionless",
+    "attentionless_pw",
+]
 
 
 def sources(run_dir: str, tok, max_len: int, n: int) -> list[list[int]]:
@@ -83,6 +96,8 @@ def measure(model, big: list[torch.Tensor], single: list[torch.Tensor], reps: in
         return lambda: [fn(b) for b in bs]
 
     with torch.no_grad():
+        # Variants decode to different lengths: per generated token (EOS included) too.
+        steps = sum(len(greedy(model, b)[0]) + 1 for b in single)
         out = {
             "greedy_64_sent_s": n_big / timed(run(lambda b: greedy(model, b), big), reps),
             "greedy_64_nocache_sent_s": n_big
@@ -93,6 +108,7 @@ def measure(model, big: list[torch.Tensor], single: list[torch.Tensor], reps: in
             * timed(run(lambda b: beam_search(model, b, 4), single), reps)
             / len(single),
         }
+        out["greedy_1_ms_token"] = out["greedy_1_ms"] * len(single) / steps
     return {k: round(v, 2) for k, v in out.items()}
 
 
@@ -163,25 +179,29 @@ def main() -> None:
     for name, model in models:
         rows[name] = measure(model, big, single, args.reps)
         print(name, rows[name], flush=True)
-    profiles = {n: step_profile(m, big) for n, m in models if n in ("teacher", "attentionless")}
+    profiled = ("teacher", "attentionless", "attentionless_pw")
+    profiles = {n: step_profile(m, big) for n, m in models if n in profiled}
     base = rows["teacher"]
     print(
         f"\n{args.sentences} test sentences at batch 64, {args.single} at batch 1, "
         f"{args.threads} threads, best of {args.reps}"
     )
     print(
-        "| variant | greedy b64 sent/s | no cache | beam4 b64 sent/s | greedy b1 ms | beam4 b1 ms "
-        "| greedy b64 / teacher | cache speed-up | beam4 b64 / teacher | greedy b1 teacher / this |"
+        "| variant | greedy b64 sent/s | no cache | beam4 b64 sent/s | greedy b1 ms | b1 ms/token "
+        "| beam4 b1 ms | greedy b64 / teacher | cache speed-up | beam4 b64 / teacher "
+        "| greedy b1 teacher / this | per token |"
     )
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for name, r in rows.items():
         print(
             f"| {name} | {r['greedy_64_sent_s']:.1f} | {r['greedy_64_nocache_sent_s']:.1f} "
-            f"| {r['beam4_64_sent_s']:.1f} | {r['greedy_1_ms']:.2f} | {r['beam4_1_ms']:.2f} "
+            f"| {r['beam4_64_sent_s']:.1f} | {r['greedy_1_ms']:.2f} | {r['greedy_1_ms_token']:.2f} "
+            f"| {r['beam4_1_ms']:.2f} "
             f"| {r['greedy_64_sent_s'] / base['greedy_64_sent_s']:.2f} "
             f"| {r['greedy_64_sent_s'] / r['greedy_64_nocache_sent_s']:.1f}x "
             f"| {r['beam4_64_sent_s'] / base['beam4_64_sent_s']:.2f} "
-            f"| {base['greedy_1_ms'] / r['greedy_1_ms']:.2f} |"
+            f"| {base['greedy_1_ms'] / r['greedy_1_ms']:.2f} "
+            f"| {base['greedy_1_ms_token'] / r['greedy_1_ms_token']:.2f} |"
         )
     for name, prof in profiles.items():
         print(

@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 
 ARMS = ("layerwise", "tuned", "random", "size-s")
-VARIANTS = ["attentionless", "cross"]
+VARIANTS = ["attentionless_pw", "cross_pw"]
 
 
 def link(src: Path, dst: Path) -> None:
@@ -113,7 +113,7 @@ def main() -> None:
     p.add_argument("--config", default="demo", help="the stages' base configs")
     p.add_argument("--arms", default=",".join(ARMS), help=f"comma list of {', '.join(ARMS)}")
     p.add_argument("--variants", default=",".join(VARIANTS))
-    p.add_argument("--modes", default="alr,dec_self,cross", help="modes an arm retrains")
+    p.add_argument("--modes", default="alr,dec_self,cross_pw", help="modes an arm retrains")
     p.add_argument("--steps", type=int, default=300, help="finetune steps of every tuned arm")
     p.add_argument("--split", default="valid", choices=("valid", "test"))
     p.add_argument("--sentences", type=int, default=500, help="pairs scored (0 = all)")

@@ -47,6 +47,11 @@ MODES = {
         site="decoder.{i}.self_attn", stack="decoder", causal=False, per_position=True
     ),
     "cross": dict(site="decoder.{i}.cross_attn", stack="decoder", causal=True, memory=True),
+    # Ours: one MLP shared by every decoder position, reading that position and the whole memory
+    # (cross-attention's output at t depends on the decoder only through position t's query).
+    "cross_pw": dict(
+        site="decoder.{i}.cross_attn", stack="decoder", causal=True, memory=True, position_wise=True
+    ),
 }
 
 
@@ -60,7 +65,9 @@ VARIANTS = {
     "dec_self": ["dec_self"],
     "dec_self_pp": ["dec_self_pp"],
     "cross": ["cross"],
+    "cross_pw": ["cross_pw"],
     "attentionless": ["alr", "dec_self", "cross"],
+    "attentionless_pw": ["alr", "dec_self", "cross_pw"],
 }
 
 
@@ -120,6 +127,39 @@ class PositionNorm(nn.Module):
         return F.layer_norm(x, (self.d,)) * self.weight + self.bias
 
 
+def padded_norm_linear(norm: nn.LayerNorm, fc: nn.Linear, x: torch.Tensor, m: int, memo: dict):
+    """``fc(norm(x zero-padded to m positions and flattened))`` for x (B, n, d), n <= m.
+
+    Training takes the plain path. Without gradients the m - n padded positions are folded in
+    instead of multiplied: after a LayerNorm over the flat sentence each padded value is
+    ``w_j * (-mean / std) + b_j``, so their share of ``fc`` is ``(-mean / std) * U[n] + V[n]``
+    with U[n] = W[:, n*d:] @ w[n*d:] and V[n] = W[:, n*d:] @ b[n*d:], per length n, kept in
+    ``memo`` until a weight changes. Only the n real positions' columns of W are read: a short
+    sentence no longer pays for max_len positions (the paper's fixed 50-token input).
+    """
+    b, n, d = x.shape
+    if torch.is_grad_enabled() or n == m:
+        return fc(norm(F.pad(x, (0, 0, 0, m - n)).flatten(1)))
+    w, bias, weight = norm.weight, norm.bias, fc.weight
+    key = tuple((t.data_ptr(), t._version) for t in (w, bias, weight))
+    if memo.get("key") != key:  # suffix sums over positions: (m + 1, width)
+        per_pos = weight.view(weight.size(0), m, d)  # (width, M, d)
+        u = torch.einsum("omd,md->mo", per_pos, w.view(m, d))
+        v = torch.einsum("omd,md->mo", per_pos, bias.view(m, d))
+        zero = u.new_zeros(1, u.size(1))
+        memo["u"] = torch.cat([u.flip(0).cumsum(0).flip(0), zero])
+        memo["v"] = torch.cat([v.flip(0).cumsum(0).flip(0), zero])
+        memo["key"] = key
+    z = x.flatten(1)  # (B, n*d)
+    total = m * d
+    mean = z.sum(1, keepdim=True) / total
+    var = ((z - mean) ** 2).sum(1, keepdim=True) + (total - n * d) * mean**2
+    rstd = torch.rsqrt(var / total + norm.eps)
+    zn = (z - mean) * rstd * w[: n * d] + bias[: n * d]
+    out = F.linear(zn, weight[:, : n * d], fc.bias) - (mean * rstd) * memo["u"][n]
+    return out + memo["v"][n]
+
+
 class FlatMLP(nn.Module):
     """The paper's MLP over a sentence padded to ``max_len`` (optionally causal, with memory).
 
@@ -164,6 +204,7 @@ class FlatMLP(nn.Module):
         self.memory_fc = nn.Linear(m * d_memory, width, bias=False) if d_memory else None
         self.hidden_norm = nn.LayerNorm(group)  # per group when causal, whole layer otherwise
         self.fc2 = MaskedLinear(hidden, m * d_out, w2_mask)
+        self._memo, self._memo_in = {}, {}  # padded_norm_linear's tables (not state)
 
     def _pad(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """(B, L, d) -> (B, M, d) with padded and masked positions exactly zero."""
@@ -177,15 +218,18 @@ class FlatMLP(nn.Module):
 
     def _memory_term(self, memory, memory_mask) -> torch.Tensor:
         """The memory's contribution to every hidden pre-activation (B, width)."""
-        return self.memory_fc(self.memory_norm(self._pad(memory, memory_mask).flatten(1)))
+        mem = memory * memory_mask[..., None].to(memory.dtype)
+        return padded_norm_linear(self.memory_norm, self.memory_fc, mem, self.max_len, self._memo)
 
     def hidden_features(self, x, mask, memory=None, memory_mask=None) -> torch.Tensor:
         """(B, L, Din) -> normalised hidden features (B, hidden)."""
         if x.size(1) > self.max_len:
             raise ValueError(f"{x.size(1)} positions exceed the student's max_len {self.max_len}")
-        xp = self._pad(x, mask)  # (B, M, Din)
-        xp = self.in_norm(xp) if self.causal else self.in_norm(xp.flatten(1)).view_as(xp)
-        h = self.fc1(xp.flatten(1))  # (B, width)
+        if self.causal:
+            h = self.fc1(self.in_norm(self._pad(x, mask)).flatten(1))  # (B, width)
+        else:
+            x = x * mask[..., None].to(x.dtype)
+            h = padded_norm_linear(self.in_norm, self.fc1, x, self.max_len, self._memo_in)
         if self.memory_fc is not None:
             h = h + self._memory_term(memory, memory_mask)
         return self.activate(h)
@@ -198,18 +242,21 @@ class FlatMLP(nn.Module):
     def forward(self, x, mask, memory=None, memory_mask=None) -> torch.Tensor:
         b, n, _ = x.shape
         hid = self.hidden_features(x, mask, memory, memory_mask)
-        out = self.fc2(hid).view(b, self.max_len, self.d_out)[:, :n]  # (B, L, Dout)
+        # Only the rows of the L real positions (a view): padded outputs are dropped anyway.
+        rows = slice(0, n * self.d_out)
+        w2 = self.fc2.weight[rows]
+        if self.fc2.mask is not None:
+            w2 = w2 * self.fc2.mask[rows]
+        out = F.linear(hid, w2, self.fc2.bias[rows]).view(b, n, self.d_out)  # (B, L, Dout)
         return self._finish(out, x, mask)
 
     def output_at(self, x, mask, t: int, memory=None, memory_mask=None) -> torch.Tensor:
         """``forward(...)[:, t]`` (B, Dout), computing only position t's outputs."""
         hid = self.hidden_features(x, mask, memory, memory_mask)
         rows = slice(t * self.d_out, (t + 1) * self.d_out)
-        w2 = (
-            self.fc2.weight[rows]
-            if self.fc2.mask is None
-            else (self.fc2.weight * self.fc2.mask)[rows]
-        )
+        w2 = self.fc2.weight[rows]
+        if self.fc2.mask is not None:
+            w2 = w2 * self.fc2.mask[rows]
         out = F.linear(hid, w2, self.fc2.bias[rows])[:, None]  # (B, 1, Dout)
         return self._finish(out, x[:, t : t + 1], mask[:, t : t + 1])[:, 0]
 
@@ -232,18 +279,77 @@ class FlatMLP(nn.Module):
             xt = x[:, j : j + 1] * mask[:, j : j + 1, None].to(x.dtype)  # (B, 1, Din)
             xn = self.in_norm.weight[t] * F.layer_norm(xt, (d_in,)) + self.in_norm.bias[t]
             cache["xn"] = xn if t == 0 else torch.cat([cache["xn"], xn], dim=1)  # (B, t+1, Din)
-            rows = torch.arange(t * g, (t + 1) * g, device=x.device)
+            # Slices, not an index tensor: views of the weights, nothing copied per step.
+            rows = [slice(t * g, (t + 1) * g)]
             if self.activation in GATED:  # gate rows, then value rows
-                rows = torch.cat([rows, rows + self.hidden])
-            h = F.linear(cache["xn"].flatten(1), w1[rows, : (t + 1) * d_in], b1[rows])
+                rows.append(slice(self.hidden + t * g, self.hidden + (t + 1) * g))
+            xn_flat = cache["xn"].flatten(1)
+            h = [F.linear(xn_flat, w1[r, : (t + 1) * d_in], b1[r]) for r in rows]
             if "memory" in cache:
-                h = h + cache["memory"][:, rows]
+                h = [hr + cache["memory"][:, r] for hr, r in zip(h, rows)]
+            h = h[0] if len(h) == 1 else torch.cat(h, dim=-1)
             a = self.hidden_norm(apply_activation(self.activation, h))[:, None]  # (B, 1, g)
             cache["acts"] = a if t == 0 else torch.cat([cache["acts"], a], dim=1)
             out_rows = slice(t * d_out, (t + 1) * d_out)
             out = F.linear(cache["acts"].flatten(1), w2[out_rows, : (t + 1) * g], b2[out_rows])
             outs.append(out[:, None])
         return self._finish(torch.cat(outs, dim=1), x, mask)
+
+
+class PositionwiseMemoryMLP(nn.Module):
+    """Cross-attention student ``cross_pw``: one MLP shared by all decoder positions. Position t
+    reads its own decoder state and the whole encoder memory (zero-padded to max_len, flattened):
+
+        h_t = act(W_m LN(memory) + W_x LN(x_t) + b1)  ->  LN(h_t)  ->  W_2 h_t + b2
+
+    Teacher cross-attention depends on the decoder only through the query of position t, so this
+    is causal by construction and loses nothing the site could use; every position gets all
+    ``hidden`` units, where the one-pass causal student (``cross``) splits them into max_len
+    groups (25 a position at size M and max_len 32). Gated activations make W_m-memory x
+    W_x-decoder products (decoder-conditioned selection of memory features). Still one MLP:
+    no softmax over positions and no scores between positions.
+
+    forward(x (B, L, D), mask (B, L), memory (B, S, D), memory_mask (B, S)) -> (B, L, D)
+    """
+
+    def __init__(self, max_len: int, d: int, hidden: int, activation: str = "leaky_relu"):
+        super().__init__()
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"unknown activation '{activation}' (known: {', '.join(ACTIVATIONS)})")
+        self.max_len, self.hidden, self.activation = max_len, hidden, activation
+        width = 2 * hidden if activation in GATED else hidden
+        self.in_norm = nn.LayerNorm(d)
+        self.fc1 = nn.Linear(d, width)
+        self.memory_norm = nn.LayerNorm(max_len * d)
+        self.memory_fc = nn.Linear(max_len * d, width, bias=False)
+        self.hidden_norm = nn.LayerNorm(hidden)
+        self.fc2 = nn.Linear(hidden, d)
+        self._memo: dict = {}  # padded_norm_linear's tables (not state)
+
+    def memory_term(self, memory, memory_mask) -> torch.Tensor:
+        """The memory's contribution to every position's pre-activations (B, 1, width)."""
+        if memory.size(1) > self.max_len:
+            n = memory.size(1)
+            raise ValueError(f"{n} memory positions exceed the student's max_len {self.max_len}")
+        mem = memory * memory_mask[..., None].to(memory.dtype)
+        term = padded_norm_linear(self.memory_norm, self.memory_fc, mem, self.max_len, self._memo)
+        return term[:, None]
+
+    def _positions(self, x, mask, mem) -> torch.Tensor:
+        h = self.hidden_norm(apply_activation(self.activation, self.fc1(self.in_norm(x)) + mem))
+        return self.fc2(h) * mask[..., None].to(x.dtype)  # (B, L, D)
+
+    def forward(self, x, mask, memory, memory_mask) -> torch.Tensor:
+        if x.size(1) > self.max_len:
+            raise ValueError(f"{x.size(1)} positions exceed the student's max_len {self.max_len}")
+        return self._positions(x, mask, self.memory_term(memory, memory_mask))
+
+    def step(self, x, mask, cache: dict, memory, memory_mask) -> torch.Tensor:
+        """Incremental ``forward``: the memory term once per sentence, then only the new
+        positions (no prefix is kept: output t reads position t alone)."""
+        if "memory" not in cache:
+            cache["memory"] = self.memory_term(memory, memory_mask)  # (B, 1, width)
+        return self._positions(x, mask, cache["memory"])
 
 
 class PerHeadStudent(nn.Module):
@@ -303,6 +409,8 @@ def build_student(
         only = ", ".join(RESIDUAL_MODES)
         raise ValueError(f"mode '{mode}' has no residual variant (only {only})")
     spec, m, d = MODES[mode], cfg.max_len, cfg.d_model
+    if spec.get("position_wise"):
+        return PositionwiseMemoryMLP(m, d, SIZES[size], activation)
     if spec.get("per_head"):
         return PerHeadStudent(
             FlatMLP(m, d, cfg.head_dim, HEAD_SIZES[size], activation) for _ in range(cfg.n_heads)

@@ -65,6 +65,8 @@ KINDS = [
     "dec_self_pp",
     "cross",
     *[f"cross:{a}" for a in GATED],
+    "cross_pw",
+    *[f"cross_pw:{a}" for a in GATED],
     "mix",
     "no-step",
     "identity",

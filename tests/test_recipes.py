@@ -46,7 +46,7 @@ def test_record_and_student_stages_cover_every_mode(tiny_run):
     manifest = json.loads((tiny_run / "record" / "train" / "manifest.json").read_text())
     assert manifest["dtype"] == "fp32" and manifest["sentences"] > 0
     modes = {p.parent.name for p in (tiny_run / "students").glob("*/spec.json")}
-    assert modes == {"alr", "alrr", "aslr", "elr", "dec_self", "dec_self_pp", "cross"}
+    assert modes == {"alr", "alrr", "aslr", "elr", "dec_self", "dec_self_pp", "cross", "cross_pw"}
     assert not list((tiny_run / "students").glob("*/checkpoint*"))  # finished: no resume state
     elr = tiny_run / "students" / "elr"
     spec, init = (json.loads((elr / f).read_text()) for f in ("spec.json", "init.json"))
@@ -76,7 +76,9 @@ def test_evaluate_stage_writes_a_row_per_variant(tiny_run):
         "dec_self",
         "dec_self_pp",
         "cross",
+        "cross_pw",
         "attentionless",
+        "attentionless_pw",
     }
     assert rows["attentionless"]["sites"] and rows["teacher"]["params_replaced"] == 0
     assert rows["alr"]["params_student"] > 0

@@ -64,15 +64,17 @@ def test_decoder_students_are_causal(mode, activation):
         assert not torch.allclose(out[1, t + 1 :], base[1, t + 1 :])  # later positions do see it
 
 
-def test_cross_student_sees_the_whole_memory():
+@pytest.mark.parametrize("mode", [m for m in MODES if MODES[m].get("memory")])
+def test_cross_student_sees_the_whole_memory_but_not_its_padding(mode):
     torch.manual_seed(0)
-    student = build_student("cross", CFG, "xs")
+    student = build_student(mode, CFG, "xs")
     x, mask, memory, memory_mask = inputs()
     changed = memory.clone()
     changed[:, -1] += 1.0
-    a = student_call(student, "cross", x, mask, memory, memory_mask)
-    b = student_call(student, "cross", x, mask, changed, memory_mask)
+    a = student_call(student, mode, x, mask, memory, memory_mask)
+    b = student_call(student, mode, x, mask, changed, memory_mask)
     assert not torch.allclose(a[0, 0], b[0, 0])  # position 0 depends on the last source token
+    torch.testing.assert_close(a[1], b[1])  # row 1's last source position is padding
 
 
 @pytest.mark.parametrize("mode", list(MODES))
@@ -131,3 +133,26 @@ def test_one_pass_decoder_student_replaces_every_decoder_site_and_decodes():
     out = greedy(model, src)
     assert out == beam_search(model, src, beam=1)
     assert all(len(o) <= CFG.max_len for o in out)
+
+
+@pytest.mark.parametrize("mode", ["alr", "cross", "cross_pw"])
+def test_folded_padding_equals_the_padded_sentence_and_follows_weight_changes(mode):
+    torch.manual_seed(0)
+    student = build_student(mode, CFG, "xs")
+    with torch.no_grad():  # non-trivial norms, so the padded positions' share is not zero
+        for norm in (m for m in student.modules() if isinstance(m, torch.nn.LayerNorm)):
+            norm.weight.normal_()
+            norm.bias.normal_()
+    for n in (1, 4, CFG.max_len - 1):
+        x, mask, memory, memory_mask = inputs(seed=n, n=n)
+        with torch.enable_grad():  # the plain path: the whole padded sentence
+            plain = student_call(student, mode, x, mask, memory, memory_mask).detach()
+        with torch.no_grad():
+            folded = student_call(student, mode, x, mask, memory, memory_mask)
+        torch.testing.assert_close(folded, plain, atol=1e-5, rtol=1e-5)
+    with torch.no_grad():  # an optimizer step changes weights in place: the tables follow
+        for p in student.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+        folded = student_call(student, mode, x, mask, memory, memory_mask)
+    plain = student_call(student, mode, x, mask, memory, memory_mask).detach()
+    torch.testing.assert_close(folded, plain, atol=1e-5, rtol=1e-5)
