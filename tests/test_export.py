@@ -33,6 +33,7 @@ from distill.students import MODES, RESIDUAL_MODES, build_student, mode_sites, s
 
 REPO = Path(__file__).resolve().parent.parent
 ATTENTIONLESS = ("alr", "dec_self", "cross")
+ATTENTIONLESS_PW = ("alr", "dec_self", "cross_pw")  # the position-wise cross student
 
 
 TEST_PAIRS = [  # in the tiny tokenizer's pieces: the first source is too long for max_len 8
@@ -84,6 +85,7 @@ def write_run(root: Path, tok, seed: int = 0) -> Path:
         for v, s in (
             ("teacher", []),
             ("attentionless", [s for m in ATTENTIONLESS for s in mode_sites(m, cfg)]),
+            ("attentionless_pw", [s for m in ATTENTIONLESS_PW for s in mode_sites(m, cfg)]),
             ("elr", mode_sites("elr", cfg)),
         )
     ]
@@ -117,7 +119,8 @@ def run_dir(tmp_path_factory, tiny_tokenizer):
 @pytest.fixture(scope="module")
 def exports(run_dir):
     root = run_dir.parent
-    return {v: export(run_dir, v, root / v) for v in ("teacher", "attentionless", "elr")}
+    variants = ("teacher", "attentionless", "attentionless_pw", "elr")
+    return {v: export(run_dir, v, root / v) for v in variants}
 
 
 @pytest.fixture(scope="module")
@@ -136,9 +139,14 @@ def hf_models(exports, tmp_path_factory):
     mp.undo()
 
 
-@pytest.mark.parametrize("variant", ["teacher", "attentionless", "elr"])
+@pytest.mark.parametrize("variant", ["teacher", "attentionless", "attentionless_pw", "elr"])
 def test_exported_model_gives_the_logits_of_the_in_memory_spliced_model(run_dir, exports, variant):
-    modes = {"teacher": (), "attentionless": ATTENTIONLESS, "elr": ("elr",)}[variant]
+    modes = {
+        "teacher": (),
+        "attentionless": ATTENTIONLESS,
+        "attentionless_pw": ATTENTIONLESS_PW,
+        "elr": ("elr",),
+    }[variant]
     expected = reference(run_dir, modes)
     model, tok = distill.from_pretrained(exports[variant])
     src, tgt = sources(), sources(seed=1)
@@ -150,9 +158,10 @@ def test_exported_model_gives_the_logits_of_the_in_memory_spliced_model(run_dir,
     assert "nrefs:1|tok:13a" in card and "trust_remote_code=True" in card
 
 
-def test_attentionless_export_holds_no_attention_at_replaced_sites(exports):
-    model, _ = distill.from_pretrained(exports["attentionless"])
-    config = json.loads((exports["attentionless"] / "config.json").read_text())
+@pytest.mark.parametrize("variant", ["attentionless", "attentionless_pw"])
+def test_attentionless_export_holds_no_attention_at_replaced_sites(exports, variant):
+    model, _ = distill.from_pretrained(exports[variant])
+    config = json.loads((exports[variant] / "config.json").read_text())
     paths = [site_path(s, model.cfg) for s in config["replacements"]]
     assert len(paths) == 6  # every attention core of the tiny 2+2 model
     for path in paths:
@@ -160,13 +169,13 @@ def test_attentionless_export_holds_no_attention_at_replaced_sites(exports):
         inner = model.get_submodule(path).modules()
         assert not any(isinstance(m, AttentionCore) for m in inner)
     assert not any(isinstance(m, AttentionCore) for m in model.modules())
-    with safe_open(exports["attentionless"] / "model.safetensors", "pt") as f:
+    with safe_open(exports[variant] / "model.safetensors", "pt") as f:
         keys = list(f.keys())
     assert not [k for k in keys if any(p in k for p in ("q_proj", "k_proj", "v_proj"))]
     assert any(k.startswith(paths[0] + ".fc1") for k in keys)
 
 
-@pytest.mark.parametrize("variant", ["teacher", "attentionless"])
+@pytest.mark.parametrize("variant", ["teacher", "attentionless", "attentionless_pw"])
 def test_transformers_generate_equals_distill_greedy_and_beam(exports, hf_models, variant):
     model, _ = distill.from_pretrained(exports[variant])
     hf = hf_models[variant]
@@ -182,7 +191,7 @@ def test_transformers_generate_equals_distill_greedy_and_beam(exports, hf_models
         assert [strip_ids(r[1:]) for r in short.tolist()] == greedy(model, src, max_len=3)
 
 
-@pytest.mark.parametrize("variant", ["teacher", "attentionless"])
+@pytest.mark.parametrize("variant", ["teacher", "attentionless", "attentionless_pw"])
 def test_generate_decodes_incrementally_and_the_cache_changes_no_token(hf_models, variant):
     hf = hf_models[variant]
     src = sources(8, seed=3)
