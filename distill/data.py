@@ -60,7 +60,7 @@ class DataConfig:
     max_len: int = 50  # max tokens per side, including the EOS (source) / BOS or EOS (target)
     vocab_size: int = 8000
     batch_tokens: int = 1500  # batch_size * max(S, T) <= batch_tokens
-    max_train_pairs: int = 0  # 0 = all; else the first N train pairs
+    max_train_pairs: int = 0  # 0 = all; else N train pairs evenly spread over the split
 
     def __post_init__(self) -> None:
         if self.source not in SOURCES:
@@ -97,6 +97,19 @@ class DataConfig:
 # --- reading corpora -------------------------------------------------------------------------
 
 
+def spread(items: Sequence, n: int) -> list:
+    """``n`` items evenly spaced over ``items`` (in order; all of them when n is 0 or too big).
+
+    A corpus split is often grouped by origin (the demo's train split holds its 33k package
+    descriptions first, then 120k message-catalog strings), so its first n items are one domain
+    only; an evenly spaced subset has every part of the split in proportion, deterministically.
+    """
+    total = len(items)
+    if not n or n >= total:
+        return list(items)
+    return [items[i * total // n] for i in range(n)]
+
+
 def load_pairs(cfg: DataConfig, split: str) -> list[tuple[str, str]]:
     """(source, target) strings of ``split`` ('train' | 'valid' | 'test'), in file order.
 
@@ -119,8 +132,8 @@ def load_pairs(cfg: DataConfig, split: str) -> list[tuple[str, str]]:
     if not pairs:
         raise DataError(f"{where}: no sentence pairs")
     if split == "train" and 0 < cfg.max_train_pairs < len(pairs):
-        logger.info("keeping the first %d of %d train pairs", cfg.max_train_pairs, len(pairs))
-        pairs = pairs[: cfg.max_train_pairs]
+        logger.info("keeping %d of %d train pairs, evenly spread", cfg.max_train_pairs, len(pairs))
+        pairs = spread(pairs, cfg.max_train_pairs)
     logger.info("loaded %d %s pairs (%s) from %s", len(pairs), split, cfg.pair, where)
     return pairs
 

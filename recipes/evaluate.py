@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from distill.checkpoint import atomic_write_json, atomic_write_text, read_json
-from distill.data import DataConfig, encode_pairs, load_pairs
+from distill.data import DataConfig, encode_pairs, load_pairs, spread
 from distill.errors import ConfigError
 from distill.runs import (
     load_teacher,
@@ -71,17 +71,19 @@ def test_pairs(
             data = DataConfig(source=cfg.source, pair=pair)
         elif Path(cfg.source).suffix in (".tsv", ".gz"):
             pairs = load_pairs(DataConfig(source="tsv", pair=pair, path=cfg.source), cfg.split)
-            pairs = pairs[: cfg.max_sentences] if cfg.max_sentences else pairs
+            pairs = spread(pairs, cfg.max_sentences)
             return pairs, f"all {len(pairs)} pairs of {cfg.source} (long sources truncated)"
         else:
             raise ConfigError(f"source must be demo, iwslt2017 or a .tsv file, got '{cfg.source}'")
     pairs = load_pairs(data, cfg.split)
     _, report = encode_pairs(pairs, tok, max_len)
     kept = [pairs[i] for i in report.kept_indices]
-    kept = kept[: cfg.max_sentences] if cfg.max_sentences else kept
+    within = len(kept)
+    kept = spread(kept, cfg.max_sentences)
+    subset = f", {len(kept)} of them evenly spread" if len(kept) < within else ""
     return kept, (
-        f"{data.source} {cfg.split} split: {len(kept)} of {len(pairs)} pairs "
-        f"(length filter at max_len {max_len})"
+        f"{data.source} {cfg.split} split: {within} of {len(pairs)} pairs "
+        f"(length filter at max_len {max_len}{subset})"
     )
 
 

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from distill.checkpoint import atomic_write_json, save_tensors
-from distill.data import encode_pairs, load_pairs, token_batches
+from distill.data import encode_pairs, load_pairs, spread, token_batches
 from distill.model import PAD_ID, site_path
 from distill.prefixes import TARGETS, teacher_targets
 from distill.record import site_stack
@@ -72,7 +72,7 @@ class Config:
     hidden_weight: float = 0.0
     targets: str = "reference"  # "teacher": the teacher's greedy decodes as decoder inputs
     batch_tokens: int = 2000
-    max_sentences: int = 0  # training sentences (first of the length-filtered split); 0 = all
+    max_sentences: int = 0  # training sentences (evenly spread over the filtered split); 0 = all
     valid_sentences: int = 500
     train: TrainConfig = field(default_factory=_finetune_train_defaults)
 
@@ -175,7 +175,7 @@ def _examples(cfg: Config, teacher, tok, split: str, limit: int):
     ex, _ = encode_pairs(
         load_pairs(teacher_config(cfg.run_dir).data, split), tok, teacher.cfg.max_len
     )
-    ex = ex[:limit] if limit else ex
+    ex = spread(ex, limit)
     if cfg.targets == "teacher":
         cache = Path(cfg.run_dir) / "finetune" / f"{split}-{len(ex)}.targets.json"
         ex = teacher_targets(teacher, ex, cache=cache)

@@ -17,7 +17,7 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from distill.data import encode_pairs, load_pairs
+from distill.data import encode_pairs, load_pairs, spread
 from distill.prefixes import TARGETS, teacher_targets
 from distill.record import Recording, record
 from distill.runs import load_teacher, teacher_config, write_config
@@ -78,7 +78,7 @@ def main(cfg: Config) -> Path:
     examples = {}
     for split, limit in (("train", cfg.max_sentences), ("valid", cfg.valid_sentences)):
         ex, report = encode_pairs(load_pairs(data_cfg, split), tok, model.cfg.max_len)
-        examples[split] = ex[:limit] if limit else ex
+        examples[split] = spread(ex, limit)
         log.info("%s: %s; recording %d sentences", split, report, len(examples[split]))
     out.mkdir(parents=True, exist_ok=True)
     write_config(out, cfg)

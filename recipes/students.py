@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from distill.checkpoint import atomic_write_json, resolve_checkpoint, save_tensors
-from distill.data import encode_pairs, load_pairs
+from distill.data import encode_pairs, load_pairs, spread
 from distill.errors import ConfigError
 from distill.lstsq import SUPPORTED_ACTIVATIONS, least_squares_init, normal_equations
 from distill.prefixes import TARGETS, teacher_targets
@@ -351,7 +351,7 @@ def main(cfg: Config) -> Path:
         data_cfg = teacher_config(cfg.run_dir).data
         for split, limit in (("train", cfg.max_sentences), ("valid", cfg.valid_sentences)):
             ex, _ = encode_pairs(load_pairs(data_cfg, split), tok, teacher.cfg.max_len)
-            examples[split] = ex[:limit] if limit else ex
+            examples[split] = spread(ex, limit)
             if cfg.targets == "teacher":
                 cache = Path(cfg.run_dir) / "students" / f"{split}.targets.json"
                 examples[split] = teacher_targets(teacher, examples[split], cache=cache)

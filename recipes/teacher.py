@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from distill.checkpoint import atomic_write_json, atomic_write_text, read_json
-from distill.data import DataConfig, Tokenizer, encode_pairs, load_pairs, token_batches
+from distill.data import DataConfig, Tokenizer, encode_pairs, load_pairs, spread, token_batches
 from distill.errors import DataError
 from distill.model import PAD_ID, ModelConfig, Seq2SeqTransformer, count_parameters
 from distill.runs import save_model, teacher_dir, write_config
@@ -139,8 +139,7 @@ def main(cfg: Config) -> Path:
     save_model(out, model)
 
     in_range = [test_pairs[i] for i in test_report.kept_indices]
-    if cfg.eval.max_sentences:
-        in_range = in_range[: cfg.eval.max_sentences]
+    in_range = spread(in_range, cfg.eval.max_sentences)
     result, hyps = evaluate_model(
         model, tok, in_range, beam=cfg.eval.beam, batch_size=cfg.eval.batch_size, progress=True
     )

@@ -180,10 +180,11 @@ def test_tsv_bom_crlf_header_and_extra_columns(tmp_path):
     assert reverse == [(b, a) for a, b in want]
 
 
-def test_max_train_pairs_keeps_the_first_train_pairs_only(tmp_path, tiny_pairs):
+def test_max_train_pairs_keeps_train_pairs_spread_over_the_split_only(tmp_path, tiny_pairs):
     configs = write_sources(tmp_path, tiny_pairs[:100])
     cfg = DataConfig(source="tsv", path=configs["tsv"].path, max_train_pairs=7)
-    assert load_pairs(cfg, "train") == tiny_pairs[:7]
+    train = load_pairs(DataConfig(source="tsv", path=configs["tsv"].path), "train")
+    assert load_pairs(cfg, "train") == data.spread(train, 7) != train[:7]
     assert len(load_pairs(cfg, "valid")) == 20
 
 
@@ -379,3 +380,24 @@ def test_tsv_round_trips_arbitrary_text(tmp_path, pairs):
     path = tmp_path / "prop.tsv"
     path.write_bytes("".join(f"{s}\t{t}\n" for s, t in pairs).encode("utf-8"))
     assert load_pairs(DataConfig(source="tsv", path=str(path)), "train") == pairs
+
+
+@given(total=st.integers(0, 300), n=st.integers(0, 400))
+def test_spread_keeps_order_and_covers_the_whole_split(total, n):
+    items = list(range(total))
+    picked = data.spread(items, n)
+    if n == 0 or n >= total:
+        assert picked == items
+        return
+    assert len(picked) == n and picked == sorted(set(picked))  # n distinct items, in order
+    assert picked[0] == 0 and picked[-1] >= total - total // n - 1  # from start to end
+    gaps = [b - a for a, b in zip(picked, picked[1:])] or [0]
+    assert max(gaps) - min(gaps) <= 1  # evenly spaced
+
+
+def test_a_subset_of_a_split_grouped_by_origin_has_every_origin_in_proportion():
+    split = ["ddtp"] * 330 + ["mo"] * 1200 + ["po"] * 90  # the demo's train split, in 1/100
+    picked = data.spread(split, 200)
+    assert {o: picked.count(o) for o in set(split)} == pytest.approx(
+        {"ddtp": 200 * 330 / 1620, "mo": 200 * 1200 / 1620, "po": 200 * 90 / 1620}, abs=1
+    )

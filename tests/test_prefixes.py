@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import distill.prefixes
-from distill.data import DataConfig, encode_pairs, load_pairs
+from distill.data import DataConfig, encode_pairs, load_pairs, spread
 from distill.decode import greedy
 from distill.errors import ConfigError
 from distill.model import EOS_ID, PRESETS, ModelConfig, Seq2SeqTransformer
@@ -112,7 +112,7 @@ def run_dir(tmp_path_factory, tiny_pairs, tiny_tokenizer):
 
 def split_examples(run, tok, split: str, limit: int):
     ex, _ = encode_pairs(load_pairs(teacher_config(run).data, split), tok, RUN_CFG.max_len)
-    return ex[:limit]
+    return spread(ex, limit)  # the subset the record stage takes
 
 
 def recorded_tgt_len(path) -> dict[int, int]:
