@@ -137,7 +137,7 @@ def padded_norm_linear(norm: nn.LayerNorm, fc: nn.Linear, x: torch.Tensor, m: in
     ``memo`` until a weight changes. Only the n real positions' columns of W are read: a short
     sentence no longer pays for max_len positions (the paper's fixed 50-token input).
     """
-    b, n, d = x.shape
+    _, n, d = x.shape
     if torch.is_grad_enabled() or n == m:
         return fc(norm(F.pad(x, (0, 0, 0, m - n)).flatten(1)))
     w, bias, weight = norm.weight, norm.bias, fc.weight
