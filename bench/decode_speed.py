@@ -32,18 +32,7 @@ from distill.model import EOS_ID, PAD_ID, AttentionCore
 from distill.runs import load_teacher, load_variant, students_dir, teacher_config, tuned_spec
 from distill.students import VARIANTS, build_student, mode_sites, splice
 
-ORDER = [
-    "teacher",
-    "alr",
-    "aslr",
-    "elr",
-    "dec_self",
-    "dec_self_pp",
-    "cross",
-    "cross_pw",
-    "attentionless",
-    "attentionless_pw",
-]
+ORDER = [v for v in VARIANTS if v != "alrr"]  # alrr: the shape and cost of alr
 
 
 def sources(run_dir: str, tok, max_len: int, n: int) -> list[list[int]]:

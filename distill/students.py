@@ -127,8 +127,11 @@ class PositionNorm(nn.Module):
         return F.layer_norm(x, (self.d,)) * self.weight + self.bias
 
 
-def padded_norm_linear(norm: nn.LayerNorm, fc: nn.Linear, x: torch.Tensor, m: int, memo: dict):
-    """``fc(norm(x zero-padded to m positions and flattened))`` for x (B, n, d), n <= m.
+def padded_norm_linear(
+    norm: nn.LayerNorm, fc: nn.Linear, x: torch.Tensor, mask: torch.Tensor, m: int, memo: dict
+) -> torch.Tensor:
+    """``fc(norm(x zero-padded to m positions and flattened))`` for x (B, n, d), n <= m, with
+    the positions ``mask`` (B, n) marks False zeroed too.
 
     Training takes the plain path. Without gradients the m - n padded positions are folded in
     instead of multiplied: after a LayerNorm over the flat sentence each padded value is
@@ -137,6 +140,7 @@ def padded_norm_linear(norm: nn.LayerNorm, fc: nn.Linear, x: torch.Tensor, m: in
     ``memo`` until a weight changes. Only the n real positions' columns of W are read: a short
     sentence no longer pays for max_len positions (the paper's fixed 50-token input).
     """
+    x = x * mask[..., None].to(x.dtype)
     _, n, d = x.shape
     if torch.is_grad_enabled() or n == m:
         return fc(norm(F.pad(x, (0, 0, 0, m - n)).flatten(1)))
@@ -218,8 +222,8 @@ class FlatMLP(nn.Module):
 
     def _memory_term(self, memory, memory_mask) -> torch.Tensor:
         """The memory's contribution to every hidden pre-activation (B, width)."""
-        mem = memory * memory_mask[..., None].to(memory.dtype)
-        return padded_norm_linear(self.memory_norm, self.memory_fc, mem, self.max_len, self._memo)
+        norm, fc = self.memory_norm, self.memory_fc
+        return padded_norm_linear(norm, fc, memory, memory_mask, self.max_len, self._memo)
 
     def hidden_features(self, x, mask, memory=None, memory_mask=None) -> torch.Tensor:
         """(B, L, Din) -> normalised hidden features (B, hidden)."""
@@ -228,8 +232,7 @@ class FlatMLP(nn.Module):
         if self.causal:
             h = self.fc1(self.in_norm(self._pad(x, mask)).flatten(1))  # (B, width)
         else:
-            x = x * mask[..., None].to(x.dtype)
-            h = padded_norm_linear(self.in_norm, self.fc1, x, self.max_len, self._memo_in)
+            h = padded_norm_linear(self.in_norm, self.fc1, x, mask, self.max_len, self._memo_in)
         if self.memory_fc is not None:
             h = h + self._memory_term(memory, memory_mask)
         return self.activate(h)
@@ -239,25 +242,25 @@ class FlatMLP(nn.Module):
             out = out + x
         return out * mask[..., None].to(out.dtype)
 
-    def forward(self, x, mask, memory=None, memory_mask=None) -> torch.Tensor:
-        b, n, _ = x.shape
-        hid = self.hidden_features(x, mask, memory, memory_mask)
-        # Only the rows of the L real positions (a view): padded outputs are dropped anyway.
-        rows = slice(0, n * self.d_out)
+    def _outputs(self, hid: torch.Tensor, first: int, last: int) -> torch.Tensor:
+        """fc2's outputs for positions first..last-1 only (B, (last-first)*Dout), from the rows
+        of those positions: nothing is computed for positions that are dropped anyway."""
+        rows = slice(first * self.d_out, last * self.d_out)
         w2 = self.fc2.weight[rows]
         if self.fc2.mask is not None:
             w2 = w2 * self.fc2.mask[rows]
-        out = F.linear(hid, w2, self.fc2.bias[rows]).view(b, n, self.d_out)  # (B, L, Dout)
+        return F.linear(hid, w2, self.fc2.bias[rows])
+
+    def forward(self, x, mask, memory=None, memory_mask=None) -> torch.Tensor:
+        b, n, _ = x.shape
+        hid = self.hidden_features(x, mask, memory, memory_mask)
+        out = self._outputs(hid, 0, n).view(b, n, self.d_out)  # (B, L, Dout)
         return self._finish(out, x, mask)
 
     def output_at(self, x, mask, t: int, memory=None, memory_mask=None) -> torch.Tensor:
         """``forward(...)[:, t]`` (B, Dout), computing only position t's outputs."""
         hid = self.hidden_features(x, mask, memory, memory_mask)
-        rows = slice(t * self.d_out, (t + 1) * self.d_out)
-        w2 = self.fc2.weight[rows]
-        if self.fc2.mask is not None:
-            w2 = w2 * self.fc2.mask[rows]
-        out = F.linear(hid, w2, self.fc2.bias[rows])[:, None]  # (B, 1, Dout)
+        out = self._outputs(hid, t, t + 1)[:, None]  # (B, 1, Dout)
         return self._finish(out, x[:, t : t + 1], mask[:, t : t + 1])[:, 0]
 
     def step(self, x, mask, cache: dict, memory=None, memory_mask=None) -> torch.Tensor:
@@ -331,9 +334,8 @@ class PositionwiseMemoryMLP(nn.Module):
         if memory.size(1) > self.max_len:
             n = memory.size(1)
             raise ValueError(f"{n} memory positions exceed the student's max_len {self.max_len}")
-        mem = memory * memory_mask[..., None].to(memory.dtype)
-        term = padded_norm_linear(self.memory_norm, self.memory_fc, mem, self.max_len, self._memo)
-        return term[:, None]
+        norm, fc = self.memory_norm, self.memory_fc
+        return padded_norm_linear(norm, fc, memory, memory_mask, self.max_len, self._memo)[:, None]
 
     def _positions(self, x, mask, mem) -> torch.Tensor:
         h = self.hidden_norm(apply_activation(self.activation, self.fc1(self.in_norm(x)) + mem))
