@@ -141,13 +141,15 @@ def fit(
     d_model: int,
     desc: str,
     validate: Callable[[torch.nn.Module], dict[str, float]] | None = None,
-    params: Sequence[torch.nn.Parameter] | None = None,
+    params: Sequence[torch.nn.Parameter] | Sequence[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """Train ``model`` in place, resuming from ``out_dir/checkpoint`` if one exists.
 
     ``batches_for_epoch(e)`` must return the same batches in the same order for the same ``e``;
     ``loss_fn(model, batch)`` returns a scalar loss, or ``(loss, {term: scalar})`` to log the
-    terms it is made of beside it. Returns the final loop state.
+    terms it is made of beside it. ``params`` (default: every parameter of ``model``) may be
+    optimizer parameter groups; a group's ``lr_scale`` multiplies the schedule's rate for it.
+    Returns the final loop state.
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     acc = make_accelerator(cfg)
@@ -219,7 +221,7 @@ def fit(
             batch = batch.to(acc.device) if hasattr(batch, "to") else batch
             lr = learning_rate(cfg, state["step"] + 1, d_model, total)
             for group in optimizer.param_groups:
-                group["lr"] = lr
+                group["lr"] = lr * group.get("lr_scale", 1.0)
             try:
                 with acc.autocast():
                     loss = loss_fn(model, batch)

@@ -11,9 +11,11 @@ and trains them on the training split, teacher-forced, with
   + ce_weight     * cross-entropy on the reference      (0 = pure distillation)
   + hidden_weight * MSE of each replaced site's output against the teacher's output there.
 ``trainable`` says what moves: ``students`` (the teacher's own weights stay bit-identical),
-``students+norms`` (and every LayerNorm) or ``all``. ``init: random`` starts from fresh students of
-the same shapes (the no-layer-wise-stage ablation); ``targets: teacher`` teacher-forces on the
-teacher's own greedy decodes of the sources (sequence-level distillation) instead of references.
+``students+norms`` (and every LayerNorm) or ``all``; ``teacher_lr_scale`` lets the teacher's own
+weights learn slower than the students (0.33 with ``train.lr: 3e-4``: the rest at 1e-4).
+``init: random`` starts from fresh students of the same shapes (the no-layer-wise-stage
+ablation); ``targets: teacher`` teacher-forces on the teacher's own greedy decodes of the sources
+(sequence-level distillation) instead of references.
 Writes RUN_DIR/finetune/<variant>/: config.yaml, metrics.jsonl (each loss term), checkpoint/
 (resumable; deleted once finished), model.safetensors (the tuned spliced model) and spec.json.
 """
@@ -66,6 +68,7 @@ class Config:
     variants: list[str] = field(default_factory=lambda: ["attentionless"])
     init: str = "layerwise"  # "layerwise" (RUN_DIR/students) | "random" (same shapes, fresh)
     trainable: str = "students"
+    teacher_lr_scale: float = 1.0  # the teacher's own trainable weights learn at train.lr * this
     temperature: float = 1.0
     kd_weight: float = 1.0
     ce_weight: float = 0.0
@@ -88,8 +91,9 @@ class Config:
         ):
             if value not in allowed:
                 raise ValueError(f"{key} must be one of {', '.join(allowed)}, got '{value}'")
-        if not self.temperature > 0:
-            raise ValueError(f"temperature must be > 0, got {self.temperature}")
+        for key in ("temperature", "teacher_lr_scale"):
+            if not getattr(self, key) > 0:
+                raise ValueError(f"{key} must be > 0, got {getattr(self, key)}")
         weights = {"kd_weight": self.kd_weight, "ce_weight": self.ce_weight}
         weights["hidden_weight"] = self.hidden_weight
         for key, w in weights.items():
@@ -156,8 +160,12 @@ def finetune_loss(model, teacher, batch, cfg: Config, sites: list[str]):
     return sum(weights[k] * terms[k] for k in terms), values
 
 
-def trainable_parameters(model: nn.Module, sites: list[str], what: str) -> list[nn.Parameter]:
-    """The parameters ``what`` trains; every other parameter gets ``requires_grad=False``."""
+def trainable_parameters(
+    model: nn.Module, sites: list[str], what: str, teacher_lr_scale: float = 1.0
+) -> list[dict]:
+    """Optimizer groups of the parameters ``what`` trains: the students' at the full rate, the
+    teacher's own (norms or all) at ``teacher_lr_scale`` of it. Every other parameter gets
+    ``requires_grad=False``."""
     if what == "all":
         chosen = list(model.parameters())
     else:
@@ -168,7 +176,14 @@ def trainable_parameters(model: nn.Module, sites: list[str], what: str) -> list[
     keep = {id(p) for p in chosen}
     for p in model.parameters():
         p.requires_grad_(id(p) in keep)
-    return chosen
+    if teacher_lr_scale == 1.0:  # one group: the checkpoints of earlier runs still resume
+        return [{"params": chosen}]
+    student = {
+        id(p) for s in sites for p in model.get_submodule(site_path(s, model.cfg)).parameters()
+    }
+    groups = [{"params": [p for p in chosen if id(p) in student]}]
+    rest = [p for p in chosen if id(p) not in student]
+    return groups + ([{"params": rest, "lr_scale": teacher_lr_scale}] if rest else [])
 
 
 def _examples(cfg: Config, teacher, tok, split: str, limit: int):
@@ -195,12 +210,12 @@ def tune_variant(cfg: Config, variant: str, teacher, tok, train, valid) -> Path:
     torch.manual_seed(cfg.train.seed)
     info = splice_spec(model, cfg.run_dir, spec, fresh=cfg.init == "random")
     sites = list(spec)
-    params = trainable_parameters(model, sites, cfg.trainable)
+    params = trainable_parameters(model, sites, cfg.trainable, cfg.teacher_lr_scale)
     log.info(
         "%s: %d sites, %d trainable parameters (%s), init %s",
         variant,
         len(sites),
-        sum(p.numel() for p in params),
+        sum(p.numel() for g in params for p in g["params"]),
         cfg.trainable,
         cfg.init,
     )
@@ -231,7 +246,8 @@ def tune_variant(cfg: Config, variant: str, teacher, tok, train, valid) -> Path:
     with torch.no_grad():
         scores = validate(model)
     save_tensors(out / "model.safetensors", model.state_dict())
-    settings = {k: getattr(cfg, k) for k in ("init", "trainable", "temperature", "targets")}
+    settings = {k: getattr(cfg, k) for k in ("init", "trainable", "teacher_lr_scale")}
+    settings.update({k: getattr(cfg, k) for k in ("temperature", "targets")})
     settings.update({k: getattr(cfg, k) for k in ("kd_weight", "ce_weight", "hidden_weight")})
     settings.update(
         steps=state["step"],

@@ -91,6 +91,24 @@ def test_the_loss_falls_at_least_five_fold_on_a_tiny_run(layerwise, tmp_path):
     assert spec["settings"]["init"] == "random" and spec["valid_kd"] < valid[0]
 
 
+def test_teacher_lr_scale_gives_the_teacher_weights_a_slower_rate(layerwise, tmp_path):
+    run = Path(shutil.copytree(layerwise, tmp_path / "run"))
+    argv = [f"run_dir={run}", "trainable=all", "teacher_lr_scale=0.1", "train.max_steps=1"]
+    argv += ["train.schedule=constant"]
+    assert main(["-q", *FINETUNE, *argv]) == 0
+    before = load_variant(layerwise, VARIANTS["attentionless"])[0].state_dict()
+    after = load_file(run / "finetune" / "attentionless" / "model.safetensors")
+    model, _ = load_teacher(layerwise)
+    paths = [
+        site_path(s, model.cfg) + "." for s in variant_spec(layerwise, VARIANTS["attentionless"])
+    ]
+    step = {k: (after[k] - before[k]).abs().max().item() for k in before}
+    student = max(v for k, v in step.items() if any(k.startswith(p) for p in paths))
+    rest = max(v for k, v in step.items() if not any(k.startswith(p) for p in paths))
+    # Adam's first step moves each weight by ~lr whatever its gradient's size.
+    assert student > 0 and rest == pytest.approx(0.1 * student, rel=0.05), (student, rest)
+
+
 def test_a_killed_finetune_resumes_to_the_same_tuned_weights(layerwise, tuned, tmp_path):
     broken = Path(shutil.copytree(layerwise, tmp_path / "broken"))
     argv = [*FINETUNE, f"run_dir={broken}", "train.ckpt_every=3"]
@@ -154,6 +172,7 @@ def test_a_non_finite_loss_term_is_named(layerwise, tmp_path, monkeypatch):
         ("trainable=norms", "trainable must be one of students, students+norms, all"),
         ("kd_weight=0", "all 0: nothing to learn"),
         ("targets=gold", "targets must be one of reference, teacher"),
+        ("teacher_lr_scale=0", "teacher_lr_scale must be > 0, got 0"),
     ],
 )
 def test_bad_finetune_settings_name_the_key(override, needle):
