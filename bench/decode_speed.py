@@ -29,15 +29,16 @@ import torch
 from distill.data import _pad, encode_pairs, load_pairs
 from distill.decode import beam_search, greedy
 from distill.model import EOS_ID, PAD_ID, AttentionCore
-from distill.runs import load_teacher, load_variant, students_dir, teacher_config, tuned_spec
-from distill.students import VARIANTS, build_student, mode_sites, splice
+from distill.modes import VARIANTS, mode_sites
+from distill.runs import load_teacher, load_variant, students_dir, teacher_data, tuned_spec
+from distill.students import build_student, splice
 
 ORDER = [v for v in VARIANTS if v != "alrr"]  # alrr: the shape and cost of alr
 
 
 def sources(run_dir: str, tok, max_len: int, n: int) -> list[list[int]]:
     """Source ids (with EOS) of the first ``n`` length-filtered test pairs."""
-    examples, _ = encode_pairs(load_pairs(teacher_config(run_dir).data, "test"), tok, max_len)
+    examples, _ = encode_pairs(load_pairs(teacher_data(run_dir), "test"), tok, max_len)
     return [src for src, _ in examples[:n]]
 
 

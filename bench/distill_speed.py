@@ -25,14 +25,14 @@ from pathlib import Path
 import torch
 
 from distill.decode import greedy
+from distill.losses import mode_loss
 from distill.model import EOS_ID, PRESETS, ModelConfig, Seq2SeqTransformer
+from distill.modes import DEFAULT_MODES, mode_sites, recorded_sites
 from distill.record import DiskBatches, Recording, record
-from distill.students import build_student, mode_sites, splice
-from recipes.record import recorded_sites
-from recipes.students import mode_loss
+from distill.students import build_student, splice
 
 IWSLT_TRAIN_PAIRS = 206_112
-ENCODER_AND_DECODER_MODES = ["alr", "alrr", "aslr", "elr", "dec_self", "cross"]
+ENCODER_AND_DECODER_MODES = DEFAULT_MODES
 
 
 def fake_examples(n: int, cfg: ModelConfig, seed: int = 0):
@@ -85,7 +85,7 @@ def bench_students(cfg, rec: Recording, size: str, batch: int, steps: int) -> di
         for i, b in enumerate(data):
             if i == 1:  # the first step pays one-off allocation costs
                 t0, seen = time.perf_counter(), 0
-            loss = mode_loss(students, mode, sites, b)
+            loss = mode_loss(students, sites, b)
             opt.zero_grad()
             loss.backward()
             opt.step()

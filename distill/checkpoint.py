@@ -33,15 +33,19 @@ def _fsync_dir(path: Path) -> None:
             os.close(fd)
 
 
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temp file in the same directory, fsync, then rename."""
+@contextlib.contextmanager
+def atomic_file(path: str | Path) -> Iterator[Path]:
+    """The one atomic write: yields a temp path beside ``path`` to write the file to; on a clean
+    exit it is fsynced and renamed over ``path`` (then the directory is fsynced), on any error
+    it is removed. A kill at any moment leaves the old file or the new one, never half; a temp
+    file a kill left behind is named ``.<name>.*.tmp`` (``atomic_dir`` sweeps those)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
+        yield Path(tmp)
+        with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
@@ -49,6 +53,11 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
             os.unlink(tmp)
         raise
     _fsync_dir(path.parent)
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    with atomic_file(path) as tmp:
+        tmp.write_bytes(data)
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
@@ -61,21 +70,9 @@ def atomic_write_json(path: str | Path, obj: Any) -> None:
 
 def save_tensors(path: str | Path, tensors: dict[str, torch.Tensor], meta: dict | None = None):
     """safetensors file written atomically (contiguous CPU copies)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        clean = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
+    clean = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
+    with atomic_file(path) as tmp:
         save_file(clean, tmp, metadata={k: str(v) for k, v in (meta or {}).items()})
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    _fsync_dir(path.parent)
 
 
 def load_tensors(path: str | Path) -> dict[str, torch.Tensor]:

@@ -19,33 +19,8 @@ import sys
 from pathlib import Path
 
 from distill import progress
+from distill.config import available, build, config_path
 from distill.errors import ConfigError, DataError, DistillError
-
-CONFIG_ROOT = Path(__file__).resolve().parent.parent / "recipes" / "configs"
-RECIPES = ("teacher", "record", "students", "finetune", "evaluate", "pipeline")
-
-
-def available() -> dict[str, list[str]]:
-    """Recipe name -> config names, for recipes whose module exists."""
-    out = {}
-    for name in RECIPES:
-        if importlib.util.find_spec(f"recipes.{name}") is None:
-            continue
-        folder = CONFIG_ROOT / name
-        out[name] = sorted(p.stem for p in folder.glob("*.yaml")) if folder.is_dir() else []
-    return out
-
-
-def config_path(recipe: str, name: str) -> Path:
-    """A config NAME of ``recipe`` or a YAML path; unknown names list the known ones."""
-    path = Path(name)
-    if path.suffix in (".yaml", ".yml") and path.exists():
-        return path
-    found = CONFIG_ROOT / recipe / f"{name}.yaml"
-    if not found.exists():
-        known = ", ".join(available().get(recipe, [])) or "none"
-        raise ConfigError(f"unknown config '{name}' for recipe '{recipe}' (known: {known})")
-    return found
 
 
 def load_recipe_config(recipe: str, name: str, overrides: list[str]):
@@ -53,8 +28,6 @@ def load_recipe_config(recipe: str, name: str, overrides: list[str]):
     if recipe not in available():
         raise ConfigError(f"unknown recipe '{recipe}' (known: {', '.join(available())})")
     module = importlib.import_module(f"recipes.{recipe}")
-    from distill.config import build
-
     path = config_path(recipe, name)
     cfg = build(module.Config, path, overrides)
     if hasattr(cfg, "run_dir") and not cfg.run_dir:

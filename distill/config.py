@@ -179,3 +179,32 @@ def build(
             node = child
         node[keys[-1]] = value
     return from_dict(cls, data)
+
+
+# The recipes' YAML configs. The library only reads these files: it never imports a recipe.
+RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
+CONFIG_ROOT = RECIPES_DIR / "configs"
+RECIPES = ("teacher", "record", "students", "finetune", "evaluate", "pipeline")
+
+
+def available() -> dict[str, list[str]]:
+    """Recipe name -> config names, for recipes whose module exists."""
+    out = {}
+    for name in RECIPES:
+        if not (RECIPES_DIR / f"{name}.py").is_file():
+            continue
+        folder = CONFIG_ROOT / name
+        out[name] = sorted(p.stem for p in folder.glob("*.yaml")) if folder.is_dir() else []
+    return out
+
+
+def config_path(recipe: str, name: str) -> Path:
+    """A config NAME of ``recipe`` or a YAML path; unknown names list the known ones."""
+    path = Path(name)
+    if path.suffix in (".yaml", ".yml") and path.exists():
+        return path
+    found = CONFIG_ROOT / recipe / f"{name}.yaml"
+    if not found.exists():
+        known = ", ".join(available().get(recipe, [])) or "none"
+        raise ConfigError(f"unknown config '{name}' for recipe '{recipe}' (known: {known})")
+    return found

@@ -26,7 +26,7 @@ from typing import Any
 import pyarrow as pa
 import torch
 
-from distill.errors import DataError
+from distill.errors import ConfigError, DataError
 from distill.tokenizer import BOS_ID, EOS_ID, PAD_ID, Tokenizer
 from distill.tokenizer import UNK_ID as UNK_ID  # re-exported: every special id is in distill.data
 
@@ -466,3 +466,42 @@ def unsort(items: Sequence[Any], order: Sequence[int]) -> list[Any]:
     for k, i in enumerate(order):
         out[i] = items[k]
     return out
+
+
+def scored_pairs(
+    data: DataConfig,
+    split: str,
+    tok,
+    max_len: int,
+    max_sentences: int = 0,
+    source: str = "",
+    pair: str = "",
+) -> tuple[list[tuple[str, str]], str]:
+    """The pairs an evaluation scores and a note on how they were chosen.
+
+    Default: ``split`` of ``data`` length-filtered at ``max_len`` like the training data;
+    ``source`` demo | iwslt2017 scores that corpus instead (``pair``, default data's), a .tsv
+    file every line of it (long sources are truncated when translated). ``max_sentences`` > 0
+    keeps that many, evenly spread (``spread``)."""
+    if source:
+        pair = pair or data.pair
+        if source in ("demo", "iwslt2017"):
+            data = DataConfig(source=source, pair=pair)
+        elif Path(source).suffix in (".tsv", ".gz"):
+            pairs = load_pairs(DataConfig(source="tsv", pair=pair, path=source), split)
+            kept = spread(pairs, max_sentences)
+            subset = f"{len(kept)} pairs evenly spread over the {len(pairs)}"
+            which = subset if len(kept) < len(pairs) else f"all {len(pairs)} pairs"
+            return kept, f"{which} of {source} (long sources truncated)"
+        else:
+            raise ConfigError(f"source must be demo, iwslt2017 or a .tsv file, got '{source}'")
+    pairs = load_pairs(data, split)
+    _, report = encode_pairs(pairs, tok, max_len)
+    kept = [pairs[i] for i in report.kept_indices]
+    within = len(kept)
+    kept = spread(kept, max_sentences)
+    subset = f", {len(kept)} of them evenly spread" if len(kept) < within else ""
+    return kept, (
+        f"{data.source} {split} split: {within} of {len(pairs)} pairs "
+        f"(length filter at max_len {max_len}{subset})"
+    )

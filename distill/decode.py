@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import torch
 
+from distill.data import sentence_batches, unsort
 from distill.model import BOS_ID, EOS_ID, PAD_ID, Seq2SeqTransformer
+from distill.progress import progress_bar
 
 
 def reorder_cache(cache, index: torch.Tensor):
@@ -193,8 +195,6 @@ def translate_texts(
     A source longer than ``max_len`` tokens (with its EOS) is truncated to fit, and counted.
     Empty inputs give empty outputs without running the model.
     """
-    from distill.progress import progress_bar
-
     model.eval()
     device = next(model.parameters()).device
     limit = model.cfg.max_len - 1
@@ -203,21 +203,12 @@ def translate_texts(
         if len(ids) > limit:
             ids, truncated = ids[:limit], truncated + 1
         encoded.append(ids)
-    order = sorted((i for i, ids in enumerate(encoded) if ids), key=lambda i: len(encoded[i]))
+    kept = [i for i, ids in enumerate(encoded) if ids]
+    batches, order = sentence_batches([encoded[i] + [EOS_ID] for i in kept], batch_size)
+    hyps = []
+    for src in progress_bar(batches, desc="translate", unit="batch", show=progress, leave=False):
+        hyps += tok.decode_batch(translate_ids(model, src.to(device), beam, length_penalty))
     out = [""] * len(texts)
-    for start in progress_bar(
-        range(0, len(order), batch_size),
-        desc="translate",
-        unit="batch",
-        show=progress,
-        leave=False,
-    ):
-        chunk = order[start : start + batch_size]
-        width = max(len(encoded[i]) for i in chunk) + 1
-        src = torch.full((len(chunk), width), PAD_ID, dtype=torch.long)
-        for row, i in enumerate(chunk):
-            src[row, : len(encoded[i]) + 1] = torch.tensor(encoded[i] + [EOS_ID])
-        hyps = translate_ids(model, src.to(device), beam, length_penalty)
-        for i, text in zip(chunk, tok.decode_batch(hyps)):
-            out[i] = text
+    for i, text in zip(kept, unsort(hyps, order)):
+        out[i] = text
     return out, truncated

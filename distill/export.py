@@ -17,6 +17,7 @@ import shutil
 from pathlib import Path
 
 from distill import __version__
+from distill.bleu import evaluate_model
 from distill.checkpoint import (
     atomic_dir,
     atomic_write_json,
@@ -24,21 +25,21 @@ from distill.checkpoint import (
     read_json,
     save_tensors,
 )
-from distill.data import load_pairs
+from distill.data import load_pairs, scored_pairs
 from distill.errors import CheckpointError, ConfigError, DistillError
 from distill.model import ModelConfig, count_parameters
 from distill.modelcard import model_card
+from distill.modes import VARIANTS
 from distill.pretrained import REMOTE_CODE, check_spec, generation_config, make_config
 from distill.runs import (
     load_teacher,
     load_variant,
     splice_spec,
     student_spec,
-    teacher_config,
+    teacher_data,
     tuned_spec,
     variant_spec,
 )
-from distill.students import VARIANTS
 
 log = logging.getLogger(__name__)
 
@@ -89,10 +90,7 @@ def _scores(
             if same and row.get("stage", "layer-wise") in (stage, ""):
                 log.info("scores of '%s' from %s", name, path)
                 return row, results["note"]
-    from eval.bleu import evaluate_model
-    from recipes.evaluate import Config, test_pairs
-
-    pairs, note = test_pairs(Config(run_dir=str(run_dir)), tok, model.cfg.max_len)
+    pairs, note = scored_pairs(teacher_data(run_dir), "test", tok, model.cfg.max_len)
     log.info("scoring '%s' on %d test pairs", name, len(pairs))
     row, _ = evaluate_model(model, tok, pairs, beam=1, progress=True)
     return row, note
@@ -101,8 +99,6 @@ def _scores(
 def _whole_split(data, model, tok) -> dict | None:
     """Scores on every pair of the run's test split, long sources truncated: what translating
     the split's sources with ``distill translate`` and scoring them with sacreBLEU reproduces."""
-    from eval.bleu import evaluate_model
-
     try:
         pairs = load_pairs(data, "test")
     except DistillError as err:  # e.g. a corpus that is not on this machine any more
@@ -159,7 +155,7 @@ def export(
     replacements, replaced, student_params = info["replacements"], info["replaced"], info["student"]
     stage = "tuned" if tuned is not None else "layer-wise"
     row, note = _scores(run_dir, name, stage, spec, model, tok)
-    data = teacher_config(run_dir).data
+    data = teacher_data(run_dir)
     whole = _whole_split(data, model, tok)
     params = {
         "replaced": replaced,

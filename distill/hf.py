@@ -15,6 +15,8 @@ the decoder over the whole prefix at every step and gives the same tokens.
 
 from __future__ import annotations
 
+import dataclasses
+import types
 from dataclasses import dataclass
 
 import torch
@@ -24,32 +26,32 @@ from transformers.initialization import no_init_weights
 from transformers.modeling_outputs import BaseModelOutput, Seq2SeqLMOutput
 
 from distill.decode import reorder_cache
-from distill.model import BOS_ID, EOS_ID, PAD_ID, UNK_ID, Seq2SeqTransformer
+from distill.model import BOS_ID, EOS_ID, PAD_ID, UNK_ID, ModelConfig, Seq2SeqTransformer
 from distill.pretrained import build_model, parse_config
 
 
-class DistillConfig(PretrainedConfig):
-    """``config.json`` of an export as a transformers config (field meanings: ``ModelConfig``)."""
+def _config_body(ns: dict) -> None:
+    """DistillConfig's fields: every ``ModelConfig`` field with its default, then the export's."""
+    fields = {f.name: (f.type, f.default) for f in dataclasses.fields(ModelConfig)}
+    fields.update(
+        replacements=("dict | None", None),  # {site: {mode, size, activation}}; None = the teacher
+        tokenizer=("dict | None", None),
+        is_encoder_decoder=("bool", True),
+        use_cache=("bool", True),
+        pad_token_id=("int | None", PAD_ID),
+        unk_token_id=("int | None", UNK_ID),
+        bos_token_id=("int | None", BOS_ID),
+        eos_token_id=("int | None", EOS_ID),
+        decoder_start_token_id=("int | None", BOS_ID),
+    )
+    ns["__module__"] = __name__
+    ns["__doc__"] = "``config.json`` of an export as a transformers config (see ``ModelConfig``)."
+    ns["__annotations__"] = {name: tp for name, (tp, _) in fields.items()}
+    ns.update({name: default for name, (_, default) in fields.items()})
+    ns["model_type"] = "distill"
 
-    model_type = "distill"
 
-    vocab_size: int = 8000
-    d_model: int = 128
-    n_heads: int = 8
-    d_ff: int = 512
-    n_enc: int = 6
-    n_dec: int = 6
-    dropout: float = 0.1
-    max_len: int = 50
-    replacements: dict | None = None  # {site: {mode, size, activation}}; None = the teacher
-    tokenizer: dict | None = None
-    is_encoder_decoder: bool = True
-    use_cache: bool = True
-    pad_token_id: int | None = PAD_ID
-    unk_token_id: int | None = UNK_ID
-    bos_token_id: int | None = BOS_ID
-    eos_token_id: int | None = EOS_ID
-    decoder_start_token_id: int | None = BOS_ID
+DistillConfig = types.new_class("DistillConfig", (PretrainedConfig,), exec_body=_config_body)
 
 
 def _spec(config: DistillConfig):

@@ -34,9 +34,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from distill.model import site_stack
 from distill.progress import progress_bar
-from distill.record import site_stack
-from distill.students import FlatMLP, PerHeadStudent, apply_activation
+from distill.students import FlatMLP, apply_activation, least_squares_units
 
 log = logging.getLogger("distill.lstsq")
 
@@ -53,16 +53,6 @@ LOCAL_ROWS = 400_000  # (sentence, position) rows the per-position MLP is fitted
 LOCAL_STEPS = 3000  # Adam steps for it (the demo's 360k rows: about 8.5 epochs, 12 s)
 LOCAL_BATCH = 1024
 LOCAL_LR = 1e-3
-
-
-def _units(student: nn.Module, d_out: int) -> list[tuple[FlatMLP, slice]]:
-    """(MLP, output dims it predicts) for a plain student or each head of a per-head one."""
-    if isinstance(student, PerHeadStudent):
-        k = student.heads[0].d_out
-        return [(head, slice(i * k, (i + 1) * k)) for i, head in enumerate(student.heads)]
-    if isinstance(student, FlatMLP) and not student.causal and student.memory_fc is None:
-        return [(student, slice(0, d_out))]
-    raise ValueError(f"least-squares init needs a non-causal student, got {type(student).__name__}")
 
 
 def _with_bias(x: torch.Tensor) -> torch.Tensor:
@@ -159,17 +149,26 @@ def _masked_mse(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) ->
     return torch.stack([((pred - target) ** 2 * m).sum(), m.sum() * pred.size(-1)])
 
 
+def check_local_units(local: int, max_len: int, width: int, where: str) -> None:
+    """``ValueError`` when ``local`` units per position would fill the whole hidden layer."""
+    if local and local * max_len >= width:
+        raise ValueError(
+            f"{where}: {local} local units per position x max_len {max_len} must stay below the "
+            f"hidden width {width} (the rest are the linear units; use a larger size or fewer)"
+        )
+
+
 def _check(students: dict[str, nn.Module], d_model: int) -> dict[str, FlatMLP]:
     """The first unit of each site (every unit of a site reads the same input through an
     identical fresh LayerNorm); ``ValueError`` for an activation the init cannot handle."""
     for student in students.values():
-        for mlp, _ in _units(student, d_model):
+        for mlp, _ in least_squares_units(student, d_model):
             if mlp.activation not in SUPPORTED_ACTIVATIONS:
                 raise ValueError(
                     f"least-squares init supports {', '.join(SUPPORTED_ACTIVATIONS)}, "
                     f"not '{mlp.activation}' (use init=random)"
                 )
-    return {s: _units(st, d_model)[0][0] for s, st in students.items()}
+    return {s: least_squares_units(st, d_model)[0][0] for s, st in students.items()}
 
 
 @torch.no_grad()
@@ -221,12 +220,8 @@ def least_squares_init(
     """
     first = _check(students, d_model)
     for site, student in students.items():
-        for mlp, _ in _units(student, d_model):
-            if local and local * mlp.max_len >= mlp.hidden:
-                raise ValueError(
-                    f"{site}: {local} local units x max_len {mlp.max_len} leave no linear units "
-                    f"of the {mlp.hidden} hidden (use a larger size or fewer local units)"
-                )
+        for mlp, _ in least_squares_units(student, d_model):
+            check_local_units(local, mlp.max_len, mlp.hidden, site)
     valid_rows = {s: [_site_rows(first[s], b, s, residual) for b in valid] for s in students}
 
     # Step 1: a ridge map per site, then fc1 from its top directions.
@@ -240,7 +235,7 @@ def least_squares_init(
         w, mse = _ridge(gram, cross, full_mse)
         log.info("%s: linear ridge map from %d rows, validation MSE %.4f", site, rows, mse)
         mean_f = gram[-1] / rows  # (P+1,) mean of each input column (bias row of the Gram)
-        for mlp, dims in _units(student, d_model):
+        for mlp, dims in least_squares_units(student, d_model):
             w_u = w.view(w.size(0), mlp.max_len, -1)[:, :, dims].flatten(1)  # (P+1, Q_u)
             fitted = w_u.T @ gram @ w_u / rows  # (Q_u, Q_u) second moment of fitted values
             _, vecs = torch.linalg.eigh(fitted)
@@ -257,7 +252,7 @@ def least_squares_init(
             mlp.fc1.bias[:r] = (proj[-1] - mu + SHIFT * sd) / scale + spread
         if local:
             x, e = _local_rows(first[site], w, site, batches, residual)
-            for i, (mlp, dims) in enumerate(_units(student, d_model)):
+            for i, (mlp, dims) in enumerate(least_squares_units(student, d_model)):
                 desc = f"lstsq: local units {site}" if progress else None
                 w1, b1, mse = _fit_local(x, e[:, dims], local, mlp.activation, seed + i, desc)
                 _place_local(mlp, w1, b1)
@@ -268,7 +263,7 @@ def least_squares_init(
     for batch in progress_bar(batches, desc="lstsq: hidden", show=progress, leave=False):
         for site, student in students.items():
             f, t, _ = _site_rows(first[site], batch, site, residual)
-            for i, (mlp, dims) in enumerate(_units(student, d_model)):
+            for i, (mlp, dims) in enumerate(least_squares_units(student, d_model)):
                 h = _with_bias(mlp.activate(mlp.fc1(f[:, :-1])))
                 tu = t[:, :, dims].flatten(1)
                 key = (site, i)
@@ -280,7 +275,7 @@ def least_squares_init(
     scores = {}
     for site, student in students.items():
         total = torch.zeros(2)
-        for i, (mlp, dims) in enumerate(_units(student, d_model)):
+        for i, (mlp, dims) in enumerate(least_squares_units(student, d_model)):
             vrows = [
                 (_with_bias(mlp.activate(mlp.fc1(f[:, :-1]))), t[:, :, dims], m)
                 for f, t, m in valid_rows[site]

@@ -297,44 +297,54 @@ def _init_weights(module: nn.Module) -> None:
 
 # --- sites ---------------------------------------------------------------------------------------
 
-SITE_KINDS = ("self_attn", "sublayer0", "layer", "dec_self_attn", "cross_attn")
-_SITE_RE = re.compile(r"^(encoder|decoder)\.(\d+)(?:\.(self_attn|sublayer0|cross_attn))?$")
+# The one table of replaceable sites: (stack, part) -> the module under layer i that a student
+# replaces ("" part: the whole layer; "" path: the layer itself). Site names are
+# "<stack>.<i>[.<part>]"; list_sites, site_path and the name check all read this table.
+SITES = {
+    ("encoder", "self_attn"): "sublayer0.attn",
+    ("encoder", "sublayer0"): "sublayer0",
+    ("encoder", ""): "",
+    ("decoder", "self_attn"): "sublayer0.attn",
+    ("decoder", "cross_attn"): "sublayer1.attn",
+}
+STACKS = ("encoder", "decoder")
+_SITE_RE = re.compile(
+    rf"^({'|'.join(STACKS)})\.(\d+)(?:\.({'|'.join(sorted({p for _, p in SITES if p}))}))?$"
+)
+
+
+def site_stack(site: str) -> str:
+    """The stack of a site name: "encoder" or "decoder" (whose padding mask applies)."""
+    return site.split(".", 1)[0]
 
 
 def list_sites(cfg: ModelConfig) -> list[str]:
     """Every replaceable site name, encoder first, in layer order."""
     sites = []
-    for i in range(cfg.n_enc):
-        sites += [f"encoder.{i}.self_attn", f"encoder.{i}.sublayer0", f"encoder.{i}"]
-    for i in range(cfg.n_dec):
-        sites += [f"decoder.{i}.self_attn", f"decoder.{i}.cross_attn"]
+    for stack in STACKS:
+        for i in range(cfg.n_enc if stack == "encoder" else cfg.n_dec):
+            sites += [f"{stack}.{i}" + (f".{p}" if p else "") for st, p in SITES if st == stack]
     return sites
 
 
 def site_path(site: str, cfg: ModelConfig | None = None) -> str:
     """Site name -> module path for ``get_submodule``; ValueError names an unknown site."""
     m = _SITE_RE.match(site)
-    ok = m is not None
-    if ok:
-        stack, idx, part = m.group(1), int(m.group(2)), m.group(3)
-        ok = (stack, part) in {
-            ("encoder", "self_attn"),
-            ("encoder", "sublayer0"),
-            ("encoder", None),
-            ("decoder", "self_attn"),
-            ("decoder", "cross_attn"),
-        }
-        if ok and cfg is not None:
-            ok = idx < (cfg.n_enc if stack == "encoder" else cfg.n_dec)
+    ok = m is not None and (m.group(1), m.group(3) or "") in SITES
+    if ok and cfg is not None:
+        ok = int(m.group(2)) < (cfg.n_enc if m.group(1) == "encoder" else cfg.n_dec)
     if not ok:
         known = ", ".join(list_sites(cfg)) if cfg else "encoder.I.self_attn, ..."
         raise ValueError(f"unknown site '{site}' (known: {known})")
-    if part in ("self_attn",):
-        return f"{stack}.{idx}.sublayer0.attn"
-    if part == "cross_attn":
-        return f"{stack}.{idx}.sublayer1.attn"
-    return site
+    stack, idx, part = m.group(1), m.group(2), m.group(3) or ""
+    inner = SITES[(stack, part)]
+    return f"{stack}.{idx}" + (f".{inner}" if inner else "")
 
 
 def count_parameters(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
+
+
+def format_count(n: int) -> str:
+    """A parameter count as the tables print it: 19.70M, 148.6k."""
+    return f"{n / 1e6:.2f}M" if n >= 1e6 else f"{n / 1e3:.1f}k"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from distill.model import format_count
+
 CARD = """---
 language: [{src}, {tgt}]
 tags: [translation, distill, attentionless]
@@ -99,10 +101,6 @@ sacrebleu test.en -i hyp.en -m bleu chrf
 """
 
 
-def _count(n: int) -> str:
-    return f"{n / 1e6:.2f}M" if n >= 1e6 else f"{n / 1e3:.1f}k"
-
-
 def model_card(config: dict, row: dict, note: str, name: str, whole: dict | None = None) -> str:
     """README.md for the export ``name`` described by ``config``, scored by ``row`` on ``note``
     and, when given, by ``whole`` on every pair of the test split."""
@@ -152,9 +150,9 @@ def model_card(config: dict, row: dict, note: str, name: str, whole: dict | None
         reproduce=REPRODUCE_DEMO.format(name=name)
         if whole is not None and config["data"]["source"] == "demo"
         else "",
-        replaced=_count(params["replaced"]),
-        student=_count(params["student"]),
-        total=_count(params["total"]),
+        replaced=format_count(params["replaced"]),
+        student=format_count(params["student"]),
+        total=format_count(params["total"]),
         sample="Guten Morgen!" if src == "de" else "Good morning!",
         eos=config["eos_token_id"],
         pad=config["pad_token_id"],

@@ -32,7 +32,8 @@ from distill.model import (
     Seq2SeqTransformer,
     site_path,
 )
-from distill.students import ACTIVATIONS, MODES, SIZES, build_student, mode_sites, splice
+from distill.modes import ACTIVATIONS, MODES, SIZES, mode_sites
+from distill.students import build_student, splice
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +60,7 @@ def check_spec(spec: dict[str, str], cfg: ModelConfig) -> None:
         site_path(site, cfg)  # names an unknown site
         if site not in mode_sites(mode, cfg):
             raise ValueError(
-                f"site '{site}': mode '{mode}' replaces {MODES[mode]['site'].format(i='I')} sites"
+                f"site '{site}': mode '{mode}' replaces {MODES[mode].site.format(i='I')} sites"
             )
     paths = sorted((site_path(s, cfg), s) for s in spec)
     for (outer, a), (inner, b) in zip(paths, paths[1:]):

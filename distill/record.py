@@ -30,15 +30,11 @@ from safetensors import SafetensorError, safe_open
 
 from distill.checkpoint import atomic_write_json, load_tensors, read_json, save_tensors
 from distill.errors import DataError
-from distill.model import PAD_ID, Seq2SeqTransformer, site_path
+from distill.model import PAD_ID, Seq2SeqTransformer, site_path, site_stack
 
 log = logging.getLogger(__name__)
 DTYPES = {"fp16": torch.float16, "fp32": torch.float32}
 MANIFEST_VERSION = 1
-
-
-def site_stack(site: str) -> str:
-    return site.split(".", 1)[0]  # "encoder" | "decoder"
 
 
 @dataclass

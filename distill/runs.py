@@ -20,6 +20,7 @@ from distill.checkpoint import (
     read_json,
 )
 from distill.config import from_dict, load_yaml, to_dict
+from distill.data import DataConfig
 from distill.errors import CheckpointError, ConfigError
 from distill.model import ModelConfig, Seq2SeqTransformer
 
@@ -65,15 +66,17 @@ def load_teacher(path: str | Path, device: str | torch.device = "cpu"):
     return model.to(device).eval(), tok
 
 
-def teacher_config(run_dir: str | Path):
-    """The resolved config the teacher of ``run_dir`` was trained with."""
-    from recipes.teacher import Config
-
+def teacher_data(run_dir: str | Path) -> DataConfig:
+    """The corpus settings (the ``data`` section of its config) the teacher of ``run_dir`` was
+    trained on: every later stage reads the same corpus, splits and filters."""
     path = teacher_dir(run_dir) / "config.yaml"
     if not path.exists():
         raise CheckpointError(f"{path}: not found; run `distill run teacher` first")
     try:
-        return from_dict(Config, load_yaml(path))
+        found = load_yaml(path)
+        if not isinstance(found.get("data"), dict):
+            raise ConfigError("data: missing (a teacher config has a data section)")
+        return from_dict(DataConfig, found["data"], "data.")
     except ConfigError as err:
         message = str(err) if str(err).startswith(str(path)) else f"{path}: {err}"
         raise CheckpointError(message) from None

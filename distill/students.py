@@ -23,61 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from distill.model import ModelConfig, recompute_step, site_path, site_step
-
-SIZES = {"xs": 25, "s": 50, "m": 800, "l": 3200}  # hidden width h per replaced layer
-HEAD_SIZES = {"xs": 200, "s": 400, "m": 800, "l": 800}  # ASLR: h per head
-ACTIVATIONS = ("leaky_relu", "relu", "gelu", "swiglu", "geglu")
-# GLU-family units: fc1 makes a gate and a value per hidden unit and the unit is their product
-# (act(gate) * value). With a memory term both halves read the decoder states AND the encoder
-# memory, so the product carries decoder x memory interactions: multiplicative, input-conditioned
-# mixing, still one MLP with no scores between positions.
-GATED = ("swiglu", "geglu")
-# Modes whose site returns its input plus a change (x + MHA(LN(x)), a whole layer): their student
-# may learn only the change, output = x + MLP(x) (``residual=True``; the paper's is without).
-RESIDUAL_MODES = ("alrr", "elr")
-
-# mode -> the site template it replaces, and how its student is built.
-MODES = {
-    "alr": dict(site="encoder.{i}.self_attn", stack="encoder", causal=False),
-    "alrr": dict(site="encoder.{i}.sublayer0", stack="encoder", causal=False),
-    "aslr": dict(site="encoder.{i}.self_attn", stack="encoder", causal=False, per_head=True),
-    "elr": dict(site="encoder.{i}", stack="encoder", causal=False),
-    "dec_self": dict(site="decoder.{i}.self_attn", stack="decoder", causal=True),
-    "dec_self_pp": dict(
-        site="decoder.{i}.self_attn", stack="decoder", causal=False, per_position=True
-    ),
-    "cross": dict(site="decoder.{i}.cross_attn", stack="decoder", causal=True, memory=True),
-    # Ours: one MLP shared by every decoder position, reading that position and the whole memory
-    # (cross-attention's output at t depends on the decoder only through position t's query).
-    "cross_pw": dict(
-        site="decoder.{i}.cross_attn", stack="decoder", causal=True, memory=True, position_wise=True
-    ),
-}
-
-
-# variant -> the student modes spliced in together (the rows of the results table)
-VARIANTS = {
-    "teacher": [],
-    "alr": ["alr"],
-    "alrr": ["alrr"],
-    "aslr": ["aslr"],
-    "elr": ["elr"],
-    "dec_self": ["dec_self"],
-    "dec_self_pp": ["dec_self_pp"],
-    "cross": ["cross"],
-    "cross_pw": ["cross_pw"],
-    "attentionless": ["alr", "dec_self", "cross"],
-    "attentionless_pw": ["alr", "dec_self", "cross_pw"],
-}
-
-
-def mode_sites(mode: str, cfg: ModelConfig) -> list[str]:
-    """All sites a mode replaces (every layer of its stack)."""
-    if mode not in MODES:
-        raise ValueError(f"unknown mode '{mode}' (known: {', '.join(MODES)})")
-    spec = MODES[mode]
-    n = cfg.n_enc if spec["stack"] == "encoder" else cfg.n_dec
-    return [spec["site"].format(i=i) for i in range(n)]
+from distill.modes import ACTIVATIONS, GATED, RESIDUAL_MODES, mode
 
 
 def apply_activation(name: str, h: torch.Tensor) -> torch.Tensor:
@@ -394,47 +340,65 @@ class PerPositionStudent(nn.Module):
         return torch.stack(outs, dim=1)
 
 
+def training_pass(student: nn.Module, x, mask, memory=None, memory_mask=None):
+    """(prediction, positions to score) of one layer-wise training step on recorded inputs.
+
+    A per-position student (the paper's decoder self-attention) trains its shared MLP on random
+    prefixes: with the input cut after t, the causal teacher's outputs at positions <= t are
+    unchanged, so they stay the targets there. Every other student runs as spliced."""
+    if isinstance(student, PerPositionStudent):
+        pos = torch.arange(x.size(1), device=x.device)
+        cut = (torch.rand(x.size(0), 1, device=x.device) * mask.sum(1, keepdim=True)).long()
+        mask = mask & (pos <= cut)
+        return student.mlp(x, mask), mask
+    return student(x, mask, memory, memory_mask), mask
+
+
+def least_squares_units(student: nn.Module, d_out: int) -> list[tuple[FlatMLP, slice]]:
+    """(MLP, output dims it predicts) that the least-squares init fits: a plain non-causal
+    student, or each head of a per-head one; ``ValueError`` for any other."""
+    if isinstance(student, PerHeadStudent):
+        k = student.heads[0].d_out
+        return [(head, slice(i * k, (i + 1) * k)) for i, head in enumerate(student.heads)]
+    if isinstance(student, FlatMLP) and not student.causal and student.memory_fc is None:
+        return [(student, slice(0, d_out))]
+    raise ValueError(f"least-squares init needs a non-causal student, got {type(student).__name__}")
+
+
 def build_student(
-    mode: str,
+    name: str,
     cfg: ModelConfig,
     size: str = "m",
     activation: str = "leaky_relu",
     residual: bool = False,
 ) -> nn.Module:
-    """A fresh student for one site of ``mode`` with the paper's width for ``size``; with
-    ``residual`` (modes in ``RESIDUAL_MODES`` only) it learns output - input."""
-    if mode not in MODES:
-        raise ValueError(f"unknown mode '{mode}' (known: {', '.join(MODES)})")
-    if size not in SIZES:
-        raise ValueError(f"unknown size '{size}' (known: {', '.join(SIZES)})")
-    if residual and mode not in RESIDUAL_MODES:
+    """A fresh student for one site of mode ``name`` with the paper's width for ``size``; with
+    ``residual`` (modes whose site returns input + change) it learns output - input.
+
+    Every student is called as ``student(x, mask, memory, memory_mask)``; students of modes
+    without memory ignore the last two."""
+    spec = mode(name)
+    width, m, d = spec.width(size), cfg.max_len, cfg.d_model
+    if residual and not spec.residual:
         only = ", ".join(RESIDUAL_MODES)
-        raise ValueError(f"mode '{mode}' has no residual variant (only {only})")
-    spec, m, d = MODES[mode], cfg.max_len, cfg.d_model
-    if spec.get("position_wise"):
-        return PositionwiseMemoryMLP(m, d, SIZES[size], activation)
-    if spec.get("per_head"):
+        raise ValueError(f"mode '{name}' has no residual variant (only {only})")
+    if spec.position_wise:
+        return PositionwiseMemoryMLP(m, d, width, activation)
+    if spec.per_head:
         return PerHeadStudent(
-            FlatMLP(m, d, cfg.head_dim, HEAD_SIZES[size], activation) for _ in range(cfg.n_heads)
+            FlatMLP(m, d, cfg.head_dim, width, activation) for _ in range(cfg.n_heads)
         )
     mlp = FlatMLP(
         m,
         d,
         d,
-        SIZES[size],
+        width,
         activation,
-        causal=spec["causal"],
-        d_memory=d if spec.get("memory") else 0,
+        causal=spec.causal,
+        d_memory=d if spec.memory else 0,
         residual=residual,
     )
-    return PerPositionStudent(mlp) if spec.get("per_position") else mlp
-
-
-def student_call(module: nn.Module, mode: str, x, mask, memory=None, memory_mask=None):
-    """Call a student (or the teacher's site) the way the model calls that site."""
-    if MODES[mode].get("memory"):
-        return module(x, mask, memory, memory_mask)
-    return module(x, mask)
+    return PerPositionStudent(mlp) if spec.per_position else mlp
 
 
 # --- surgery -------------------------------------------------------------------------------------

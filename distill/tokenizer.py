@@ -11,12 +11,12 @@ import io
 import logging
 import os
 import random
-import tempfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import sentencepiece as spm
 
+from distill.checkpoint import atomic_write_bytes
 from distill.errors import DataError
 
 logger = logging.getLogger(__name__)
@@ -100,19 +100,8 @@ class Tokenizer:
             )
         except RuntimeError as err:
             raise DataError(f"{model_path}: SentencePiece training failed ({err})") from None
-        model_path.parent.mkdir(parents=True, exist_ok=True)
-        # Temp file in the same directory so os.replace is atomic: a crash never leaves a
-        # half-written model where a resumed run would load it.
-        fd, tmp = tempfile.mkstemp(dir=model_path.parent, prefix=model_path.name, suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(model.getvalue())
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, model_path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        # Atomic: a crash never leaves a half-written model where a resumed run would load it.
+        atomic_write_bytes(model_path, model.getvalue())
         tok = cls(model_path)
         logger.info(
             "trained %s tokenizer on %d sentences: %d pieces -> %s",

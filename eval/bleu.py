@@ -1,50 +1,45 @@
-"""Corpus BLEU and chrF with sacreBLEU (13a, cased, detokenized), signatures recorded."""
+"""Score a file of translations against a file of references (one sentence per line).
+
+    python -m eval.bleu HYPOTHESES REFERENCES     # prints BLEU, chrF and their signatures
+
+The same sacreBLEU settings (13a, cased, detokenized) as every table this project writes; the
+scoring itself is the library's (``distill.bleu``), so this folder imports the library only.
+"""
 
 from __future__ import annotations
 
-import time
-from typing import Any
+import argparse
+import json
+import sys
+from pathlib import Path
 
-from sacrebleu.metrics import BLEU, CHRF
-
-
-def score(hypotheses: list[str], references: list[str]) -> dict[str, Any]:
-    """sacreBLEU corpus BLEU + chrF of detokenized ``hypotheses`` against one reference each."""
-    if len(hypotheses) != len(references):
-        raise ValueError(f"{len(hypotheses)} hypotheses for {len(references)} references")
-    bleu, chrf = BLEU(), CHRF()
-    b = bleu.corpus_score(hypotheses, [references])
-    c = chrf.corpus_score(hypotheses, [references])
-    return {
-        "bleu": round(b.score, 2),
-        "chrf": round(c.score, 2),
-        "bleu_signature": str(bleu.get_signature()),
-        "chrf_signature": str(chrf.get_signature()),
-        "n": len(references),
-    }
+from distill.bleu import score
 
 
-def evaluate_model(
-    model,
-    tok,
-    pairs: list[tuple[str, str]],
-    beam: int = 1,
-    batch_size: int = 64,
-    progress: bool = False,
-) -> tuple[dict[str, Any], list[str]]:
-    """Translate the sources of ``pairs`` and score them; adds decoding speed and truncations."""
-    from distill.decode import translate_texts
+def read_lines(path: str) -> list[str]:
+    text = Path(path).read_text(encoding="utf-8")
+    return text.split("\n")[:-1] if text.endswith("\n") else text.split("\n")
 
-    sources = [s for s, _ in pairs]
-    started = time.perf_counter()
-    hyps, truncated = translate_texts(
-        model, tok, sources, beam=beam, batch_size=batch_size, progress=progress
-    )
-    elapsed = time.perf_counter() - started
-    result = score(hyps, [t for _, t in pairs])
-    result.update(
-        beam=beam,
-        sentences_per_s=round(len(pairs) / max(elapsed, 1e-9), 2),
-        truncated_sources=truncated,
-    )
-    return result, hyps
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("hypotheses")
+    p.add_argument("references")
+    args = p.parse_args(argv)
+    try:
+        hyps, refs = read_lines(args.hypotheses), read_lines(args.references)
+    except (OSError, UnicodeDecodeError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    if len(hyps) != len(refs):
+        print(
+            f"error: {args.hypotheses} has {len(hyps)} lines, {args.references} {len(refs)}",
+            file=sys.stderr,
+        )
+        return 2
+    print(json.dumps(score(hyps, refs), indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

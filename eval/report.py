@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
-
-def _fmt_params(n: int) -> str:
-    return f"{n / 1e6:.2f}M" if n >= 1e6 else f"{n / 1e3:.1f}k"
+from distill.checkpoint import atomic_file
+from distill.model import format_count
 
 
 def write_markdown(results: dict) -> str:
@@ -24,7 +21,7 @@ def write_markdown(results: dict) -> str:
             f"| {r['variant']} | {r.get('stage', '')} | {r.get('students', '')} "
             f"| {r['bleu']:.2f} | {r['chrf']:.2f} "
             f"| {ratio} | {len(r['sites'])} "
-            f"| {_fmt_params(r['params_replaced'])} | {_fmt_params(r['params_student'])} "
+            f"| {format_count(r['params_replaced'])} | {format_count(r['params_student'])} "
             f"| {r['sentences_per_s']:.1f} |"
         )
     sig = results["rows"][0]["bleu_signature"] if results["rows"] else ""
@@ -56,7 +53,7 @@ def write_chart(results: dict, path: str | Path) -> None:
     )
     for bar, r in zip(bars, rows):
         ax.annotate(
-            f"{_fmt_params(r['params_student'])}\n{r['sentences_per_s']:.0f}/s",
+            f"{format_count(r['params_student'])}\n{r['sentences_per_s']:.0f}/s",
             (bar.get_x() + bar.get_width() / 2, bar.get_height()),
             ha="center",
             va="bottom",
@@ -66,9 +63,6 @@ def write_chart(results: dict, path: str | Path) -> None:
     ax.set_title("BLEU per variant (labels: student parameters, sentences/s)")
     ax.tick_params(axis="x", rotation=30)
     fig.tight_layout()
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".png")
-    os.close(fd)
-    fig.savefig(tmp, dpi=120)
+    with atomic_file(path) as tmp:
+        fig.savefig(tmp, dpi=120, format="png")
     plt.close(fig)
-    os.replace(tmp, path)

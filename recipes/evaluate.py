@@ -19,19 +19,19 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from distill.bleu import evaluate_model
 from distill.checkpoint import atomic_write_json, atomic_write_text, read_json
-from distill.data import DataConfig, encode_pairs, load_pairs, spread
+from distill.data import DataConfig, scored_pairs
 from distill.errors import ConfigError
+from distill.modes import MODES, VARIANTS
 from distill.runs import (
     load_teacher,
     load_variant,
     student_spec,
     students_dir,
-    teacher_config,
+    teacher_data,
     tuned_spec,
 )
-from distill.students import MODES, VARIANTS
-from eval.bleu import evaluate_model
 from eval.report import write_chart, write_markdown
 
 log = logging.getLogger("recipes.evaluate")
@@ -60,36 +60,15 @@ class Config:
             raise ValueError(f"beam must be >= 1, got {self.beam}")
 
 
-def test_pairs(
-    cfg: Config, tok, max_len: int, data: DataConfig | None = None
-) -> tuple[list[tuple[str, str]], str]:
-    """The pairs to score and a note on how they were chosen (default corpus: the teacher's)."""
-    data = data or teacher_config(cfg.run_dir).data
-    if cfg.source:
-        pair = cfg.pair or data.pair
-        if cfg.source in ("demo", "iwslt2017"):
-            data = DataConfig(source=cfg.source, pair=pair)
-        elif Path(cfg.source).suffix in (".tsv", ".gz"):
-            pairs = load_pairs(DataConfig(source="tsv", pair=pair, path=cfg.source), cfg.split)
-            pairs = spread(pairs, cfg.max_sentences)
-            return pairs, f"all {len(pairs)} pairs of {cfg.source} (long sources truncated)"
-        else:
-            raise ConfigError(f"source must be demo, iwslt2017 or a .tsv file, got '{cfg.source}'")
-    pairs = load_pairs(data, cfg.split)
-    _, report = encode_pairs(pairs, tok, max_len)
-    kept = [pairs[i] for i in report.kept_indices]
-    within = len(kept)
-    kept = spread(kept, cfg.max_sentences)
-    subset = f", {len(kept)} of them evenly spread" if len(kept) < within else ""
-    return kept, (
-        f"{data.source} {cfg.split} split: {within} of {len(pairs)} pairs "
-        f"(length filter at max_len {max_len}{subset})"
-    )
+def test_pairs(cfg: Config, tok, max_len: int, data: DataConfig | None = None):
+    """(pairs to score, note on how they were chosen); default corpus: the teacher's."""
+    data = data or teacher_data(cfg.run_dir)
+    return scored_pairs(data, cfg.split, tok, max_len, cfg.max_sentences, cfg.source, cfg.pair)
 
 
 def student_kind(mode: str, spec: dict) -> str:
     """``"alrr m residual"``: a mode's students as the results table names them."""
-    size = f"{spec['size']}/head" if MODES[mode].get("per_head") else spec["size"]
+    size = f"{spec['size']}/head" if MODES[mode].per_head else spec["size"]
     return f"{mode} {size}" + (" residual" if spec.get("residual") else "")
 
 

@@ -34,19 +34,18 @@ from torch import nn
 
 from distill.checkpoint import atomic_write_json, save_tensors
 from distill.data import encode_pairs, load_pairs, spread, token_batches
-from distill.model import PAD_ID, site_path
+from distill.model import PAD_ID, site_path, site_stack
+from distill.modes import VARIANTS
 from distill.prefixes import TARGETS, teacher_targets
-from distill.record import site_stack
 from distill.runs import (
     finetune_dir,
     load_teacher,
     splice_spec,
-    teacher_config,
+    teacher_data,
     tuned_spec,
     variant_spec,
     write_config,
 )
-from distill.students import VARIANTS
 from distill.train import TrainConfig, TrainingDiverged, fit, masked_mean
 
 log = logging.getLogger("recipes.finetune")
@@ -187,9 +186,7 @@ def trainable_parameters(
 
 
 def _examples(cfg: Config, teacher, tok, split: str, limit: int):
-    ex, _ = encode_pairs(
-        load_pairs(teacher_config(cfg.run_dir).data, split), tok, teacher.cfg.max_len
-    )
+    ex, _ = encode_pairs(load_pairs(teacher_data(cfg.run_dir), split), tok, teacher.cfg.max_len)
     ex = spread(ex, limit)
     if cfg.targets == "teacher":
         cache = Path(cfg.run_dir) / "finetune" / f"{split}-{len(ex)}.targets.json"

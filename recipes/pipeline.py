@@ -28,8 +28,7 @@ def stage_config(stage: str, base: str, delta: dict[str, Any], run_dir: str):
     """The Config of ``stage``: recipes/configs/<stage>/<base>.yaml + ``delta`` + run_dir."""
     import importlib
 
-    from distill.cli import config_path
-    from distill.config import build
+    from distill.config import build, config_path
 
     module = importlib.import_module(f"recipes.{stage}")
     try:

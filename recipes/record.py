@@ -18,10 +18,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from distill.data import encode_pairs, load_pairs, spread
+from distill.modes import DEFAULT_MODES, MODES, recorded_sites
 from distill.prefixes import TARGETS, teacher_targets
 from distill.record import Recording, record
-from distill.runs import load_teacher, teacher_config, write_config
-from distill.students import MODES, mode_sites
+from distill.runs import load_teacher, teacher_data, write_config
 
 log = logging.getLogger("recipes.record")
 
@@ -29,9 +29,7 @@ log = logging.getLogger("recipes.record")
 @dataclass
 class Config:
     run_dir: str = ""
-    modes: list[str] = field(
-        default_factory=lambda: ["alr", "alrr", "aslr", "elr", "dec_self", "cross"]
-    )
+    modes: list[str] = field(default_factory=lambda: list(DEFAULT_MODES))
     dtype: str = "fp16"  # "fp16" halves the disk; "fp32" keeps the teacher's exact values
     shard_size: int = 1000  # sentences per shard (and the unit of shuffling for students)
     batch_size: int = 100  # sentences per teacher forward pass while recording
@@ -54,14 +52,6 @@ class Config:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
 
 
-def recorded_sites(modes: list[str], model_cfg) -> list[str]:
-    """The union of the sites the modes replace, in model order (ALR and ASLR share a site)."""
-    sites: list[str] = []
-    for mode in modes:
-        sites += [s for s in mode_sites(mode, model_cfg) if s not in sites]
-    return sites
-
-
 def main(cfg: Config) -> Path:
     out = Path(cfg.run_dir) / "record"
     splits = ("train", "valid")
@@ -72,7 +62,7 @@ def main(cfg: Config) -> Path:
         log.info("recording already complete: %s", out)
         return out
     model, tok = load_teacher(cfg.run_dir)
-    data_cfg = teacher_config(cfg.run_dir).data
+    data_cfg = teacher_data(cfg.run_dir)
     sites = recorded_sites(cfg.modes, model.cfg)
     # Read both splits before writing anything: a corpus that moved fails with a clean run dir.
     examples = {}

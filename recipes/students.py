@@ -27,21 +27,19 @@ from torch import nn
 from distill.checkpoint import atomic_write_json, resolve_checkpoint, save_tensors
 from distill.data import encode_pairs, load_pairs, spread
 from distill.errors import ConfigError
-from distill.lstsq import SUPPORTED_ACTIVATIONS, least_squares_init, normal_equations
-from distill.prefixes import TARGETS, teacher_targets
-from distill.record import DiskBatches, OnlineBatches, Recording, site_stack
-from distill.runs import load_teacher, students_dir, teacher_config, write_config
-from distill.students import (
-    ACTIVATIONS,
-    HEAD_SIZES,
-    MODES,
-    RESIDUAL_MODES,
-    SIZES,
-    build_student,
-    mode_sites,
-    student_call,
+from distill.losses import mode_loss, site_loss, student_key
+from distill.lstsq import (
+    SUPPORTED_ACTIVATIONS,
+    check_local_units,
+    least_squares_init,
+    normal_equations,
 )
-from distill.train import SCHEDULES, TrainConfig, TrainingDiverged, fit, masked_mean
+from distill.modes import ACTIVATIONS, DEFAULT_MODES, MODES, RESIDUAL_MODES, SIZES, mode_sites
+from distill.prefixes import TARGETS, teacher_targets
+from distill.record import DiskBatches, OnlineBatches, Recording
+from distill.runs import load_teacher, students_dir, teacher_data, write_config
+from distill.students import build_student
+from distill.train import SCHEDULES, TrainConfig, fit
 
 log = logging.getLogger("recipes.students")
 
@@ -59,9 +57,7 @@ def _student_train_defaults() -> TrainConfig:
 @dataclass
 class Config:
     run_dir: str = ""
-    modes: list[str] = field(
-        default_factory=lambda: ["alr", "alrr", "aslr", "elr", "dec_self", "cross"]
-    )
+    modes: list[str] = field(default_factory=lambda: list(DEFAULT_MODES))
     size: str = "m"
     sizes: dict[str, str] = field(default_factory=dict)  # per-mode size, overrides `size`
     activation: str = "leaky_relu"
@@ -110,7 +106,7 @@ class Config:
             raise ValueError(f"init must be one of {', '.join(INITS)}, got '{self.init}'")
         for mode in self.modes:
             act = self.activation_of(mode)
-            if self.init == "lstsq" and lstsq_applies(mode) and act not in SUPPORTED_ACTIVATIONS:
+            if self.init == "lstsq" and MODES[mode].lstsq and act not in SUPPORTED_ACTIVATIONS:
                 raise ValueError(
                     f"init=lstsq supports the activations {', '.join(SUPPORTED_ACTIVATIONS)}; "
                     f"use init=random with activation={act} (mode {mode})"
@@ -122,7 +118,7 @@ class Config:
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
         for mode, n in self.local_units.items():
-            if mode in MODES and not lstsq_applies(mode):
+            if mode in MODES and not MODES[mode].lstsq:
                 raise ValueError(f"local_units: mode '{mode}' has no least-squares init")
             if isinstance(n, bool) or not isinstance(n, int) or n < 0:
                 raise ValueError(f"local_units: must be whole numbers >= 0, got {mode}: {n!r}")
@@ -153,36 +149,6 @@ class Config:
         return self.activations.get(mode, self.activation)
 
 
-def _key(site: str) -> str:
-    return site.replace(".", "/")  # ModuleDict keys may not contain dots
-
-
-def site_loss(student: nn.Module, mode: str, site: str, batch) -> torch.Tensor:
-    """Masked MSE of one site's student against the teacher's recorded output."""
-    x, y = batch[f"{site}.x"], batch[f"{site}.y"]
-    mask = batch["src_mask"] if site_stack(site) == "encoder" else batch["tgt_mask"]
-    if MODES[mode].get("per_position"):
-        # Train the shared MLP on random prefixes: with input cut after t, the causal teacher's
-        # outputs at positions <= t are unchanged, so they stay the targets there.
-        pos = torch.arange(x.size(1), device=x.device)
-        cut = (torch.rand(x.size(0), 1, device=x.device) * mask.sum(1, keepdim=True)).long()
-        mask = mask & (pos <= cut)
-        pred = student.mlp(x, mask)
-    else:
-        pred = student_call(student, mode, x, mask, batch.tensors.get("memory"), batch["src_mask"])
-    return masked_mean((pred.float() - y) ** 2, mask)
-
-
-def mode_loss(students: nn.ModuleDict, mode: str, sites: list[str], batch) -> torch.Tensor:
-    """Sum of the sites' losses; ``TrainingDiverged`` names the first site whose loss is NaN/inf."""
-    losses = torch.stack([site_loss(students[_key(s)], mode, s, batch) for s in sites])
-    finite = torch.isfinite(losses.detach())
-    if not finite.all():  # one check (one device sync) per step, as fit makes anyway
-        j = int((~finite).nonzero()[0])
-        raise TrainingDiverged(f"site '{sites[j]}': loss is {losses[j].item()}")
-    return losses.sum()
-
-
 def _batches(cfg: Config, sites, split: str, teacher, examples, recording, epoch: int):
     if cfg.source == "disk":
         return DiskBatches(recording[split], sites, cfg.batch_size, cfg.train.seed, epoch)
@@ -197,26 +163,18 @@ def _batches(cfg: Config, sites, split: str, teacher, examples, recording, epoch
     )
 
 
-def lstsq_applies(mode: str) -> bool:
-    """Whether ``init=lstsq`` reaches this mode (causal students keep the random init)."""
-    return not MODES[mode]["causal"] and not MODES[mode].get("per_position")
-
-
-def check_local_units(cfg: Config, model_cfg) -> None:
+def check_widths(cfg: Config, model_cfg) -> None:
     """``ConfigError`` when a mode's local units would fill its whole hidden layer (checked once
     the teacher's max_len is known, before any training)."""
     if cfg.init != "lstsq":
         return  # unused (main warns)
     for mode, n in cfg.local_units.items():
-        if mode not in cfg.modes or not n:
-            continue
-        size = cfg.size_of(mode)
-        width = HEAD_SIZES[size] if MODES[mode].get("per_head") else SIZES[size]
-        if n * model_cfg.max_len >= width:
-            raise ConfigError(
-                f"local_units: {mode}: {n} per position x max_len {model_cfg.max_len} must stay "
-                f"below the hidden width {width} of size {size} (the rest are the linear units)"
-            )
+        if mode in cfg.modes:
+            width = MODES[mode].width(cfg.size_of(mode))
+            try:
+                check_local_units(n, model_cfg.max_len, width, f"local_units: {mode}")
+            except ValueError as err:
+                raise ConfigError(str(err)) from None
 
 
 def _lstsq(
@@ -268,7 +226,9 @@ def train_mode(cfg: Config, mode: str, teacher, examples, recording, cache=None)
     torch.manual_seed(cfg.train.seed)
     students = nn.ModuleDict(
         {
-            _key(s): build_student(mode, teacher.cfg, size, cfg.activation_of(mode), residual)
+            student_key(s): build_student(
+                mode, teacher.cfg, size, cfg.activation_of(mode), residual
+            )
             for s in sites
         }
     )
@@ -287,14 +247,14 @@ def train_mode(cfg: Config, mode: str, teacher, examples, recording, cache=None)
         for batch in valid:
             batch = batch.to(device)
             for j, s in enumerate(sites):
-                total[j] += site_loss(model[_key(s)], mode, s, batch).item()
+                total[j] += site_loss(model[student_key(s)], s, batch).item()
         mse = {f"valid_mse/{s}": v / max(len(valid), 1) for s, v in zip(sites, total)}
         return {"valid_mse": sum(mse.values()) / len(sites), **mse}
 
-    init = cfg.init if lstsq_applies(mode) else "random"
+    init = cfg.init if MODES[mode].lstsq else "random"
     local = cfg.local_units.get(mode, 0) if init == "lstsq" else 0
     if init == "lstsq" and resolve_checkpoint(out / "checkpoint") is None:
-        some = {s: students[_key(s)] for s in sites}
+        some = {s: students[student_key(s)] for s in sites}
         _lstsq(cfg, some, residual, local, teacher, examples, recording, valid, cache)
         with torch.no_grad():
             scores = validate(students)
@@ -303,7 +263,7 @@ def train_mode(cfg: Config, mode: str, teacher, examples, recording, cache=None)
     fit(
         students,
         lambda e: _batches(cfg, sites, "train", teacher, examples, recording, e),
-        lambda m, b: mode_loss(m, mode, sites, b),
+        lambda m, b: mode_loss(m, sites, b),
         train_cfg,
         out,
         d_model=teacher.cfg.d_model,
@@ -348,14 +308,14 @@ def main(cfg: Config) -> Path:
             recording[split].check_compatible(teacher.cfg, wanted)
             recording[split].verify()  # a bad shard fails now, before anything is written
     else:
-        data_cfg = teacher_config(cfg.run_dir).data
+        data_cfg = teacher_data(cfg.run_dir)
         for split, limit in (("train", cfg.max_sentences), ("valid", cfg.valid_sentences)):
             ex, _ = encode_pairs(load_pairs(data_cfg, split), tok, teacher.cfg.max_len)
             examples[split] = spread(ex, limit)
             if cfg.targets == "teacher":
                 cache = Path(cfg.run_dir) / "students" / f"{split}.targets.json"
                 examples[split] = teacher_targets(teacher, examples[split], cache=cache)
-    check_local_units(cfg, teacher.cfg)
+    check_widths(cfg, teacher.cfg)
     if cfg.init != "lstsq" and any(cfg.local_units.values()):
         log.warning("local_units %s unused: they are part of init=lstsq", cfg.local_units)
     cache: dict = {}

@@ -19,13 +19,13 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from distill.bleu import evaluate_model
 from distill.checkpoint import atomic_write_json, atomic_write_text, read_json
 from distill.data import DataConfig, Tokenizer, encode_pairs, load_pairs, spread, token_batches
 from distill.errors import DataError
 from distill.model import PAD_ID, ModelConfig, Seq2SeqTransformer, count_parameters
 from distill.runs import save_model, teacher_dir, write_config
 from distill.train import TrainConfig, fit
-from eval.bleu import evaluate_model
 
 log = logging.getLogger("recipes.teacher")
 

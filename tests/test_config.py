@@ -2,7 +2,8 @@
 
 import pytest
 
-from distill.cli import CONFIG_ROOT, available, load_recipe_config, main
+from distill.cli import load_recipe_config, main
+from distill.config import CONFIG_ROOT, available
 from distill.errors import ConfigError
 
 
@@ -109,7 +110,7 @@ def test_per_mode_schedules_and_init_are_checked_before_anything_runs():
 
 def test_local_units_are_checked_before_anything_runs():
     from distill.model import PRESETS, ModelConfig
-    from recipes.students import check_local_units
+    from recipes.students import check_widths
 
     _, cfg = load_recipe_config("students", "tiny", ["local_units={elr: 2}", "sizes={elr: l}"])
     assert cfg.local_units == {"elr": 2}
@@ -122,7 +123,7 @@ def test_local_units_are_checked_before_anything_runs():
         with pytest.raises(ConfigError, match=match):
             load_recipe_config("students", "tiny", [bad])
     model_cfg = ModelConfig(**PRESETS["tiny"])
-    check_local_units(cfg, model_cfg)  # 2 x max_len 8 is well below L's 3200 units
+    check_widths(cfg, model_cfg)  # 2 x max_len 8 is well below L's 3200 units
     _, narrow = load_recipe_config("students", "tiny", ["local_units={elr: 7}", "sizes={elr: s}"])
     with pytest.raises(ConfigError, match="below the hidden width 50"):
-        check_local_units(narrow, model_cfg)
+        check_widths(narrow, model_cfg)

@@ -6,7 +6,8 @@ from torch import nn
 
 from distill.decode import beam_search, greedy
 from distill.model import PAD_ID, PRESETS, ModelConfig, Seq2SeqTransformer, site_path
-from distill.students import GATED, Identity, build_student, mode_sites, splice
+from distill.modes import GATED, mode_sites
+from distill.students import Identity, build_student, splice
 from tests.test_model import random_src
 
 CFG = ModelConfig(**PRESETS["tiny"])

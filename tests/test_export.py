@@ -28,8 +28,9 @@ from distill.model import (
     Seq2SeqTransformer,
     site_path,
 )
+from distill.modes import MODES, RESIDUAL_MODES, mode_sites
 from distill.runs import load_students, load_teacher, save_model, write_config
-from distill.students import MODES, RESIDUAL_MODES, build_student, mode_sites, splice
+from distill.students import build_student, splice
 
 REPO = Path(__file__).resolve().parent.parent
 ATTENTIONLESS = ("alr", "dec_self", "cross")

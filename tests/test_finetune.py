@@ -14,9 +14,10 @@ from distill.data import collate, encode_pairs, load_pairs
 from distill.errors import ConfigError
 from distill.export import export
 from distill.model import site_path
+from distill.modes import VARIANTS
 from distill.pretrained import from_pretrained
-from distill.runs import load_teacher, load_variant, teacher_config, variant_spec
-from distill.students import VARIANTS, Identity, splice
+from distill.runs import load_teacher, load_variant, teacher_data, variant_spec
+from distill.students import Identity, splice
 from distill.train import TrainingDiverged
 from recipes import finetune
 from tests.test_reliability import run_and_kill
@@ -44,7 +45,7 @@ def tuned(layerwise, tmp_path_factory) -> Path:
 
 def _batch(run: Path, n: int = 8):
     teacher, tok = load_teacher(run)
-    pairs = load_pairs(teacher_config(run).data, "valid")
+    pairs = load_pairs(teacher_data(run), "valid")
     examples, _ = encode_pairs(pairs, tok, teacher.cfg.max_len)
     return collate(examples[:n], list(range(n)))
 

@@ -5,9 +5,9 @@ import torch
 import torch.nn.functional as F
 
 from distill.lstsq import least_squares_init, normal_equations
+from distill.modes import MODES
 from distill.record import ActBatch
 from distill.students import FlatMLP, PerHeadStudent, build_student
-from recipes.students import lstsq_applies
 
 M, D = 6, 8  # max_len, width: a flat input of 48 values
 SITE = "encoder.0.self_attn"
@@ -98,9 +98,7 @@ def test_swiglu_students_are_refused_with_a_clear_error():
 
 
 def test_causal_students_keep_the_random_init():
-    assert lstsq_applies("alr") and lstsq_applies("elr") and lstsq_applies("aslr")
-    assert not lstsq_applies("dec_self") and not lstsq_applies("cross")
-    assert not lstsq_applies("dec_self_pp")
+    assert [m for m in MODES if MODES[m].lstsq] == ["alr", "alrr", "aslr", "elr"]
     assert build_student("dec_self", _tiny_cfg()).causal
 
 
@@ -150,7 +148,7 @@ def test_local_units_that_fill_the_hidden_layer_are_refused():
     student = FlatMLP(M, D, D, hidden=2 * M)
     batches = linear_batches(torch.eye(M * D), 1, False, 0)
     normal = normal_equations({SITE: student}, batches, residual=False, d_model=D, progress=False)
-    with pytest.raises(ValueError, match="leave no linear units"):
+    with pytest.raises(ValueError, match="must stay below the hidden width"):
         least_squares_init(
             {SITE: student}, normal, batches, batches, residual=False, d_model=D, local=2
         )

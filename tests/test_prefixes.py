@@ -14,7 +14,7 @@ from distill.errors import ConfigError
 from distill.model import EOS_ID, PRESETS, ModelConfig, Seq2SeqTransformer
 from distill.prefixes import teacher_targets
 from distill.record import Recording, record
-from distill.runs import save_model, teacher_config, write_config
+from distill.runs import save_model, teacher_data, write_config
 from tests.test_record import examples
 
 CFG = ModelConfig(**PRESETS["tiny"])  # max_len 8
@@ -111,7 +111,7 @@ def run_dir(tmp_path_factory, tiny_pairs, tiny_tokenizer):
 
 
 def split_examples(run, tok, split: str, limit: int):
-    ex, _ = encode_pairs(load_pairs(teacher_config(run).data, split), tok, RUN_CFG.max_len)
+    ex, _ = encode_pairs(load_pairs(teacher_data(run), split), tok, RUN_CFG.max_len)
     return spread(ex, limit)  # the subset the record stage takes
 
 

@@ -6,11 +6,12 @@ import pytest
 import torch
 
 from distill.errors import DataError
+from distill.losses import mode_loss, site_loss
 from distill.model import EOS_ID, PRESETS, ModelConfig, Seq2SeqTransformer
+from distill.modes import mode_sites
 from distill.record import DiskBatches, OnlineBatches, Recording, capture, record
-from distill.students import build_student, mode_sites
+from distill.students import build_student
 from distill.train import TrainConfig, fit
-from recipes.students import mode_loss, site_loss
 
 CFG = ModelConfig(**PRESETS["tiny"])
 SITES = [
@@ -98,9 +99,9 @@ def test_online_and_disk_give_the_same_first_batch_loss(recorded, mode):
     dtypes = [{k: v.dtype for k, v in batch.tensors.items()} for batch in (disk[0], online[0])]
     assert dtypes[0] == dtypes[1]  # masks are bool in both
     torch.manual_seed(1)  # the per-position student draws random prefixes: the same ones
-    a = mode_loss(students, mode, sites, disk[0])
+    a = mode_loss(students, sites, disk[0])
     torch.manual_seed(1)
-    b = mode_loss(students, mode, sites, online[0])
+    b = mode_loss(students, sites, online[0])
     torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
 
 
@@ -111,18 +112,18 @@ def test_a_student_trained_on_a_tiny_recording_cuts_its_mse_tenfold(recorded, tm
     torch.manual_seed(0)
     student = build_student("alr", CFG, "m")
     batch = rec.batch(0, 0, 16, [site])
-    before = site_loss(student, "alr", site, batch).item()
+    before = site_loss(student, site, batch).item()
     cfg = TrainConfig(epochs=60, schedule="constant", lr=1e-3, log_every=50, ckpt_every=1000)
     fit(
         student,
         lambda e: DiskBatches(rec, [site], 16, 0, e),
-        lambda m, b: site_loss(m, "alr", site, b),
+        lambda m, b: site_loss(m, site, b),
         cfg,
         tmp_path,
         d_model=CFG.d_model,
         desc="test",
     )
-    assert site_loss(student.eval(), "alr", site, batch).item() < before / 10
+    assert site_loss(student.eval(), site, batch).item() < before / 10
 
 
 def test_a_corrupt_shard_is_named(recorded, tmp_path):

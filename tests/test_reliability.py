@@ -28,7 +28,8 @@ from distill.cli import load_recipe_config, main
 from distill.data import DataConfig, Tokenizer, encode_pairs, load_pairs
 from distill.errors import ConfigError, DataError
 from distill.model import ModelConfig
-from distill.students import build_student, mode_sites
+from distill.modes import mode_sites
+from distill.students import build_student
 from distill.train import TrainConfig, TrainingDiverged, fit
 
 REPO = Path(__file__).resolve().parent.parent
@@ -670,13 +671,13 @@ def nan_at(original, step: int, only=lambda *a: True):
 def test_student_nan_names_site_and_step_and_keeps_the_last_checkpoint(
     run_copy, capsys, monkeypatch
 ):
-    import recipes.students
+    import distill.losses
 
     site = "encoder.1.self_attn"
     monkeypatch.setattr(
-        recipes.students,
+        distill.losses,
         "site_loss",
-        nan_at(recipes.students.site_loss, 5, only=lambda student, mode, s, batch: s == site),
+        nan_at(distill.losses.site_loss, 5, only=lambda student, s, batch: s == site),
     )
     assert main(["-q", *STUDENTS, f"run_dir={run_copy}"]) == 2
     err = capsys.readouterr().err

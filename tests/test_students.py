@@ -4,16 +4,12 @@ import pytest
 import torch
 
 from distill.model import PRESETS, ModelConfig, Seq2SeqTransformer, list_sites, site_path
+from distill.modes import ACTIVATIONS, MODES, RESIDUAL_MODES, mode_sites
 from distill.students import (
-    ACTIVATIONS,
-    MODES,
-    RESIDUAL_MODES,
     Identity,
     build_student,
     effective_parameters,
-    mode_sites,
     splice,
-    student_call,
     unsplice,
 )
 from tests.test_model import random_src
@@ -49,30 +45,30 @@ def test_identity_adapters_at_every_site_reproduce_the_teacher_exactly():
     assert torch.equal(model(src, tgt), before)
 
 
-@pytest.mark.parametrize("mode", [m for m in MODES if MODES[m]["stack"] == "decoder"])
+@pytest.mark.parametrize("mode", [m for m in MODES if MODES[m].stack == "decoder"])
 @pytest.mark.parametrize("activation", ACTIVATIONS)
 def test_decoder_students_are_causal(mode, activation):
     torch.manual_seed(0)
     student = build_student(mode, CFG, "xs", activation)
     x, mask, memory, memory_mask = inputs()
-    base = student_call(student, mode, x, mask, memory, memory_mask)
+    base = student(x, mask, memory, memory_mask)
     for t in range(x.size(1) - 1):
         changed = x.clone()
         changed[:, t + 1 :] += torch.randn_like(changed[:, t + 1 :])
-        out = student_call(student, mode, changed, mask, memory, memory_mask)
+        out = student(changed, mask, memory, memory_mask)
         torch.testing.assert_close(out[:, : t + 1], base[:, : t + 1], atol=1e-6, rtol=1e-5)
         assert not torch.allclose(out[1, t + 1 :], base[1, t + 1 :])  # later positions do see it
 
 
-@pytest.mark.parametrize("mode", [m for m in MODES if MODES[m].get("memory")])
+@pytest.mark.parametrize("mode", [m for m in MODES if MODES[m].memory])
 def test_cross_student_sees_the_whole_memory_but_not_its_padding(mode):
     torch.manual_seed(0)
     student = build_student(mode, CFG, "xs")
     x, mask, memory, memory_mask = inputs()
     changed = memory.clone()
     changed[:, -1] += 1.0
-    a = student_call(student, mode, x, mask, memory, memory_mask)
-    b = student_call(student, mode, x, mask, changed, memory_mask)
+    a = student(x, mask, memory, memory_mask)
+    b = student(x, mask, changed, memory_mask)
     assert not torch.allclose(a[0, 0], b[0, 0])  # position 0 depends on the last source token
     torch.testing.assert_close(a[1], b[1])  # row 1's last source position is padding
 
@@ -82,12 +78,12 @@ def test_padded_outputs_are_exactly_zero_and_padding_does_not_leak(mode):
     torch.manual_seed(0)
     student = build_student(mode, CFG, "xs")
     x, mask, memory, memory_mask = inputs()
-    out = student_call(student, mode, x, mask, memory, memory_mask)
+    out = student(x, mask, memory, memory_mask)
     assert out.shape == x.shape
     assert torch.equal(out[~mask], torch.zeros_like(out[~mask]))
     garbage = x.clone()
     garbage[~mask] = 1e3
-    again = student_call(student, mode, garbage, mask, memory, memory_mask)
+    again = student(garbage, mask, memory, memory_mask)
     torch.testing.assert_close(again, out)  # what sits in padded positions is ignored
 
 
@@ -146,13 +142,13 @@ def test_folded_padding_equals_the_padded_sentence_and_follows_weight_changes(mo
     for n in (1, 4, CFG.max_len - 1):
         x, mask, memory, memory_mask = inputs(seed=n, n=n)
         with torch.enable_grad():  # the plain path: the whole padded sentence
-            plain = student_call(student, mode, x, mask, memory, memory_mask).detach()
+            plain = student(x, mask, memory, memory_mask).detach()
         with torch.no_grad():
-            folded = student_call(student, mode, x, mask, memory, memory_mask)
+            folded = student(x, mask, memory, memory_mask)
         torch.testing.assert_close(folded, plain, atol=1e-5, rtol=1e-5)
     with torch.no_grad():  # an optimizer step changes weights in place: the tables follow
         for p in student.parameters():
             p.add_(0.1 * torch.randn_like(p))
-        folded = student_call(student, mode, x, mask, memory, memory_mask)
-    plain = student_call(student, mode, x, mask, memory, memory_mask).detach()
+        folded = student(x, mask, memory, memory_mask)
+    plain = student(x, mask, memory, memory_mask).detach()
     torch.testing.assert_close(folded, plain, atol=1e-5, rtol=1e-5)

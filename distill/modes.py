@@ -1,0 +1,115 @@
+"""What each mode can do: the one table every stage asks (sites, shape, options that apply).
+
+A *mode* names which attention site a student replaces and how that student is shaped; a
+*variant* is a set of modes spliced in together (one row of the results table). Code that needs
+to know whether a mode is causal, reads the encoder memory, can learn a residual or start from
+the least-squares init reads it from ``MODES`` here and nowhere else.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from distill.model import ModelConfig
+
+SIZES = {"xs": 25, "s": 50, "m": 800, "l": 3200}  # hidden width h per replaced layer
+HEAD_SIZES = {"xs": 200, "s": 400, "m": 800, "l": 800}  # per-head students: h per head
+ACTIVATIONS = ("leaky_relu", "relu", "gelu", "swiglu", "geglu")
+# GLU-family units: fc1 makes a gate and a value per hidden unit and the unit is their product
+# (act(gate) * value). With a memory term both halves read the decoder states AND the encoder
+# memory, so the product carries decoder x memory interactions: multiplicative, input-conditioned
+# mixing, still one MLP with no scores between positions.
+GATED = ("swiglu", "geglu")
+
+
+@dataclass(frozen=True)
+class Mode:
+    """One mode's abilities.
+
+    site           template of the sites it replaces ({i}: layer index)
+    stack          "encoder" or "decoder" (whose padding mask applies, how many layers)
+    causal         output t may read inputs <= t only (decoder students)
+    memory         the student also reads the encoder memory (cross-attention)
+    per_head       one student per attention head (ASLR); widths from HEAD_SIZES
+    per_position   the paper's decoder student: one non-causal MLP run once per position
+    position_wise  one MLP shared by every decoder position (reads position t and the memory)
+    residual       the site returns input + change, so the student may learn only the change
+    """
+
+    name: str
+    site: str
+    stack: str
+    causal: bool = False
+    memory: bool = False
+    per_head: bool = False
+    per_position: bool = False
+    position_wise: bool = False
+    residual: bool = False
+
+    @property
+    def lstsq(self) -> bool:
+        """Whether ``init: lstsq`` reaches it (causal and per-position students start random)."""
+        return not self.causal and not self.per_position
+
+    def width(self, size: str) -> int:
+        """Hidden width of one student (one head's, for per-head modes) at ``size``."""
+        table = HEAD_SIZES if self.per_head else SIZES
+        if size not in table:
+            raise ValueError(f"unknown size '{size}' (known: {', '.join(table)})")
+        return table[size]
+
+    def sites(self, cfg: ModelConfig) -> list[str]:
+        """Every site it replaces: one per layer of its stack."""
+        n = cfg.n_enc if self.stack == "encoder" else cfg.n_dec
+        return [self.site.format(i=i) for i in range(n)]
+
+
+def _table(*modes: Mode) -> dict[str, Mode]:
+    return {m.name: m for m in modes}
+
+
+MODES = _table(
+    Mode("alr", "encoder.{i}.self_attn", "encoder"),
+    Mode("alrr", "encoder.{i}.sublayer0", "encoder", residual=True),
+    Mode("aslr", "encoder.{i}.self_attn", "encoder", per_head=True),
+    Mode("elr", "encoder.{i}", "encoder", residual=True),
+    Mode("dec_self", "decoder.{i}.self_attn", "decoder", causal=True),
+    Mode("dec_self_pp", "decoder.{i}.self_attn", "decoder", per_position=True),
+    Mode("cross", "decoder.{i}.cross_attn", "decoder", causal=True, memory=True),
+    # Ours: one MLP shared by every decoder position, reading that position and the whole memory
+    # (cross-attention's output at t depends on the decoder only through position t's query).
+    Mode("cross_pw", "decoder.{i}.cross_attn", "decoder", True, True, position_wise=True),
+)
+RESIDUAL_MODES = tuple(name for name, m in MODES.items() if m.residual)
+# The modes record and students take when a config names none: the paper's.
+DEFAULT_MODES = ["alr", "alrr", "aslr", "elr", "dec_self", "cross"]
+
+# variant -> the student modes spliced in together (the rows of the results table)
+VARIANTS = {
+    "teacher": [],
+    **{name: [name] for name in MODES},
+    "attentionless": ["alr", "dec_self", "cross"],
+    "attentionless_pw": ["alr", "dec_self", "cross_pw"],
+}
+
+
+def mode(name: str) -> Mode:
+    """The table row of ``name``; ``ValueError`` lists the known modes."""
+    if name not in MODES:
+        raise ValueError(f"unknown mode '{name}' (known: {', '.join(MODES)})")
+    return MODES[name]
+
+
+def mode_sites(name: str, cfg: ModelConfig) -> list[str]:
+    """All sites a mode replaces (every layer of its stack)."""
+    return mode(name).sites(cfg)
+
+
+def recorded_sites(names: list[str], cfg: ModelConfig) -> list[str]:
+    """The union of the sites the modes replace, in model order (ALR and ASLR share a site)."""
+    sites: list[str] = []
+    for name in names:
+        sites += [s for s in mode_sites(name, cfg) if s not in sites]
+    return sites
