@@ -59,7 +59,8 @@ class ModelConfig:
 
 # Presets as data; recipe YAMLs repeat the values they use so a run dir is self-describing.
 PRESETS: dict[str, dict] = {
-    "tiny": dict(vocab_size=96, d_model=16, n_heads=2, d_ff=32, n_enc=2, n_dec=2, max_len=8),
+    # The unit tests' in-memory model (no corpus); the `tiny` recipe configs train another one.
+    "unit": dict(vocab_size=96, d_model=16, n_heads=2, d_ff=32, n_enc=2, n_dec=2, max_len=8),
     "demo": dict(d_model=128, n_heads=8, d_ff=512, n_enc=3, n_dec=3, max_len=32, dropout=0.0),
     "paper": dict(d_model=128, n_heads=8, d_ff=512, n_enc=6, n_dec=6, max_len=50),
 }

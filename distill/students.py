@@ -421,20 +421,6 @@ def unsplice(model: nn.Module, previous: dict[str, nn.Module]) -> None:
     splice(model, previous)
 
 
-class Identity(nn.Module):
-    """Wraps a site's module and returns exactly its output: splicing it must change nothing."""
-
-    def __init__(self, inner: nn.Module):
-        super().__init__()
-        self.inner = inner
-
-    def forward(self, *args, **kwargs):
-        return self.inner(*args, **kwargs)
-
-    def step(self, x, mask, cache: dict, *memory):
-        return site_step(self.inner, x, mask, cache, *memory)
-
-
 def effective_parameters(module: nn.Module) -> int:
     """Trainable parameters, not counting weights a causal mask holds at zero."""
     total = 0

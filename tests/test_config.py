@@ -2,8 +2,8 @@
 
 import pytest
 
-from distill.cli import load_recipe_config, main
-from distill.config import CONFIG_ROOT, available
+from distill.cli import load_recipe_config
+from distill.config import CONFIG_ROOT, RECIPES, available
 from distill.errors import ConfigError
 
 
@@ -22,31 +22,6 @@ def test_every_config_loads(recipe, name):
     assert cfg.run_dir == f"runs/{name}"
 
 
-def test_unknown_key_is_rejected_with_its_dotted_name():
-    with pytest.raises(ConfigError, match="unknown config key 'train.epoch'"):
-        load_recipe_config("teacher", "tiny", ["train.epoch=3"])
-    with pytest.raises(ConfigError, match="unknown config key 'modle'"):
-        load_recipe_config("teacher", "tiny", ["modle.d_model=3"])
-
-
-def test_wrong_type_and_bad_values_name_the_key():
-    with pytest.raises(ConfigError, match="config key 'train.epochs': expected int"):
-        load_recipe_config("teacher", "tiny", ["train.epochs=three"])
-    with pytest.raises(ConfigError, match="max_len must be >= 2"):
-        load_recipe_config("teacher", "tiny", ["data.max_len=0"])
-    with pytest.raises(ConfigError, match="lr must be > 0"):
-        load_recipe_config("teacher", "tiny", ["train.lr=-1"])
-    with pytest.raises(ConfigError, match="unknown mode 'alx'"):
-        load_recipe_config("students", "tiny", ["modes=[alx]"])
-    with pytest.raises(ConfigError, match="unknown size 'xxl'"):
-        load_recipe_config("students", "tiny", ["size=xxl"])
-
-
-def test_pipeline_sections_are_checked_before_anything_runs():
-    with pytest.raises(ConfigError, match="pipeline section 'students'.*unknown config key 'sise'"):
-        load_recipe_config("pipeline", "tiny", ["students.sise=m"])
-
-
 def test_yaml_syntax_error_names_file_and_line(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("train:\n  epochs: [1\n")
@@ -54,22 +29,9 @@ def test_yaml_syntax_error_names_file_and_line(tmp_path):
         load_recipe_config("teacher", str(bad), [])
 
 
-@pytest.mark.parametrize(
-    "argv,needle",
-    [
-        (["run", "nosuch", "--config", "tiny"], "unknown recipe 'nosuch'"),
-        (["run", "teacher", "--config", "nosuch"], "unknown config 'nosuch' for recipe 'teacher'"),
-        (["run", "teacher", "--config", "tiny", "train.epochs=x"], "train.epochs"),
-    ],
-)
-def test_cli_misuse_is_one_line_and_exit_code_2(argv, needle, capsys):
-    assert main(argv) == 2
-    err = capsys.readouterr().err.strip()
-    assert needle in err and "\n" not in err and "Traceback" not in err
-
-
-def test_config_root_exists():
-    assert CONFIG_ROOT.is_dir()
+def test_config_folders_and_runnable_recipes_are_the_same_set():
+    folders = {p.name for p in CONFIG_ROOT.iterdir() if p.is_dir()}
+    assert folders == set(RECIPES) == set(available())  # no orphan folder, no recipe without one
 
 
 def test_a_section_delta_keeps_the_fields_own_defaults():
@@ -122,7 +84,7 @@ def test_local_units_are_checked_before_anything_runs():
     ]:
         with pytest.raises(ConfigError, match=match):
             load_recipe_config("students", "tiny", [bad])
-    model_cfg = ModelConfig(**PRESETS["tiny"])
+    model_cfg = ModelConfig(**PRESETS["unit"])
     check_widths(cfg, model_cfg)  # 2 x max_len 8 is well below L's 3200 units
     _, narrow = load_recipe_config("students", "tiny", ["local_units={elr: 7}", "sizes={elr: s}"])
     with pytest.raises(ConfigError, match="below the hidden width 50"):

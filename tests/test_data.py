@@ -9,7 +9,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
-from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from distill import data
@@ -311,47 +311,15 @@ def test_config_rejects_bad_values():
     assert (cfg.src_lang, cfg.tgt_lang) == ("en", "fr")
 
 
-def test_missing_tsv_column_names_file_and_line(tmp_path):
-    path = write_tsv(tmp_path / "bad.tsv", [["a", "b"], ["only one"], ["c", "d"]])
-    with pytest.raises(DataError, match=rf"{path}:2: expected 2 tab-separated columns, found 1"):
-        load_pairs(DataConfig(source="tsv", path=str(path)), "train")
-
-
-def test_invalid_utf8_names_file_and_line(tmp_path):
-    path = tmp_path / "latin1.tsv"
-    path.write_bytes("a\tb\nc\td\nMädchen\tgirl\n".encode("latin-1"))
-    with pytest.raises(DataError, match=rf"{path}:3: invalid UTF-8"):
-        load_pairs(DataConfig(source="tsv", path=str(path)), "train")
-    gz = tmp_path / "latin1.tsv.gz"
-    gz.write_bytes(gzip.compress(path.read_bytes()))
-    with pytest.raises(DataError, match=rf"{gz}:3: invalid UTF-8"):
-        load_pairs(DataConfig(source="tsv", path=str(gz)), "train")
-
-
-def test_unequal_text_files_name_both_files_and_counts(tmp_path):
-    (tmp_path / "c.train.de").write_text("a\nb\nc\n")
-    (tmp_path / "c.train.en").write_text("a\nb\n")
-    with pytest.raises(DataError, match=r"c\.train\.de has 3 lines but .*c\.train\.en has 2"):
-        load_pairs(DataConfig(source="text", path=str(tmp_path / "c")), "train")
-
-
-def test_missing_and_empty_files_are_named(tmp_path):
+def test_missing_hub_files_are_named(tmp_path):
+    # (TSV and parallel-text files: tests/reliability/test_bad_input.py, through the CLI)
     cases = [
-        (DataConfig(source="tsv", path=str(tmp_path / "nope.tsv")), "nope.tsv: file not found"),
-        (DataConfig(source="tsv", path=str(tmp_path)), "neither of train.tsv and train.tsv.gz"),
-        (DataConfig(source="text", path=str(tmp_path / "c")), r"c\.train\.de: file not found"),
         (DataConfig(source="iwslt2017", path=str(tmp_path / "x")), "x: file not found"),
         (DataConfig(source="iwslt2017", path=str(tmp_path)), "no .parquet/.jsonl/.json file"),
     ]
     for cfg, message in cases:
         with pytest.raises(DataError, match=message):
             load_pairs(cfg, "train")
-    (tmp_path / "empty.tsv").write_text("")
-    with pytest.raises(DataError, match="empty.tsv: empty file"):
-        load_pairs(DataConfig(source="tsv", path=str(tmp_path / "empty.tsv")), "train")
-    (tmp_path / "header.tsv").write_text("de\ten\n")
-    with pytest.raises(DataError, match="header.tsv: no sentence pairs"):
-        load_pairs(DataConfig(source="tsv", path=str(tmp_path / "header.tsv")), "train")
 
 
 def test_bad_hf_files_are_named(tmp_path, hf_cache):
@@ -369,17 +337,6 @@ def test_bad_hf_files_are_named(tmp_path, hf_cache):
 # --- property --------------------------------------------------------------------------------
 
 TEXT = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\t\n\r\ufeff"))
-
-
-@settings(
-    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
-)
-@given(pairs=st.lists(st.tuples(TEXT, TEXT), min_size=1, max_size=8))
-def test_tsv_round_trips_arbitrary_text(tmp_path, pairs):
-    assume(set(pairs[0]) != {"de", "en"})  # such a first line is a header by design
-    path = tmp_path / "prop.tsv"
-    path.write_bytes("".join(f"{s}\t{t}\n" for s, t in pairs).encode("utf-8"))
-    assert load_pairs(DataConfig(source="tsv", path=str(path)), "train") == pairs
 
 
 @given(total=st.integers(0, 300), n=st.integers(0, 400))

@@ -7,10 +7,10 @@ from torch import nn
 from distill.decode import beam_search, greedy
 from distill.model import PAD_ID, PRESETS, ModelConfig, Seq2SeqTransformer, site_path
 from distill.modes import GATED, mode_sites
-from distill.students import Identity, build_student, splice
-from tests.test_model import random_src
+from distill.students import build_student, splice
+from tests.helpers import PassThrough, random_src, tiny_teacher
 
-CFG = ModelConfig(**PRESETS["tiny"])
+CFG = ModelConfig(**PRESETS["unit"])
 
 
 class NoStep(nn.Module):
@@ -24,14 +24,9 @@ class NoStep(nn.Module):
         return self.inner(*args)
 
 
-def teacher(seed: int = 0) -> Seq2SeqTransformer:
-    torch.manual_seed(seed)
-    return Seq2SeqTransformer(CFG).eval()
-
-
 def spliced(kind: str) -> Seq2SeqTransformer:
     """The tiny teacher with the decoder sites of ``kind`` replaced (or a mix of both)."""
-    model = teacher()
+    model = tiny_teacher()
     torch.manual_seed(1)
     if kind == "teacher":
         return model
@@ -46,7 +41,7 @@ def spliced(kind: str) -> Seq2SeqTransformer:
         students["decoder.1.self_attn"] = NoStep(inner)
     elif kind == "identity":
         students = {
-            s: Identity(model.get_submodule(site_path(s, CFG)))
+            s: PassThrough(model.get_submodule(site_path(s, CFG)))
             for s in ("decoder.0.self_attn", "decoder.1.cross_attn")
         }
     else:

@@ -50,7 +50,7 @@ def write_run(root: Path, tok, seed: int = 0) -> Path:
     from recipes.teacher import Config
 
     torch.manual_seed(seed)
-    cfg = ModelConfig(**{**PRESETS["tiny"], "vocab_size": tok.vocab_size})
+    cfg = ModelConfig(**{**PRESETS["unit"], "vocab_size": tok.vocab_size})
     teacher = root / "teacher"
     teacher.mkdir(parents=True)
     save_model(teacher, Seq2SeqTransformer(cfg))

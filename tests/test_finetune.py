@@ -17,10 +17,11 @@ from distill.model import site_path
 from distill.modes import VARIANTS
 from distill.pretrained import from_pretrained
 from distill.runs import load_teacher, load_variant, teacher_data, variant_spec
-from distill.students import Identity, splice
+from distill.students import splice
 from distill.train import TrainingDiverged
 from recipes import finetune
-from tests.test_reliability import run_and_kill
+from tests.helpers import PassThrough
+from tests.reliability.helpers import run_and_kill
 
 MODES = "modes=[alr,dec_self,cross]"
 FINETUNE = ["run", "finetune", "--config", "tiny"]
@@ -69,8 +70,8 @@ def test_distillation_loss_is_exactly_zero_with_identity_adapters(layerwise):
     teacher, _ = load_teacher(layerwise)
     model, _ = load_teacher(layerwise)
     sites = list(variant_spec(layerwise, VARIANTS["attentionless"]))
-    splice(model, {s: Identity(model.get_submodule(site_path(s, model.cfg))) for s in sites})
-    assert all(isinstance(model.get_submodule(site_path(s, model.cfg)), Identity) for s in sites)
+    splice(model, {s: PassThrough(model.get_submodule(site_path(s, model.cfg))) for s in sites})
+    assert all(isinstance(model.get_submodule(site_path(s, model.cfg)), PassThrough) for s in sites)
     cfg = finetune.Config(run_dir=str(layerwise), hidden_weight=1.0, temperature=2.0)
     batch = _batch(layerwise)
     loss, terms = finetune.finetune_loss(model, teacher, batch, cfg, sites)
@@ -110,6 +111,7 @@ def test_teacher_lr_scale_gives_the_teacher_weights_a_slower_rate(layerwise, tmp
     assert student > 0 and rest == pytest.approx(0.1 * student, rel=0.05), (student, rest)
 
 
+@pytest.mark.slow
 def test_a_killed_finetune_resumes_to_the_same_tuned_weights(layerwise, tuned, tmp_path):
     broken = Path(shutil.copytree(layerwise, tmp_path / "broken"))
     argv = [*FINETUNE, f"run_dir={broken}", "train.ckpt_every=3"]

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from distill.lstsq import least_squares_init, normal_equations
 from distill.modes import MODES
 from distill.record import ActBatch
-from distill.students import FlatMLP, PerHeadStudent, build_student
+from distill.students import FlatMLP, PerHeadStudent, build_student, least_squares_units
 
 M, D = 6, 8  # max_len, width: a flat input of 48 values
 SITE = "encoder.0.self_attn"
@@ -97,15 +97,23 @@ def test_swiglu_students_are_refused_with_a_clear_error():
         normal_equations({SITE: student}, batches, residual=False, d_model=D, progress=False)
 
 
-def test_causal_students_keep_the_random_init():
-    assert [m for m in MODES if MODES[m].lstsq] == ["alr", "alrr", "aslr", "elr"]
-    assert build_student("dec_self", _tiny_cfg()).causal
+@pytest.mark.parametrize("mode", list(MODES))
+def test_the_mode_table_offers_lstsq_exactly_where_the_init_can_fit_the_student(mode):
+    """``Mode.lstsq`` (what the students stage reads) agrees with what the init accepts: a
+    causal or per-position student would have its causal masks broken by a dense least-squares
+    map, so the init refuses it."""
+    student = build_student(mode, _tiny_cfg(), "m")
+    if MODES[mode].lstsq:
+        assert least_squares_units(student, _tiny_cfg().d_model)
+    else:
+        with pytest.raises(ValueError, match="needs a non-causal student"):
+            least_squares_units(student, _tiny_cfg().d_model)
 
 
 def _tiny_cfg():
     from distill.model import PRESETS, ModelConfig
 
-    return ModelConfig(**PRESETS["tiny"])
+    return ModelConfig(**PRESETS["unit"])
 
 
 def local_batches(w: torch.Tensor, a: torch.Tensor, n_batches: int, seed: int):

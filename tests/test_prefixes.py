@@ -11,18 +11,14 @@ import distill.prefixes
 from distill.data import DataConfig, encode_pairs, load_pairs, spread
 from distill.decode import greedy
 from distill.errors import ConfigError
-from distill.model import EOS_ID, PRESETS, ModelConfig, Seq2SeqTransformer
+from distill.model import EOS_ID, PRESETS, ModelConfig
 from distill.prefixes import teacher_targets
 from distill.record import Recording, record
 from distill.runs import save_model, teacher_data, write_config
+from tests.helpers import tiny_teacher
 from tests.test_record import examples
 
-CFG = ModelConfig(**PRESETS["tiny"])  # max_len 8
-
-
-def teacher(cfg: ModelConfig = CFG, seed: int = 0) -> Seq2SeqTransformer:
-    torch.manual_seed(seed)
-    return Seq2SeqTransformer(cfg).eval()
+CFG = ModelConfig(**PRESETS["unit"])  # max_len 8
 
 
 def one_by_one(model, ex):
@@ -35,7 +31,7 @@ def one_by_one(model, ex):
 
 
 def test_teacher_targets_are_each_sources_own_greedy_decode_in_input_order():
-    model, ex = teacher(), examples(30)
+    model, ex = tiny_teacher(), examples(30)
     got = teacher_targets(model, ex, batch_size=7, progress=False)
     assert got == one_by_one(model, ex)
     assert [s for s, _ in got] == [s for s, _ in ex]
@@ -46,7 +42,7 @@ def test_teacher_targets_are_each_sources_own_greedy_decode_in_input_order():
 
 
 def test_an_empty_decode_keeps_the_reference(caplog):
-    model, ex = teacher(), examples(9)
+    model, ex = tiny_teacher(), examples(9)
     with torch.no_grad():
         model.generator.bias[EOS_ID] = 1e4  # EOS wins the first step: every decode is empty
     assert all(not h for h in greedy(model, torch.tensor(ex[0][0])[None]))
@@ -57,7 +53,7 @@ def test_an_empty_decode_keeps_the_reference(caplog):
 
 
 def test_the_cache_is_reused_for_the_same_sources_only(tmp_path, monkeypatch):
-    model, ex = teacher(), examples(30)
+    model, ex = tiny_teacher(), examples(30)
     cache = tmp_path / "train.targets.json"
     first = teacher_targets(model, ex, batch_size=8, cache=cache, progress=False)
     assert json.loads(cache.read_text())["sentences"] == len(ex)
@@ -73,7 +69,7 @@ def test_the_cache_is_reused_for_the_same_sources_only(tmp_path, monkeypatch):
 
 
 def test_a_recording_from_before_the_targets_key_is_resumed_as_reference(tmp_path, monkeypatch):
-    model, ex, out = teacher(), examples(12), tmp_path / "rec"
+    model, ex, out = tiny_teacher(), examples(12), tmp_path / "rec"
     record(model, ex, ["decoder.0.self_attn"], out, shard_size=8, dtype="fp32", progress=False)
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["targets"] == "reference"
@@ -86,7 +82,7 @@ def test_a_recording_from_before_the_targets_key_is_resumed_as_reference(tmp_pat
 
 # --- the record and students stages on a tiny untrained teacher ------------------------------
 
-RUN_CFG = ModelConfig(**{**PRESETS["tiny"], "max_len": 24})  # the toy pairs fit in 24 tokens
+RUN_CFG = ModelConfig(**{**PRESETS["unit"], "max_len": 24})  # the toy pairs fit in 24 tokens
 
 
 @pytest.fixture(scope="module")
@@ -105,7 +101,7 @@ def run_dir(tmp_path_factory, tiny_pairs, tiny_tokenizer):
     out.mkdir(parents=True)
     data = DataConfig(source="tsv", path=str(corpus), max_len=RUN_CFG.max_len, vocab_size=96)
     write_config(out, TeacherConfig(run_dir=str(run), data=data, model=RUN_CFG))
-    save_model(out, teacher(RUN_CFG))
+    save_model(out, tiny_teacher(max_len=RUN_CFG.max_len))
     shutil.copy(tiny_tokenizer.path, out / "spm.model")
     return run
 
@@ -150,7 +146,7 @@ def teacher_recording(run_dir):
 def test_record_with_teacher_targets_records_the_teachers_decodes(
     teacher_recording, tiny_tokenizer
 ):
-    model = teacher(RUN_CFG)
+    model = tiny_teacher(max_len=RUN_CFG.max_len)
     for split, limit in (("train", 30), ("valid", 10)):
         ex = split_examples(teacher_recording, tiny_tokenizer, split, limit)
         want = one_by_one(model, ex)
@@ -210,7 +206,7 @@ def test_online_students_train_on_teacher_targets(run_dir, tiny_tokenizer, tmp_p
         targets="teacher",
     )
     recipes.students.main(cfg)
-    model = teacher(RUN_CFG)
+    model = tiny_teacher(max_len=RUN_CFG.max_len)
     for split, limit in (("train", 30), ("valid", 10)):
         want = one_by_one(model, split_examples(run_dir, tiny_tokenizer, split, limit))
         assert seen[split] == want

@@ -7,13 +7,14 @@ import torch
 
 from distill.errors import DataError
 from distill.losses import mode_loss, site_loss
-from distill.model import EOS_ID, PRESETS, ModelConfig, Seq2SeqTransformer
+from distill.model import EOS_ID, PRESETS, ModelConfig
 from distill.modes import mode_sites
 from distill.record import DiskBatches, OnlineBatches, Recording, capture, record
 from distill.students import build_student
 from distill.train import TrainConfig, fit
+from tests.helpers import tiny_teacher
 
-CFG = ModelConfig(**PRESETS["tiny"])
+CFG = ModelConfig(**PRESETS["unit"])
 SITES = [
     "encoder.0.self_attn",
     "encoder.1.sublayer0",
@@ -21,11 +22,6 @@ SITES = [
     "decoder.0.self_attn",
     "decoder.1.cross_attn",
 ]
-
-
-def teacher(seed: int = 0) -> Seq2SeqTransformer:
-    torch.manual_seed(seed)
-    return Seq2SeqTransformer(CFG).eval()
 
 
 def examples(n: int = 40, seed: int = 0):
@@ -40,7 +36,7 @@ def examples(n: int = 40, seed: int = 0):
 
 @pytest.fixture(scope="module")
 def recorded(tmp_path_factory):
-    model, ex = teacher(), examples()
+    model, ex = tiny_teacher(), examples()
     root = tmp_path_factory.mktemp("rec")
     for dtype in ("fp32", "fp16"):
         record(
@@ -144,7 +140,7 @@ def test_a_corrupt_shard_is_named(recorded, tmp_path):
 
 def test_recording_refuses_a_teacher_of_other_dimensions(recorded):
     _, _, root = recorded
-    other = ModelConfig(**{**PRESETS["tiny"], "d_model": 32})
+    other = ModelConfig(**{**PRESETS["unit"], "d_model": 32})
     with pytest.raises(DataError, match="recorded with d_model 16"):
         Recording(root / "fp16").check_compatible(other, SITES)
     with pytest.raises(DataError, match="site 'encoder.1.self_attn' was not recorded"):

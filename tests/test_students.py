@@ -3,23 +3,17 @@
 import pytest
 import torch
 
-from distill.model import PRESETS, ModelConfig, Seq2SeqTransformer, list_sites, site_path
+from distill.model import PRESETS, ModelConfig, list_sites, site_path
 from distill.modes import ACTIVATIONS, MODES, RESIDUAL_MODES, mode_sites
 from distill.students import (
-    Identity,
     build_student,
     effective_parameters,
     splice,
     unsplice,
 )
-from tests.test_model import random_src
+from tests.helpers import PassThrough, random_src, tiny_teacher
 
-CFG = ModelConfig(**PRESETS["tiny"])
-
-
-def tiny_teacher(seed: int = 0) -> Seq2SeqTransformer:
-    torch.manual_seed(seed)
-    return Seq2SeqTransformer(CFG).eval()
+CFG = ModelConfig(**PRESETS["unit"])
 
 
 def inputs(seed: int = 0, b: int = 3, n: int = 6):
@@ -39,9 +33,12 @@ def test_identity_adapters_at_every_site_reproduce_the_teacher_exactly():
     before = model(src, tgt)
     for site in list_sites(CFG):
         inner = model.get_submodule(site_path(site, CFG))
-        previous = splice(model, {site: Identity(inner)})
+        wrapper = PassThrough(inner)
+        previous = splice(model, {site: wrapper})
+        assert model.get_submodule(site_path(site, CFG)) is wrapper, site  # really in place
         assert torch.equal(model(src, tgt), before), site
         unsplice(model, previous)
+        assert model.get_submodule(site_path(site, CFG)) is inner, site
     assert torch.equal(model(src, tgt), before)
 
 
