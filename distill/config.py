@@ -29,6 +29,13 @@ def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", str(tp))
 
 
+def _container(tp: Any) -> type | None:
+    """dict for mapping-like annotations (dicts, dataclasses), list for sequences, else None."""
+    if dataclasses.is_dataclass(tp) or typing.get_origin(tp) is dict:
+        return dict
+    return list if typing.get_origin(tp) in (list, tuple) else None
+
+
 def _coerce(value: Any, tp: Any, key: str) -> Any:
     """Check ``value`` against the annotation ``tp``; return it (ints widen to floats)."""
     origin = typing.get_origin(tp)
@@ -36,13 +43,18 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         args = typing.get_args(tp)
         if value is None and type(None) in args:
             return None
+        errors = []
         for arg in args:
             if arg is type(None):
                 continue
             try:
                 return _coerce(value, arg, key)
-            except ConfigError:
-                continue
+            except ConfigError as err:
+                errors.append((arg, err))
+        # A mapping given where one arm is a mapping: that arm's error names the inner key.
+        shaped = [err for arg, err in errors if _container(arg) is type(value)]
+        if len(shaped) == 1 and type(value) in (dict, list):
+            raise shaped[0]
         raise ConfigError(f"config key '{key}': expected {tp}, got {value!r}")
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
@@ -132,11 +144,19 @@ def parse_override(text: str) -> tuple[list[str], Any]:
 
 
 def merge(base: dict[str, Any], delta: dict[str, Any]) -> dict[str, Any]:
-    """Recursive dict merge; ``delta`` wins."""
+    """Recursive dict merge; ``delta`` wins. A list of names over a mapping selects (and orders)
+    its entries, keeping their settings: ``modes=[alr, cross]`` over ``modes: {alr: {lr: 1e-4},
+    dec_self: {...}, cross: {...}}`` keeps alr's and cross's settings; a new name gets none."""
     out = dict(base)
     for key, value in delta.items():
         if isinstance(value, dict) and isinstance(out.get(key), dict):
             out[key] = merge(out[key], value)
+        elif (
+            isinstance(value, list)
+            and isinstance(out.get(key), dict)
+            and all(isinstance(v, str) for v in value)
+        ):
+            out[key] = {name: out[key].get(name, {}) for name in value}
         else:
             out[key] = value
     return out
@@ -177,7 +197,7 @@ def build(
                 child = {}
                 node[part] = child
             node = child
-        node[keys[-1]] = value
+        node.update(merge(node, {keys[-1]: value}))  # a list over a mapping selects (merge)
     return from_dict(cls, data)
 
 

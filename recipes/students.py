@@ -54,29 +54,63 @@ def _student_train_defaults() -> TrainConfig:
     )
 
 
+ALIASES = {  # the flat per-mode keys of older configs -> the ModeSettings field they set
+    "sizes": "size",
+    "activations": "activation",
+    "lrs": "lr",
+    "epochs": "epochs",
+    "schedules": "schedule",
+    "local_units": "local_units",
+}
+
+
+@dataclass
+class ModeSettings:
+    """One mode's settings in ``modes: {alr: {size: m, lr: 1e-4, epochs: 5}, ...}``; an unset
+    field takes the config-wide value (``size``, ``activation``, ``train.*``)."""
+
+    size: str = ""  # "" = the config's `size`
+    activation: str = ""  # "" = the config's `activation`; swiglu/geglu: gated hidden units
+    lr: float = 0.0  # 0 = the paper's rate for the mode (1e-4 for ALR), else train.lr
+    epochs: int = 0  # 0 = train.epochs
+    schedule: str = ""  # "" = train.schedule
+    # Hidden units per position the least-squares init starts as position-local nonlinear
+    # features instead of linear ones (distill/lstsq.py); needs max_len * n < width.
+    local_units: int = 0
+    # Learn output - input (x + MLP(x)); None = on wherever the mode's site adds its input.
+    residual: bool | None = None
+
+    def __post_init__(self) -> None:
+        if self.size and self.size not in SIZES:
+            raise ValueError(f"unknown size '{self.size}' (known: {', '.join(SIZES)})")
+        if self.activation and self.activation not in ACTIVATIONS:
+            known = ", ".join(ACTIVATIONS)
+            raise ValueError(f"unknown activation '{self.activation}' (known: {known})")
+        if self.schedule and self.schedule not in SCHEDULES:
+            known = ", ".join(SCHEDULES)
+            raise ValueError(f"schedule must be one of {known}, got '{self.schedule}'")
+        # TrainConfig checks the rate again when a mode starts; fail now, not mid-run.
+        if not 0 <= self.lr < math.inf:
+            raise ValueError(f"lr must be a finite number > 0, got {self.lr}")
+        if self.epochs < 0:
+            raise ValueError(f"epochs must be >= 1, got {self.epochs}")
+        if self.local_units < 0:
+            raise ValueError(f"local_units must be a whole number >= 0, got {self.local_units}")
+
+
 @dataclass
 class Config:
     run_dir: str = ""
-    modes: list[str] = field(default_factory=lambda: list(DEFAULT_MODES))
+    # The modes to train, in order: a list of names (every setting from the config-wide keys)
+    # or {mode: ModeSettings} to set a mode's own size, rate, epochs, ...
+    modes: list[str] | dict[str, ModeSettings] = field(default_factory=lambda: list(DEFAULT_MODES))
     size: str = "m"
-    sizes: dict[str, str] = field(default_factory=dict)  # per-mode size, overrides `size`
     activation: str = "leaky_relu"
-    # Per-mode activation, overrides `activation` (e.g. {cross: swiglu}: gated hidden units).
-    activations: dict[str, str] = field(default_factory=dict)
-    # Modes whose students learn output - input (x + MLP(x)); [] is the paper's plain MLP.
-    residual: list[str] = field(default_factory=lambda: list(RESIDUAL_MODES))
     # "lstsq": non-causal students start from ridge regressions (distill/lstsq.py); "random" is
     # the paper's (PyTorch's default initialisation).
     init: str = "lstsq"
-    # Per mode: hidden units per position that the least-squares init starts as position-local
-    # nonlinear features instead of linear ones (distill/lstsq.py); needs max_len * n < width.
-    # Unused (with a warning) under init=random.
-    local_units: dict[str, int] = field(default_factory=dict)
     source: str = "disk"  # "disk" (RUN_DIR/record) or "online" (teacher forward passes)
     batch_size: int = 256  # sentences (the paper: 2000)
-    lrs: dict[str, float] = field(default_factory=lambda: dict(PAPER_LR))
-    epochs: dict[str, int] = field(default_factory=dict)  # per-mode epochs, overrides train.epochs
-    schedules: dict[str, str] = field(default_factory=dict)  # per-mode, overrides train.schedule
     shard_size: int = 1000  # online mode: the same batching as a recording with this shard size
     max_sentences: int = 0  # online mode: 0 = whole train split
     valid_sentences: int = 500
@@ -84,29 +118,55 @@ class Config:
     # online mode decodes them, disk mode needs a recording made with the same targets.
     targets: str = "reference"
     train: TrainConfig = field(default_factory=_student_train_defaults)
+    # Older flat per-mode keys, still accepted (empty unless given): each sets that field of the
+    # modes it names, over `modes` (`sizes: {elr: l}` is `modes: {elr: {size: l}}`);
+    # `residual: [alrr]` lists the modes that learn output - input ([] = none).
+    sizes: dict[str, str] = field(default_factory=dict)
+    activations: dict[str, str] = field(default_factory=dict)
+    lrs: dict[str, float] = field(default_factory=dict)
+    epochs: dict[str, int] = field(default_factory=dict)
+    schedules: dict[str, str] = field(default_factory=dict)
+    local_units: dict[str, int] = field(default_factory=dict)
+    residual: list[str] | None = None
 
     def __post_init__(self) -> None:
+        if isinstance(self.modes, list):
+            self.modes = {m: ModeSettings() for m in self.modes}
         for mode in self.modes:
             if mode not in MODES:
                 raise ValueError(f"unknown mode '{mode}' (known: {', '.join(MODES)})")
-        for size in [self.size, *self.sizes.values()]:
-            if size not in SIZES:
-                raise ValueError(f"unknown size '{size}' (known: {', '.join(SIZES)})")
-        for act in [self.activation, *self.activations.values()]:
-            if act not in ACTIVATIONS:
-                known = ", ".join(ACTIVATIONS)
-                raise ValueError(f"unknown activation '{act}' (known: {known})")
-        for mode in self.residual:
-            if mode not in RESIDUAL_MODES:
-                raise ValueError(
-                    f"residual: mode '{mode}' has no residual variant "
-                    f"(only {', '.join(RESIDUAL_MODES)})"
-                )
+        for key, name in ALIASES.items():
+            for mode, value in getattr(self, key).items():
+                if mode not in MODES:
+                    known = ", ".join(MODES)
+                    raise ValueError(f"unknown mode '{mode}' in {key} (known: {known})")
+                if mode in self.modes:
+                    try:
+                        self.modes[mode] = dataclasses.replace(self.modes[mode], **{name: value})
+                    except (TypeError, ValueError) as err:
+                        raise ValueError(f"{key}: {mode}: {err}") from None
+        if self.residual is not None:
+            for mode in self.residual:
+                if mode not in MODES or not MODES[mode].residual:
+                    raise ValueError(
+                        f"residual: mode '{mode}' has no residual variant "
+                        f"(only {', '.join(RESIDUAL_MODES)})"
+                    )
+            for mode, settings in self.modes.items():
+                settings.residual = mode in self.residual
+        ModeSettings(size=self.size, activation=self.activation)  # checks the config-wide two
         if self.init not in INITS:
             raise ValueError(f"init must be one of {', '.join(INITS)}, got '{self.init}'")
-        for mode in self.modes:
-            act = self.activation_of(mode)
-            if self.init == "lstsq" and MODES[mode].lstsq and act not in SUPPORTED_ACTIVATIONS:
+        for mode, settings in self.modes.items():
+            spec, act = MODES[mode], self.activation_of(mode)
+            if settings.residual and not spec.residual:
+                raise ValueError(
+                    f"modes: {mode}: residual: the mode has no residual variant "
+                    f"(only {', '.join(RESIDUAL_MODES)})"
+                )
+            if settings.local_units and not spec.lstsq:
+                raise ValueError(f"local_units: mode '{mode}' has no least-squares init")
+            if self.init == "lstsq" and spec.lstsq and act not in SUPPORTED_ACTIVATIONS:
                 raise ValueError(
                     f"init=lstsq supports the activations {', '.join(SUPPORTED_ACTIVATIONS)}; "
                     f"use init=random with activation={act} (mode {mode})"
@@ -117,36 +177,26 @@ class Config:
             raise ValueError(f"targets must be one of {', '.join(TARGETS)}, got '{self.targets}'")
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
-        for mode, n in self.local_units.items():
-            if mode in MODES and not MODES[mode].lstsq:
-                raise ValueError(f"local_units: mode '{mode}' has no least-squares init")
-            if isinstance(n, bool) or not isinstance(n, int) or n < 0:
-                raise ValueError(f"local_units: must be whole numbers >= 0, got {mode}: {n!r}")
-        per_mode = [self.sizes, self.lrs, self.epochs, self.schedules, self.local_units]
-        for mode in [m for table in [*per_mode, self.activations] for m in table]:
-            if mode not in MODES:
-                known = ", ".join(MODES)
-                raise ValueError(
-                    f"unknown mode '{mode}' in sizes/lrs/epochs/schedules/local_units/"
-                    f"activations (known: {known})"
-                )
-        for name in self.schedules.values():
-            if name not in SCHEDULES:
-                known = ", ".join(SCHEDULES)
-                raise ValueError(f"schedules: must be one of {known}, got '{name}'")
-        for n in self.epochs.values():
-            if n < 1:
-                raise ValueError(f"epochs must be >= 1, got {self.epochs}")
-        for lr in self.lrs.values():
-            # TrainConfig checks the rate again when a mode starts; fail now, not mid-run.
-            if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not 0 < lr < math.inf:
-                raise ValueError(f"learning rates must be finite numbers > 0, got {self.lrs}")
 
     def size_of(self, mode: str) -> str:
-        return self.sizes.get(mode, self.size)
+        return self.modes[mode].size or self.size
 
     def activation_of(self, mode: str) -> str:
-        return self.activations.get(mode, self.activation)
+        return self.modes[mode].activation or self.activation
+
+    def residual_of(self, mode: str) -> bool:
+        found = self.modes[mode].residual
+        return MODES[mode].residual if found is None else found
+
+    def train_of(self, mode: str) -> TrainConfig:
+        """``train`` with the mode's own rate, epochs and schedule."""
+        s = self.modes[mode]
+        return dataclasses.replace(
+            self.train,
+            lr=s.lr or PAPER_LR.get(mode, self.train.lr),
+            epochs=s.epochs or self.train.epochs,
+            schedule=s.schedule or self.train.schedule,
+        )
 
 
 def _batches(cfg: Config, sites, split: str, teacher, examples, recording, epoch: int):
@@ -168,13 +218,14 @@ def check_widths(cfg: Config, model_cfg) -> None:
     the teacher's max_len is known, before any training)."""
     if cfg.init != "lstsq":
         return  # unused (main warns)
-    for mode, n in cfg.local_units.items():
-        if mode in cfg.modes:
-            width = MODES[mode].width(cfg.size_of(mode))
-            try:
-                check_local_units(n, model_cfg.max_len, width, f"local_units: {mode}")
-            except ValueError as err:
-                raise ConfigError(str(err)) from None
+    for mode, settings in cfg.modes.items():
+        width = MODES[mode].width(cfg.size_of(mode))
+        try:
+            check_local_units(
+                settings.local_units, model_cfg.max_len, width, f"local_units: {mode}"
+            )
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
 
 
 def _lstsq(
@@ -222,7 +273,7 @@ def train_mode(cfg: Config, mode: str, teacher, examples, recording, cache=None)
         return out
     out.mkdir(parents=True, exist_ok=True)
     sites = mode_sites(mode, teacher.cfg)
-    size, residual = cfg.size_of(mode), mode in cfg.residual
+    size, residual = cfg.size_of(mode), cfg.residual_of(mode)
     torch.manual_seed(cfg.train.seed)
     students = nn.ModuleDict(
         {
@@ -232,13 +283,8 @@ def train_mode(cfg: Config, mode: str, teacher, examples, recording, cache=None)
             for s in sites
         }
     )
-    train_cfg = dataclasses.replace(
-        cfg.train,
-        lr=cfg.lrs.get(mode, cfg.train.lr),
-        epochs=cfg.epochs.get(mode, cfg.train.epochs),
-        schedule=cfg.schedules.get(mode, cfg.train.schedule),
-    )
-    write_config(out, dataclasses.replace(cfg, modes=[mode], train=train_cfg))
+    train_cfg = cfg.train_of(mode)
+    write_config(out, dataclasses.replace(cfg, modes={mode: cfg.modes[mode]}, train=train_cfg))
     valid = _batches(cfg, sites, "valid", teacher, examples, recording, 0)
 
     def validate(model) -> dict[str, float]:
@@ -252,7 +298,7 @@ def train_mode(cfg: Config, mode: str, teacher, examples, recording, cache=None)
         return {"valid_mse": sum(mse.values()) / len(sites), **mse}
 
     init = cfg.init if MODES[mode].lstsq else "random"
-    local = cfg.local_units.get(mode, 0) if init == "lstsq" else 0
+    local = cfg.modes[mode].local_units if init == "lstsq" else 0
     if init == "lstsq" and resolve_checkpoint(out / "checkpoint") is None:
         some = {s: students[student_key(s)] for s in sites}
         _lstsq(cfg, some, residual, local, teacher, examples, recording, valid, cache)
@@ -316,12 +362,14 @@ def main(cfg: Config) -> Path:
                 cache = Path(cfg.run_dir) / "students" / f"{split}.targets.json"
                 examples[split] = teacher_targets(teacher, examples[split], cache=cache)
     check_widths(cfg, teacher.cfg)
-    if cfg.init != "lstsq" and any(cfg.local_units.values()):
-        log.warning("local_units %s unused: they are part of init=lstsq", cfg.local_units)
+    local = {m: s.local_units for m, s in cfg.modes.items() if s.local_units}
+    if cfg.init != "lstsq" and local:
+        log.warning("local_units %s unused: they are part of init=lstsq", local)
     cache: dict = {}
-    for i, mode in enumerate(cfg.modes):
+    order = list(cfg.modes)
+    for i, mode in enumerate(order):
         train_mode(cfg, mode, teacher, examples, recording, cache)
-        later = {s for m in cfg.modes[i + 1 :] for s in mode_sites(m, teacher.cfg)}
+        later = {s for m in order[i + 1 :] for s in mode_sites(m, teacher.cfg)}
         for key in [k for k in cache if k[0] not in later]:
             del cache[key]  # no later mode solves for this site
     return students_dir(cfg.run_dir)

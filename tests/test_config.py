@@ -56,36 +56,52 @@ def test_exponent_floats_without_a_dot_are_floats():
         load_recipe_config("students", "tiny", ["lrs={alr: fast}"])
 
 
-def test_per_mode_schedules_and_init_are_checked_before_anything_runs():
-    _, cfg = load_recipe_config("students", "tiny", ["schedules={cross: constant}", "init=random"])
-    assert cfg.schedules == {"cross": "constant"} and cfg.init == "random"
-    with pytest.raises(ConfigError, match="schedules"):
-        load_recipe_config("students", "tiny", ["schedules={cross: steep}"])
-    with pytest.raises(ConfigError, match="schedules"):
-        load_recipe_config("students", "tiny", ["schedules={crosss: constant}"])
-    with pytest.raises(ConfigError, match="init"):
-        load_recipe_config("students", "tiny", ["init=zeros"])
-    with pytest.raises(ConfigError, match="init=random"):
-        load_recipe_config("students", "tiny", ["activation=swiglu"])
+def test_per_mode_settings_are_checked_before_anything_runs():
+    _, cfg = load_recipe_config("students", "tiny", ["modes.cross.schedule=constant"])
+    assert cfg.train_of("cross").schedule == "constant" and cfg.train_of("alr").schedule != ""
+    for bad, match in [
+        ("modes.cross.schedule=steep", r"config 'modes\.cross': schedule must be one of"),
+        ("modes.crosss.schedule=constant", "unknown mode 'crosss'"),
+        ("modes.cross.sise=m", "unknown config key 'modes.cross.sise'"),
+        ("modes.cross.residual=true", "modes: cross: residual: the mode has no residual variant"),
+        ("schedules={cross: steep}", "schedules: cross: schedule must be one of"),
+        ("init=zeros", "init"),
+        ("activation=swiglu", "init=random"),
+    ]:
+        with pytest.raises(ConfigError, match=match):
+            load_recipe_config("students", "tiny", [bad])
     load_recipe_config("students", "tiny", ["activation=swiglu", "init=random"])
+
+
+def test_a_list_of_modes_selects_from_the_mapping_and_old_flat_keys_still_apply():
+    _, cfg = load_recipe_config("students", "tiny", ["modes=[elr, alr]"])
+    assert list(cfg.modes) == ["elr", "alr"]  # order kept: the training order
+    assert cfg.size_of("elr") == "s" and cfg.modes["elr"].local_units == 1  # the YAML's settings
+    flat = ["modes=[cross, elr]", "schedules={cross: constant}", "sizes={elr: l}", "lrs={elr: 3}"]
+    nested = ["modes=[cross, elr]", "modes.cross.schedule=constant", "modes.elr.size=l"]
+    nested.append("modes.elr.lr=3")
+    assert load_recipe_config("students", "tiny", flat)[1].modes == (
+        load_recipe_config("students", "tiny", nested)[1].modes
+    )
 
 
 def test_local_units_are_checked_before_anything_runs():
     from distill.model import PRESETS, ModelConfig
     from recipes.students import check_widths
 
-    _, cfg = load_recipe_config("students", "tiny", ["local_units={elr: 2}", "sizes={elr: l}"])
-    assert cfg.local_units == {"elr": 2}
+    over = ["modes.elr.local_units=2", "modes.elr.size=l"]
+    _, cfg = load_recipe_config("students", "tiny", over)
+    assert cfg.modes["elr"].local_units == 2
     for bad, match in [
-        ("local_units={dec_self: 2}", "no least-squares init"),
-        ("local_units={elrr: 2}", "unknown mode"),
-        ("local_units={elr: -1}", "whole numbers"),
-        ("local_units={elr: 1.5}", "local_units"),
+        ("modes.dec_self.local_units=2", "no least-squares init"),
+        ("local_units={elrr: 2}", "unknown mode 'elrr' in local_units"),
+        ("modes.elr.local_units=-1", "whole number"),
+        ("modes.elr.local_units=1.5", "modes.elr.local_units"),
     ]:
         with pytest.raises(ConfigError, match=match):
             load_recipe_config("students", "tiny", [bad])
     model_cfg = ModelConfig(**PRESETS["unit"])
     check_widths(cfg, model_cfg)  # 2 x max_len 8 is well below L's 3200 units
-    _, narrow = load_recipe_config("students", "tiny", ["local_units={elr: 7}", "sizes={elr: s}"])
+    _, narrow = load_recipe_config("students", "tiny", ["modes.elr.local_units=7"])  # size s
     with pytest.raises(ConfigError, match="below the hidden width 50"):
         check_widths(narrow, model_cfg)
