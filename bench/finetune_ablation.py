@@ -15,7 +15,8 @@ that the arm does not change. Arms, all with the same finetune step budget (--st
 ``--finetune``, ``--students`` and ``--record KEY=VALUE`` pass settings to those stages (a gated
 cross student: ``--students modes.cross.activation=swiglu --modes cross --arms tuned --tag
 swiglu``; decoder students on the teacher's decodes: ``--record targets=teacher --students
-targets=teacher --modes dec_self,cross``); an arm given any of the last two trains its own students of ``--modes``.
+targets=teacher --modes dec_self,cross``); an arm given any of the last two trains its own
+students of ``--modes``.
 Each arm resumes or skips what it already finished. The table is printed last, scored on
 ``--split`` (valid chooses settings; test only reports).
 """

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from distill.model import ModelConfig, recompute_step, site_path, site_step
+from distill.model import ModelConfig, recompute_step, site_path
 from distill.modes import ACTIVATIONS, GATED, RESIDUAL_MODES, mode
 
 
