@@ -1,7 +1,17 @@
 """Run directories: where each stage writes, and loading what an earlier stage wrote.
 
-RUN_DIR/teacher/   config.yaml spm.model model.json model.safetensors bleu.json ...
-RUN_DIR/students/  one sub-directory per site and mode, then the spliced results
+RUN_DIR/teacher/               config.yaml, spm.model, model.json (ModelConfig),
+                               model.safetensors, metrics.jsonl, bleu.json (written last)
+RUN_DIR/record/{train,valid}/  manifest.json (written last) + fp16/fp32 safetensors shards
+RUN_DIR/students/<mode>/       config.yaml, metrics.jsonl, init.json (least-squares init),
+                               students.safetensors, spec.json (written last: mode, size, sites,
+                               activation, residual, init, local_units)
+RUN_DIR/finetune/<variant>/    config.yaml, metrics.jsonl, model.safetensors, spec.json
+                               (written last: variant, modes, sites, replacements, settings,
+                               final validation losses)
+RUN_DIR/eval/                  results.{json,md,png} (test split), results-valid.* (valid)
+Every stage skips what a finished spec.json / manifest.json / bleu.json marks as done and
+resumes the rest from its checkpoint/.
 """
 
 from __future__ import annotations
@@ -87,7 +97,8 @@ def students_dir(run_dir: str | Path) -> Path:
 
 
 def student_spec(run_dir: str | Path, mode: str) -> dict:
-    """RUN_DIR/students/<mode>/spec.json (mode, size, sites, activation, residual)."""
+    """RUN_DIR/students/<mode>/spec.json (mode, size, sites, activation, residual, init,
+    local_units)."""
     path = students_dir(run_dir) / mode / "spec.json"
     if not path.is_file():
         raise CheckpointError(

@@ -2,14 +2,23 @@
 
     distill run students --config demo                 # from RUN_DIR/record (disk shards)
     distill run students --config demo source=online   # straight from teacher passes, no disk
+    distill run students --config demo modes=[alr,cross] modes.cross.epochs=4
     distill run students --config tiny
 
 Each site's student learns the teacher's output of that site from the teacher's input of that
-site (never from outputs of earlier replaced sites): masked MSE over non-pad elements, Adam, the
-paper's constant rates (1e-4 for ALR, 1e-3 otherwise). All sites of a mode train together in one
-loop; their losses are summed, and since they share no parameters and Adam is per parameter, that
-is the same as training each alone. Writes RUN_DIR/students/<mode>/: config.yaml, metrics.jsonl
-(train loss, validation MSE per epoch), checkpoint/ (resumable), students.safetensors + spec.json.
+site (never from outputs of earlier replaced sites): masked MSE over non-pad elements
+(``distill.losses``), Adam. All sites of a mode train together in one loop; their losses are
+summed, and since they share no parameters and Adam is per parameter, that is the same as
+training each alone. ``modes`` maps each mode to its own settings (size, activation, rate,
+epochs, schedule; ``ModeSettings``); what a mode can do is ``distill.modes.MODES``.
+
+Two additions beyond the paper, both on by default and off in the ``paper`` config: non-causal
+students start from a least-squares fit of the site (``init: lstsq``, ``distill/lstsq.py``;
+optionally with ``local_units`` position-local nonlinear units), and modes whose site returns
+its input plus a change (ALRR, ELR) learn only the change, ``x + MLP(x)`` (``residual``).
+Writes RUN_DIR/students/<mode>/: config.yaml, init.json, metrics.jsonl (train loss, validation
+MSE per epoch), checkpoint/ (resumable; deleted once finished), students.safetensors and
+spec.json (written last: a mode with one is skipped).
 """
 
 from __future__ import annotations
