@@ -40,6 +40,7 @@ from distill.runs import (
     tuned_spec,
     variant_spec,
 )
+from distill.tokenizer import hf_tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -176,6 +177,7 @@ def export(
     with atomic_dir(out_dir) as tmp:
         save_tensors(tmp / "model.safetensors", model.state_dict())
         shutil.copyfile(tok.path, tmp / "spm.model")
+        hf_tokenizer(tok.path, cfg.max_len).save_pretrained(tmp)  # for AutoTokenizer
         atomic_write_json(tmp / "generation_config.json", generation_config(cfg))
         for filename, code in REMOTE_CODE.items():
             atomic_write_text(tmp / filename, code)

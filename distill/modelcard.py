@@ -5,9 +5,7 @@ from __future__ import annotations
 from distill.model import format_count
 
 CARD = """---
-language: [{src}, {tgt}]
-tags: [translation, distill, attentionless]
-library_name: transformers
+{front_matter}
 ---
 # {name}: {src}→{tgt} translation, variant `{variant}`
 
@@ -55,24 +53,24 @@ print(model.translate(["{sample}"], beam=1))
 
 ## Use with transformers
 
-The remote code here (`modeling_distill.py`, `configuration_distill.py`) only imports the
-`distill` package, so install distill first (`pip install -e .` in its checkout). Sources are
-SentencePiece ids followed by EOS ({eos}) and right-padded with {pad}. With the shipped
-`generation_config.json`, `generate` returns distill's tokens, greedy or with `num_beams=k`.
-
 ```python
-import sentencepiece as spm
-import torch
-from transformers import AutoModelForSeq2SeqLM
+from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
+tok = AutoTokenizer.from_pretrained("{name}", trust_remote_code=True)
 model = AutoModelForSeq2SeqLM.from_pretrained("{name}", trust_remote_code=True)
-sp = spm.SentencePieceProcessor(model_file="{name}/spm.model")
-ids = [sp.encode(s)[:{max_src}] + [{eos}] for s in ["{sample}"]]
-width = max(map(len, ids))
-src = torch.tensor([x + [{pad}] * (width - len(x)) for x in ids])
-out = model.generate(src, attention_mask=(src != {pad}).long(), num_beams=2)
-print(sp.decode(out[:, 1:].tolist()))  # EOS and padding ids decode to nothing
+batch = tok(["{sample}"], return_tensors="pt", padding=True, truncation=True)
+print(tok.batch_decode(model.generate(**batch, num_beams=1), skip_special_tokens=True))
 ```
+
+The tokenizer (`tokenizer.json`) is the SentencePiece model `spm.model` converted by
+transformers: it appends EOS, right-pads, and with `truncation=True` keeps a source's first
+{max_src} pieces, as `distill translate` does; `generate` (greedy, or `num_beams=k`) then returns
+distill's tokens. Both calls need `trust_remote_code=True` (AutoTokenizer reads `config.json`
+too, whose architecture is distill's); the remote code (`modeling_distill.py`,
+`configuration_distill.py`) only imports the `distill` package, so install distill first
+(`pip install -e .` in its checkout).
+To publish: `hf upload <user>/{name} {name}` (huggingface_hub's CLI; needs a network and a
+token).
 
 ## Limits
 
@@ -101,6 +99,56 @@ sacrebleu test.en -i hyp.en -m bleu chrf
 """
 
 
+# corpus -> (Hub dataset id or None, licence of a model trained on it, licence name, link)
+CORPORA = {
+    "iwslt2017": ("IWSLT/iwslt2017", "cc-by-nc-nd-4.0", None, None),
+    "demo": (None, "other", "demo-corpus-licences", "distill/demo_corpus/LICENSES.md"),
+}
+
+
+def front_matter(config: dict, row: dict, name: str) -> str:
+    """The card's YAML metadata (language, licence, library, tags, datasets, metrics and a
+    model-index with BLEU and chrF), written by huggingface_hub's ``ModelCardData``."""
+    from huggingface_hub import EvalResult, ModelCardData
+
+    src, _, tgt = config["data"]["pair"].partition("-")
+    corpus = config["data"]["source"]
+    dataset, licence, licence_name, licence_link = CORPORA.get(corpus, (None, "other", None, None))
+    common = dict(
+        task_type="translation",
+        task_name=f"Translation {src}-{tgt}",
+        dataset_type=dataset or corpus,
+        dataset_name=f"{corpus} {src}-{tgt}",
+        dataset_config=f"{src}-{tgt}",
+        dataset_split="test",
+        verified=False,
+    )
+    results = [
+        EvalResult(
+            metric_type=metric,
+            metric_name=label,
+            metric_value=row[metric],
+            metric_config=row.get(f"{metric}_signature"),  # the sacreBLEU signature
+            **common,
+        )
+        for metric, label in (("bleu", "BLEU"), ("chrf", "chrF"))
+    ]
+    data = ModelCardData(
+        language=[src, tgt],
+        license=licence,
+        license_name=licence_name,
+        license_link=licence_link,
+        library_name="transformers",
+        pipeline_tag="translation",
+        tags=["translation", "distill", "attentionless", config["variant"]],
+        datasets=[dataset] if dataset else None,
+        metrics=["bleu", "chrf"],
+        model_name=name,
+        eval_results=results,
+    )
+    return data.to_yaml()
+
+
 def model_card(config: dict, row: dict, note: str, name: str, whole: dict | None = None) -> str:
     """README.md for the export ``name`` described by ``config``, scored by ``row`` on ``note``
     and, when given, by ``whole`` on every pair of the test split."""
@@ -124,6 +172,7 @@ def model_card(config: dict, row: dict, note: str, name: str, whole: dict | None
     else:
         stage_text = "Stage: **layer-wise** (no fine-tuning after splicing: the paper's protocol)."
     return CARD.format(
+        front_matter=front_matter(config, row, name),
         stage_text=stage_text,
         name=name,
         src=src,

@@ -142,3 +142,36 @@ def _strip_specials(ids: Sequence[int]) -> list[int]:
         if i not in (PAD_ID, BOS_ID):
             out.append(i)
     return out
+
+
+def hf_tokenizer(model_path: str | Path, max_len: int):
+    """The transformers tokenizer of a SentencePiece model: a fast tokenizer that transformers'
+    own SentencePiece conversion builds (``SpmConverter.build_tokenizer_from_spm_proto``: the
+    model's normalizer, dummy prefix, merges and byte fallback), plus EOS appended to every
+    sequence. It gives the ids ``Tokenizer.encode`` + EOS gives and decodes them back to the same
+    text; with ``truncation=True`` a source keeps its first ``max_len - 1`` pieces and its EOS,
+    as ``distill translate`` does."""
+    from tokenizers import processors
+    from transformers import PreTrainedTokenizerFast
+    from transformers.convert_slow_tokenizer import SpmConverter, import_protobuf
+
+    proto = import_protobuf().ModelProto()
+    proto.ParseFromString(Path(model_path).read_bytes())
+    vocab = {piece.piece: i for i, piece in enumerate(proto.pieces)}
+    backend = SpmConverter.build_tokenizer_from_spm_proto(proto, vocab)
+    if backend is None:
+        raise DataError(f"{model_path}: cannot build a transformers tokenizer from this model")
+    eos = proto.pieces[EOS_ID].piece
+    backend.post_processor = processors.TemplateProcessing(
+        single=f"$A {eos}", special_tokens=[(eos, EOS_ID)]
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        pad_token=proto.pieces[PAD_ID].piece,
+        unk_token=proto.pieces[UNK_ID].piece,
+        bos_token=proto.pieces[BOS_ID].piece,
+        eos_token=eos,
+        model_max_length=max_len,
+        padding_side="right",
+        truncation_side="right",
+    )

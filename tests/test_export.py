@@ -192,6 +192,59 @@ def test_transformers_generate_equals_distill_greedy_and_beam(exports, hf_models
         assert [strip_ids(r[1:]) for r in short.tolist()] == greedy(model, src, max_len=3)
 
 
+HUB_TEXTS = [  # a long one (truncated to max_len 8 like distill translate) and two short ones
+    "Der Hund sieht den Ball und die Katze mag ein Buch heute oft.",
+    "Die Katze mag nie den Ball.",
+    "Hallo",
+]
+
+
+@pytest.mark.parametrize("variant", ["teacher", "attentionless_pw"])
+def test_the_hub_three_line_usage_gives_exactly_distill_translate(exports, hf_models, variant):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(exports[variant]), trust_remote_code=True)
+    model, ours = distill.from_pretrained(exports[variant])
+    batch = tok(HUB_TEXTS, return_tensors="pt", padding=True, truncation=True)
+    ids = [x[: model.cfg.max_len - 1] + [EOS_ID] for x in ours.encode_batch(HUB_TEXTS)]
+    width = max(map(len, ids))
+    assert batch["input_ids"].tolist() == [x + [PAD_ID] * (width - len(x)) for x in ids]
+    assert batch["attention_mask"].tolist() == [[1] * len(x) + [0] * (width - len(x)) for x in ids]
+    for beam in (1, 4):
+        with torch.no_grad():
+            out = hf_models[variant].generate(**batch, num_beams=beam)
+        assert tok.batch_decode(out, skip_special_tokens=True) == model.translate(
+            HUB_TEXTS, beam=beam
+        ), beam
+
+
+def test_the_model_card_is_hub_metadata_and_its_usage_snippet_runs(exports, hf_models, capsys):
+    from huggingface_hub import ModelCard
+
+    path = exports["attentionless_pw"]
+    text = (path / "README.md").read_text()
+    card = ModelCard(text)  # parses and validates the YAML front matter
+    data = card.data.to_dict()
+    assert data["language"] == ["de", "en"] and data["library_name"] == "transformers"
+    assert "translation" in data["tags"] and data["metrics"] == ["bleu", "chrf"]
+    results = {r.metric_type: r for r in card.data.eval_results}
+    row = json.loads((path.parent / "run" / "eval" / "results.json").read_text())
+    assert set(results) == {"bleu", "chrf"} and results["bleu"].dataset_split == "test"
+    scored = next(r for r in row["rows"] if r["variant"] == "attentionless_pw")
+    assert results["bleu"].metric_value == scored["bleu"]
+    assert results["bleu"].metric_config == scored["bleu_signature"]  # the sacreBLEU signature
+    snippet = text.split("## Use with transformers", 1)[1].split("```python\n", 1)[1]
+    snippet = snippet.split("```", 1)[0]
+    expected = distill.from_pretrained(path)[0].translate(["Guten Morgen!"])
+    cwd = os.getcwd()
+    os.chdir(path.parent)  # the card names the export by its directory name
+    try:
+        exec(snippet, {})
+    finally:
+        os.chdir(cwd)
+    assert capsys.readouterr().out.strip() == repr(expected)
+
+
 @pytest.mark.parametrize("variant", ["teacher", "attentionless", "attentionless_pw"])
 def test_generate_decodes_incrementally_and_the_cache_changes_no_token(hf_models, variant):
     hf = hf_models[variant]
