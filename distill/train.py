@@ -97,10 +97,13 @@ def learning_rate(cfg: TrainConfig, step: int, d_model: int, total: int = 0) -> 
 
 
 class MetricsLog:
-    """Append-only ``metrics.jsonl``; on resume, records past the checkpoint's step are dropped."""
+    """Append-only ``metrics.jsonl``; on resume, records past the checkpoint's step are dropped.
+    Only the main process writes (``enabled``): several processes log one run."""
 
-    def __init__(self, path: Path, resume_step: int | None):
-        self.path = path
+    def __init__(self, path: Path, resume_step: int | None, enabled: bool = True):
+        self.path, self.enabled = path, enabled
+        if not enabled:
+            return
         if resume_step is None:
             atomic_write_text(path, "")
         elif path.exists():
@@ -112,6 +115,8 @@ class MetricsLog:
             atomic_write_text(path, "".join(line + "\n" for line in kept))
 
     def write(self, **record: Any) -> None:
+        if not self.enabled:
+            return
         with open(self.path, "a", encoding="utf-8") as f:
             f.write(json.dumps(record, sort_keys=True) + "\n")
 
@@ -124,8 +129,19 @@ def _step_of(line: str) -> float:
         return math.inf
 
 
+def process_state():
+    """accelerate's ``PartialState`` of this process (index, main or not), built as
+    ``make_accelerator`` builds it: with ``ACCELERATE_USE_CPU=1`` several CPU processes form one
+    gloo group. Create it before anything asks which process this is."""
+    from accelerate import PartialState
+    from accelerate.utils import parse_flag_from_env
+
+    return PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
+
+
 def make_accelerator(cfg: TrainConfig):
-    """An ``accelerate.Accelerator`` for this config (CPU here, GPUs when present)."""
+    """An ``accelerate.Accelerator`` for this config: one process, or one per process that
+    ``accelerate launch`` / ``torchrun`` started (on CPUs with ``ACCELERATE_USE_CPU=1``: gloo)."""
     from accelerate import Accelerator
 
     return Accelerator(mixed_precision=cfg.mixed_precision)
@@ -172,7 +188,9 @@ def fit(
                 "(or use another run_dir) to start over"
             ) from None
         log.info("%s: resuming from %s at step %d", desc, found, state["step"])
-    metrics = MetricsLog(out_dir / "metrics.jsonl", state["step"] if found else None)
+    metrics = MetricsLog(
+        out_dir / "metrics.jsonl", state["step"] if found else None, acc.is_main_process
+    )
     model, optimizer = acc.prepare(model, optimizer)
     plain = acc.unwrap_model(model)
 
@@ -241,15 +259,17 @@ def fit(
             bar.update(1)
             if state["step"] % cfg.log_every == 0:
                 elapsed = time.perf_counter() - started
+                # With several processes: the mean of their losses (each saw its own batch).
+                logged = acc.reduce(loss.detach(), "mean") if acc.num_processes > 1 else loss
                 metrics.write(
                     step=state["step"],
                     epoch=state["epoch"],
-                    loss=loss.item(),
+                    loss=logged.item(),
                     **{name: float(value) for name, value in terms.items()},
                     lr=lr,
                     steps_per_s=seen / elapsed,
                 )
-                bar.set_postfix(loss=f"{loss.item():.4f}", epoch=state["epoch"])
+                bar.set_postfix(loss=f"{logged.item():.4f}", epoch=state["epoch"])
             if cfg.eval_every and state["step"] % cfg.eval_every == 0:
                 run_validation()
             if cfg.max_steps and state["step"] >= cfg.max_steps:

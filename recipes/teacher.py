@@ -25,7 +25,7 @@ from distill.data import DataConfig, Tokenizer, encode_pairs, load_pairs, spread
 from distill.errors import DataError
 from distill.model import PAD_ID, ModelConfig, Seq2SeqTransformer, count_parameters
 from distill.runs import save_model, teacher_dir, write_config
-from distill.train import TrainConfig, fit
+from distill.train import TrainConfig, fit, process_state
 
 log = logging.getLogger("recipes.teacher")
 
@@ -92,8 +92,10 @@ def main(cfg: Config) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    write_config(out, cfg)
-    tok = prepare_tokenizer(cfg, out, train_pairs)
+    state = process_state()  # one process, or each of several (accelerate launch / torchrun)
+    with state.main_process_first():  # the main process trains the tokenizer, the others load it
+        write_config(out, cfg)
+        tok = prepare_tokenizer(cfg, out, train_pairs)
     train, train_report = encode_pairs(train_pairs, tok, cfg.data.max_len)
     valid, valid_report = encode_pairs(valid_pairs, tok, cfg.data.max_len)
     _, test_report = encode_pairs(test_pairs, tok, cfg.data.max_len)
@@ -103,9 +105,9 @@ def main(cfg: Config) -> Path:
                 f"{cfg.data.path or cfg.data.source}: no {split} pair is left after the length "
                 f"filter (max_len {cfg.data.max_len}): {report}"
             )
-    atomic_write_json(
-        out / "data.json", {"train": train_report.counts(), "valid": valid_report.counts()}
-    )
+    if state.is_main_process:
+        counts = {"train": train_report.counts(), "valid": valid_report.counts()}
+        atomic_write_json(out / "data.json", counts)
     log.info("train: %s", train_report)
 
     mcfg = dataclasses.replace(cfg.model, vocab_size=tok.vocab_size, max_len=cfg.data.max_len)
@@ -136,6 +138,8 @@ def main(cfg: Config) -> Path:
         validate=validate,
     )
     model.eval()
+    if not state.is_main_process:
+        return out  # the main process saves and scores the model (fit kept the copies equal)
     save_model(out, model)
 
     in_range = [test_pairs[i] for i in test_report.kept_indices]
