@@ -13,6 +13,7 @@ target: none) and the time each took.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import time
 from pathlib import Path
@@ -43,7 +44,7 @@ def main() -> None:
             raise SystemExit(f"{out}: not found (give --run-dir to export it first)")
         export(args.run_dir, args.variant, out)
     model, _ = distill.from_pretrained(out)
-    config = __import__("json").loads((out / "config.json").read_text())
+    config = json.loads((out / "config.json").read_text())
     data = DataConfig(**config["data"]) if config["data"]["source"] == "demo" else None
     if data is None:
         raise SystemExit("this benchmark reads the demo corpus's test split")
