@@ -70,7 +70,13 @@ def atomic_write_json(path: str | Path, obj: Any) -> None:
 
 def save_tensors(path: str | Path, tensors: dict[str, torch.Tensor], meta: dict | None = None):
     """safetensors file written atomically (contiguous CPU copies)."""
-    clean = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
+    clean, seen = {}, set()
+    for k, v in tensors.items():
+        v = v.detach().to("cpu").contiguous()
+        if v.data_ptr() in seen:  # tied weights: safetensors stores each copy on its own
+            v = v.clone()
+        seen.add(v.data_ptr())
+        clean[k] = v
     with atomic_file(path) as tmp:
         save_file(clean, tmp, metadata={k: str(v) for k, v in (meta or {}).items()})
 

@@ -340,7 +340,7 @@ def encode_pairs(
     empty, source too long, target too long. The report is logged at INFO.
     """
     sources = tok.encode_batch([s for s, _ in pairs])
-    targets = tok.encode_batch([t for _, t in pairs])
+    targets = tok.encode_target_batch([t for _, t in pairs])
     report, examples = FilterReport(total=len(pairs)), []
     for i, (s, t) in enumerate(zip(sources, targets)):
         if not s or not t:

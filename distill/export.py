@@ -27,6 +27,7 @@ from distill.checkpoint import (
 )
 from distill.data import load_pairs, scored_pairs
 from distill.errors import CheckpointError, ConfigError, DistillError
+from distill.marian import MarianVocab
 from distill.model import ModelConfig, count_parameters
 from distill.modelcard import model_card
 from distill.modes import VARIANTS
@@ -132,6 +133,13 @@ def _shareable(directory: Path) -> None:
         path.chmod(0o666 & ~umask)
 
 
+def _tokenizer_entry(tok) -> dict:
+    """config.json's ``tokenizer``: which files hold it and how many pieces it has."""
+    if isinstance(tok, MarianVocab):
+        return {"file": "vocab.json", "type": "marian", "vocab_size": tok.vocab_size}
+    return {"file": "spm.model", "type": "sentencepiece", "vocab_size": tok.vocab_size}
+
+
 def export(
     run_dir: str | Path,
     variant_or_spec: str | dict[str, str],
@@ -166,7 +174,7 @@ def export(
     config = make_config(
         cfg,
         replacements,
-        {"file": "spm.model", "type": "sentencepiece", "vocab_size": tok.vocab_size},
+        _tokenizer_entry(tok),
         variant=name,
         stage=stage,
         finetune=tuned["settings"] if tuned is not None else None,
@@ -176,8 +184,12 @@ def export(
     )
     with atomic_dir(out_dir) as tmp:
         save_tensors(tmp / "model.safetensors", model.state_dict())
-        shutil.copyfile(tok.path, tmp / "spm.model")
-        hf_tokenizer(tok.path, cfg.max_len).save_pretrained(tmp)  # for AutoTokenizer
+        if isinstance(tok, MarianVocab):  # its renumbered MarianTokenizer loads as it is
+            for name in sorted(p.name for p in tok.path.iterdir() if p.is_file()):
+                shutil.copyfile(tok.path / name, tmp / name)
+        else:
+            shutil.copyfile(tok.path, tmp / "spm.model")
+            hf_tokenizer(tok.path, cfg.max_len).save_pretrained(tmp)  # for AutoTokenizer
         atomic_write_json(tmp / "generation_config.json", generation_config(cfg))
         for filename, code in REMOTE_CODE.items():
             atomic_write_text(tmp / filename, code)

@@ -1,13 +1,17 @@
-"""The teacher: a compact pre-LN encoder-decoder Transformer with named replacement sites.
+"""The teacher: a compact encoder-decoder Transformer with named replacement sites.
 
+Two *families* share the code: ``distill`` (ours: pre-LN, a final norm after each stack,
+interleaved sinusoidal positions) and ``marian`` (transformers' MarianMTModel, which
+``distill.marian`` converts into this class: post-LN, no final norms, sin/cos halves).
 Read top to bottom: config and presets, attention core, sublayers, layers, the model.
 Attention is split into a *core* (per-head Q/K/V projections and softmax, output = concatenated
 heads before W_O) and the output projection W_O, so ALR/ASLR students can replace the core and keep
 W_O. Every module a student may replace is a *site* with a stable name (see ``list_sites``).
 
 Call signatures shared by a site and any student that replaces it:
-    encoder.{i}.self_attn   core(x, mask)                          x = LN(h)        -> (B, S, D)
-    encoder.{i}.sublayer0   sublayer(x, mask)                      x + W_O(core(LN(x)))
+    encoder.{i}.self_attn   core(x, mask)                          x = LN(h) (pre-LN), h (post-LN)
+    encoder.{i}.sublayer0   sublayer(x, mask)                      x + W_O(core(LN(x))) (pre-LN),
+                                                                   LN(x + W_O(core(x))) (post-LN)
     encoder.{i}             layer(x, mask)                         whole encoder layer
     decoder.{i}.self_attn   core(y, mask)                          causal in target positions
     decoder.{i}.cross_attn  core(y, mask, memory, memory_mask)     keys/values from the encoder
@@ -42,8 +46,15 @@ class ModelConfig:
     n_dec: int = 6
     dropout: float = 0.1
     max_len: int = 50
+    family: str = "distill"  # "distill" (pre-LN) or "marian" (post-LN, see the module docstring)
+    activation: str = "relu"  # of the feed-forward sublayers: relu, swish (Marian's) or gelu
 
     def __post_init__(self) -> None:
+        if self.family not in FAMILIES:
+            raise ValueError(f"family must be one of {', '.join(FAMILIES)}, got {self.family!r}")
+        if self.activation not in FFN_ACTIVATIONS:
+            known = ", ".join(FFN_ACTIVATIONS)
+            raise ValueError(f"activation must be one of {known}, got {self.activation!r}")
         for name in ("vocab_size", "d_model", "n_heads", "d_ff", "n_enc", "n_dec", "max_len"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -56,6 +67,15 @@ class ModelConfig:
     def head_dim(self) -> int:
         return self.d_model // self.n_heads
 
+    @property
+    def pre_norm(self) -> bool:
+        """LayerNorm before each sublayer (ours) rather than after the residual (Marian)."""
+        return self.family == "distill"
+
+
+FAMILIES = ("distill", "marian")
+FFN_ACTIVATIONS = {"relu": nn.ReLU, "swish": nn.SiLU, "gelu": nn.GELU}
+
 
 # Presets as data; recipe YAMLs repeat the values they use so a run dir is self-describing.
 PRESETS: dict[str, dict] = {
@@ -66,8 +86,13 @@ PRESETS: dict[str, dict] = {
 }
 
 
-def sinusoidal_positions(n: int, d: int) -> torch.Tensor:
-    """(n, d) fixed sinusoidal position table (Vaswani et al.)."""
+def sinusoidal_positions(n: int, d: int, halves: bool = False) -> torch.Tensor:
+    """(n, d) fixed sinusoidal position table (Vaswani et al.): sin and cos interleaved, or
+    with ``halves`` all sines first and then all cosines (Marian's layout)."""
+    if halves:  # computed as MarianSinusoidalPositionalEmbedding does (float64, then float32)
+        pos = torch.arange(n, dtype=torch.float64)[:, None]
+        angle = pos / torch.pow(10000.0, 2 * (torch.arange(d, dtype=torch.float64) // 2) / d)
+        return torch.cat([angle[:, 0::2].sin(), angle[:, 1::2].cos()], dim=1).float()
     pos = torch.arange(n, dtype=torch.float32)[:, None]
     freq = torch.exp(torch.arange(0, d, 2, dtype=torch.float32) * (-math.log(10000.0) / d))
     table = torch.zeros(n, d)
@@ -165,10 +190,11 @@ class AttentionCore(nn.Module):
 
 
 class AttentionSublayer(nn.Module):
-    """x + dropout(W_O(core(LN(x)))): the pre-LN attention sublayer."""
+    """x + dropout(W_O(core(LN(x)))) (pre-LN) or LN(x + dropout(W_O(core(x)))) (post-LN)."""
 
     def __init__(self, cfg: ModelConfig, causal: bool = False):
         super().__init__()
+        self.pre_norm = cfg.pre_norm
         self.norm = nn.LayerNorm(cfg.d_model)
         self.attn = AttentionCore(cfg.d_model, cfg.n_heads, cfg.dropout, causal)
         self.out_proj = nn.Linear(cfg.d_model, cfg.d_model)
@@ -176,32 +202,36 @@ class AttentionSublayer(nn.Module):
 
     def forward(self, x, mask, memory=None, memory_mask=None, cache=None) -> torch.Tensor:
         """With ``cache`` (decoder sites), ``x`` holds only the new positions (``site_step``)."""
-        h = self.norm(x)
+        h = self.norm(x) if self.pre_norm else x
         if cache is not None:
             h = site_step(self.attn, h, mask, cache, memory, memory_mask)
         elif memory is not None:
             h = self.attn(h, mask, memory, memory_mask)
         else:
             h = self.attn(h, mask)
-        return x + self.drop(self.out_proj(h))
+        out = x + self.drop(self.out_proj(h))
+        return out if self.pre_norm else self.norm(out)
 
 
 class FeedForwardSublayer(nn.Module):
-    """x + dropout(W2 relu(W1 LN(x)))."""
+    """x + dropout(W2 act(W1 LN(x))) (pre-LN) or LN(x + dropout(W2 act(W1 x))) (post-LN)."""
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
+        self.pre_norm = cfg.pre_norm
         self.norm = nn.LayerNorm(cfg.d_model)
         self.ff = nn.Sequential(
             nn.Linear(cfg.d_model, cfg.d_ff),
-            nn.ReLU(),
+            FFN_ACTIVATIONS[cfg.activation](),
             nn.Dropout(cfg.dropout),
             nn.Linear(cfg.d_ff, cfg.d_model),
         )
         self.drop = nn.Dropout(cfg.dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.drop(self.ff(self.norm(x)))
+        if self.pre_norm:
+            return x + self.drop(self.ff(self.norm(x)))
+        return self.norm(x + self.drop(self.ff(x)))
 
 
 class EncoderLayer(nn.Module):
@@ -232,19 +262,22 @@ class DecoderLayer(nn.Module):
 
 
 class Seq2SeqTransformer(nn.Module):
-    """Pre-LN encoder-decoder with separate source/target embeddings and sinusoidal positions."""
+    """Encoder-decoder with separate source/target embeddings and sinusoidal positions; the
+    stacks end in a LayerNorm in the pre-LN family (post-LN layers already end in one)."""
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.cfg = cfg
         self.src_embed = nn.Embedding(cfg.vocab_size, cfg.d_model, padding_idx=PAD_ID)
         self.tgt_embed = nn.Embedding(cfg.vocab_size, cfg.d_model, padding_idx=PAD_ID)
-        self.register_buffer("positions", sinusoidal_positions(cfg.max_len, cfg.d_model), False)
+        positions = sinusoidal_positions(cfg.max_len, cfg.d_model, halves=not cfg.pre_norm)
+        self.register_buffer("positions", positions, False)
         self.embed_drop = nn.Dropout(cfg.dropout)
         self.encoder = nn.ModuleList(EncoderLayer(cfg) for _ in range(cfg.n_enc))
-        self.encoder_norm = nn.LayerNorm(cfg.d_model)
+        final_norm = nn.LayerNorm if cfg.pre_norm else (lambda d: nn.Identity())
+        self.encoder_norm = final_norm(cfg.d_model)
         self.decoder = nn.ModuleList(DecoderLayer(cfg) for _ in range(cfg.n_dec))
-        self.decoder_norm = nn.LayerNorm(cfg.d_model)
+        self.decoder_norm = final_norm(cfg.d_model)
         self.generator = nn.Linear(cfg.d_model, cfg.vocab_size)
         self.apply(_init_weights)
 

@@ -9,8 +9,8 @@ CARD = """---
 ---
 # {name}: {src}→{tgt} translation, variant `{variant}`
 
-A pre-LN encoder-decoder Transformer ({n_enc}+{n_dec} layers, d_model {d_model}, {n_heads} heads,
-at most {max_len} tokens per side) trained with `distill` on the `{corpus}` corpus, with
+{architecture} ({n_enc}+{n_dec} layers, d_model {d_model}, {n_heads} heads,
+at most {max_len} tokens per side) distilled with `distill` on the `{corpus}` corpus, with
 {n_sites} attention site(s) replaced by shallow MLP students trained to mimic them.
 {stage_text}
 
@@ -62,8 +62,7 @@ batch = tok(["{sample}"], return_tensors="pt", padding=True, truncation=True)
 print(tok.batch_decode(model.generate(**batch, num_beams=1), skip_special_tokens=True))
 ```
 
-The tokenizer (`tokenizer.json`) is the SentencePiece model `spm.model` converted by
-transformers: it appends EOS, right-pads, and with `truncation=True` keeps a source's first
+{tokenizer_text}: it appends EOS, right-pads, and with `truncation=True` keeps a source's first
 {max_src} pieces, as `distill translate` does; `generate` (greedy, or `num_beams=k`) then returns
 distill's tokens. Both calls need `trust_remote_code=True` (AutoTokenizer reads `config.json`
 too, whose architecture is distill's); the remote code (`modeling_distill.py`,
@@ -149,6 +148,18 @@ def front_matter(config: dict, row: dict, name: str) -> str:
     return data.to_yaml()
 
 
+ARCHITECTURES = {
+    "distill": "A pre-LN encoder-decoder Transformer",
+    "marian": "A MarianMTModel (post-LN encoder-decoder) converted to distill's modules",
+}
+TOKENIZER_TEXT = {
+    "sentencepiece": "The tokenizer (`tokenizer.json`) is the SentencePiece model `spm.model` "
+    "converted by\ntransformers",
+    "marian": "The tokenizer is the teacher's `MarianTokenizer` (source.spm, target.spm) with its\n"
+    "`vocab.json` renumbered to distill's special ids (pad 0, unk 1, BOS 2, EOS 3)",
+}
+
+
 def model_card(config: dict, row: dict, note: str, name: str, whole: dict | None = None) -> str:
     """README.md for the export ``name`` described by ``config``, scored by ``row`` on ``note``
     and, when given, by ``whole`` on every pair of the test split."""
@@ -206,5 +217,7 @@ def model_card(config: dict, row: dict, note: str, name: str, whole: dict | None
         eos=config["eos_token_id"],
         pad=config["pad_token_id"],
         max_src=config["max_len"] - 1,
+        architecture=ARCHITECTURES[config.get("family", "distill")],
+        tokenizer_text=TOKENIZER_TEXT[config["tokenizer"]["type"]],
         **{k: config[k] for k in ("n_enc", "n_dec", "d_model", "n_heads", "max_len")},
     )

@@ -35,7 +35,10 @@ class Mode:
     per_head       one student per attention head (ASLR); widths from HEAD_SIZES
     per_position   the paper's decoder student: one non-causal MLP run once per position
     position_wise  one MLP shared by every decoder position (reads position t and the memory)
-    residual       the site returns input + change, so the student may learn only the change
+    residual       the site returns input + change, so the student may learn only the change;
+                   true of pre-LN teachers (family "distill") only: a post-LN site (Marian's)
+                   normalises after adding its input. Every other ability holds for both
+                   families (``ModelConfig.family``).
     """
 
     name: str

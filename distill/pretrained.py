@@ -4,7 +4,8 @@ An export directory (written by ``distill.export.export``) holds:
     config.json             teacher dimensions, tokenizer, ``replacements`` {site: {mode, size,
                             activation}} and the keys transformers reads (model_type, auto_map, ids)
     model.safetensors       state dict of the spliced model: replaced attention has no weights here
-    spm.model               the SentencePiece tokenizer
+    spm.model               the SentencePiece tokenizer (a Marian teacher's export: its renumbered
+                            MarianTokenizer files instead, see distill.marian)
     generation_config.json  generate() defaults that match distill's own decoding
     configuration_distill.py, modeling_distill.py   thin remote code for transformers' Auto classes
     README.md               the model card
@@ -119,7 +120,7 @@ def parse_config(config: dict, source: Path | str) -> tuple[ModelConfig, dict[st
     values = {}
     for key in MODEL_KEYS:
         value = config[key]
-        ok = type(value) in ((int, float) if kinds[key] == "float" else (int,))
+        ok = type(value) in {"float": (int, float), "str": (str,)}.get(kinds[key], (int,))
         if not ok:
             raise CheckpointError(f"{source}: '{key}' must be {kinds[key]}, got {value!r}")
         values[key] = value
@@ -198,7 +199,7 @@ def from_pretrained(
     path: str | Path, device: str | torch.device = "cpu"
 ) -> tuple[TranslationModel, object]:
     """(model in eval mode with ``.translate``, tokenizer) from an export directory."""
-    from distill.tokenizer import Tokenizer
+    from distill.marian import load_tokenizer
 
     path = Path(path)
     if not path.is_dir():
@@ -208,12 +209,12 @@ def from_pretrained(
     if tensors and all(k.startswith("model.") for k in tensors):  # saved by transformers
         tensors = {k.removeprefix("model."): v for k, v in tensors.items()}
     try:
-        tok = Tokenizer(path / "spm.model")
+        tok = load_tokenizer(path)
     except DataError as err:  # a missing or unreadable tokenizer makes the export incomplete
         raise CheckpointError(str(err)) from None
     if tok.vocab_size != cfg.vocab_size:
         raise CheckpointError(
-            f"{path / 'spm.model'}: tokenizer has {tok.vocab_size} pieces, "
+            f"{tok.path}: tokenizer has {tok.vocab_size} pieces, "
             f"config.json says vocab_size {cfg.vocab_size}"
         )
     model = build_model(cfg, replacements, TranslationModel)

@@ -1,6 +1,7 @@
 """Run directories: where each stage writes, and loading what an earlier stage wrote.
 
-RUN_DIR/teacher/               config.yaml, spm.model, model.json (ModelConfig),
+RUN_DIR/teacher/               config.yaml, spm.model (or tokenizer/: an imported Marian
+                               teacher's renumbered MarianTokenizer), model.json (ModelConfig),
                                model.safetensors, metrics.jsonl, bleu.json (written last)
 RUN_DIR/record/{train,valid}/  manifest.json (written last) + fp16/fp32 safetensors shards
 RUN_DIR/students/<mode>/       config.yaml, metrics.jsonl, init.json (least-squares init),
@@ -54,7 +55,7 @@ def save_model(out_dir: Path, model: Seq2SeqTransformer) -> None:
 
 def load_teacher(path: str | Path, device: str | torch.device = "cpu"):
     """(model in eval mode, tokenizer) from a teacher dir or a run dir holding ``teacher/``."""
-    from distill.data import Tokenizer
+    from distill.marian import load_tokenizer
 
     path = Path(path)
     if not (path / "model.json").exists() and (path / "teacher" / "model.json").exists():
@@ -67,11 +68,10 @@ def load_teacher(path: str | Path, device: str | torch.device = "cpu"):
         raise CheckpointError(f"{path / 'model.json'}: {err}") from None
     model = Seq2SeqTransformer(cfg)
     load_state_dict(model, load_tensors(path / "model.safetensors"), path / "model.safetensors")
-    tok = Tokenizer(path / "spm.model")
+    tok = load_tokenizer(path / "tokenizer" if (path / "tokenizer").is_dir() else path)
     if tok.vocab_size != cfg.vocab_size:
         raise CheckpointError(
-            f"{path / 'spm.model'}: tokenizer has {tok.vocab_size} pieces, "
-            f"the model expects {cfg.vocab_size}"
+            f"{tok.path}: tokenizer has {tok.vocab_size} pieces, the model expects {cfg.vocab_size}"
         )
     return model.to(device).eval(), tok
 

@@ -120,6 +120,10 @@ class Tokenizer:
         """``encode`` for many texts at once (multi-threaded inside SentencePiece)."""
         return self._sp.encode(list(texts), num_threads=os.cpu_count() or 1)
 
+    def encode_target_batch(self, texts: Sequence[str]) -> list[list[int]]:
+        """``encode_batch`` of target sentences (one joint model serves both sides)."""
+        return self.encode_batch(texts)
+
     def decode(self, ids: Sequence[int]) -> str:
         """Text of ``ids``: stops at the first EOS and skips PAD and BOS."""
         return self._sp.decode(_strip_specials(ids))

@@ -193,9 +193,11 @@ class Config:
     def activation_of(self, mode: str) -> str:
         return self.modes[mode].activation or self.activation
 
-    def residual_of(self, mode: str) -> bool:
+    def residual_of(self, mode: str, pre_norm: bool = True) -> bool:
+        """Whether ``mode``'s students learn output - input: by default wherever the site adds
+        its input, which a post-LN teacher's (Marian's) sites never do."""
         found = self.modes[mode].residual
-        return MODES[mode].residual if found is None else found
+        return MODES[mode].residual and pre_norm if found is None else found
 
     def train_of(self, mode: str) -> TrainConfig:
         """``train`` with the mode's own rate, epochs and schedule."""
@@ -282,7 +284,7 @@ def train_mode(cfg: Config, mode: str, teacher, examples, recording, cache=None)
         return out
     out.mkdir(parents=True, exist_ok=True)
     sites = mode_sites(mode, teacher.cfg)
-    size, residual = cfg.size_of(mode), cfg.residual_of(mode)
+    size, residual = cfg.size_of(mode), cfg.residual_of(mode, teacher.cfg.pre_norm)
     torch.manual_seed(cfg.train.seed)
     students = nn.ModuleDict(
         {
@@ -349,6 +351,12 @@ def main(cfg: Config) -> Path:
     teacher, tok = load_teacher(cfg.run_dir)
     for p in teacher.parameters():
         p.requires_grad_(False)
+    for mode in cfg.modes:
+        if cfg.residual_of(mode, teacher.cfg.pre_norm) and not teacher.cfg.pre_norm:
+            raise ConfigError(
+                f"modes: {mode}: residual: the {teacher.cfg.family} teacher is post-LN, its "
+                "sites do not add their input (set residual: false)"
+            )
     examples, recording = {}, {}
     if cfg.source == "disk":
         for split in ("train", "valid"):

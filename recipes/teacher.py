@@ -2,6 +2,7 @@
 
     distill run teacher --config demo            # embedded corpus, ~15 min on 2 CPU cores
     distill run teacher --config tiny            # seconds; what the tests run
+    distill run teacher --config demo pretrained=PATH run_dir=runs/mine   # your MarianMTModel
 
 Writes RUN_DIR/teacher/: config.yaml, spm.model, data.json (length-filter counts), checkpoint/
 (resumable), metrics.jsonl, model.json + model.safetensors, test.hyp.txt and bleu.json.
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,9 +22,18 @@ import torch
 import torch.nn.functional as F
 
 from distill.bleu import evaluate_model
-from distill.checkpoint import atomic_write_json, atomic_write_text, read_json
+from distill.checkpoint import atomic_dir, atomic_write_json, atomic_write_text, read_json
 from distill.data import DataConfig, Tokenizer, encode_pairs, load_pairs, spread, token_batches
 from distill.errors import DataError
+from distill.marian import (
+    MarianTraining,
+    MarianVocab,
+    load_checkpoint,
+    opus_mt_config,
+    save_opus_mt_tokenizer,
+    vocabulary_order,
+    write_tokenizer,
+)
 from distill.model import PAD_ID, ModelConfig, Seq2SeqTransformer, count_parameters
 from distill.runs import save_model, teacher_dir, write_config
 from distill.train import TrainConfig, fit, process_state
@@ -45,6 +56,9 @@ class EvalConfig:
 class Config:
     run_dir: str = ""
     threads: int = 0  # torch intra-op threads; 0 = torch's default
+    # A local MarianMTModel checkpoint (opus-mt layout) to import as the teacher: scored on the
+    # run's test split, not trained. "" = train a teacher of `model` on the corpus.
+    pretrained: str = ""
     label_smoothing: float = 0.1
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)  # vocab_size, max_len come from data
@@ -77,6 +91,109 @@ def label_smoothed_loss(model, batch, smoothing: float) -> torch.Tensor:
     )
 
 
+def score_teacher(cfg: Config, out: Path, model, tok, test_pairs, report) -> dict:
+    """Translate the test split's in-range pairs; write test.hyp.txt and bleu.json (last)."""
+    in_range = [test_pairs[i] for i in report.kept_indices]
+    in_range = spread(in_range, cfg.eval.max_sentences)
+    result, hyps = evaluate_model(
+        model, tok, in_range, beam=cfg.eval.beam, batch_size=cfg.eval.batch_size, progress=True
+    )
+    result["test_filter"] = report.counts()
+    atomic_write_text(out / "test.hyp.txt", "".join(h + "\n" for h in hyps))
+    atomic_write_json(out / "bleu.json", result)
+    log.info(
+        "teacher test BLEU %.2f chrF %.2f (%d sentences, %s)",
+        result["bleu"],
+        result["chrf"],
+        result["n"],
+        result["bleu_signature"],
+    )
+    return result
+
+
+def import_teacher(cfg: Config, out: Path, test_pairs) -> Path:
+    """Make the MarianMTModel checkpoint ``cfg.pretrained`` the run's teacher: check it, convert
+    it (``distill.marian``), save it with its renumbered tokenizer, score it. A directory that is
+    not a usable checkpoint fails before anything is written."""
+    model, _, order, vocab = load_checkpoint(cfg.pretrained, cfg.data.max_len)
+    out.mkdir(parents=True, exist_ok=True)
+    write_config(out, cfg)
+    write_tokenizer(cfg.pretrained, order, vocab, out / "tokenizer", cfg.data.max_len)
+    tok = MarianVocab(out / "tokenizer")
+    _, report = encode_pairs(test_pairs, tok, cfg.data.max_len)
+    if not report.kept:
+        raise DataError(f"{cfg.data.path or cfg.data.source}: no test pair fits max_len: {report}")
+    log.info("imported %s: %d parameters", cfg.pretrained, count_parameters(model))
+    save_model(out, model)
+    score_teacher(cfg, out, model, tok, test_pairs, report)
+    return out
+
+
+def train_marian(cfg: Config, train_pairs, valid_pairs) -> Path:
+    """Train a transformers ``MarianMTModel`` of ``cfg.model``'s shape with distill's loop and
+    save it in the opus-mt layout to RUN_DIR/marian/ (``save_pretrained`` + MarianTokenizer
+    files): a stand-in for a downloaded opus-mt checkpoint, imported from there like one.
+    Works in RUN_DIR/marian-train/ (tokenizer, resumable checkpoint, metrics)."""
+    from transformers import MarianMTModel
+
+    final, work = Path(cfg.run_dir) / "marian", Path(cfg.run_dir) / "marian-train"
+    if (final / "config.json").is_file():
+        log.info("MarianMTModel already trained: %s", final)
+        return final
+    work.mkdir(parents=True, exist_ok=True)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    state = process_state()
+    src_lang, _, tgt_lang = cfg.data.pair.partition("-")
+    with state.main_process_first():
+        write_config(work, cfg)
+        prepare_tokenizer(cfg, work, train_pairs)
+        if not (work / "opus-mt" / "vocab.json").is_file():
+            with atomic_dir(work / "opus-mt") as tmp:
+                save_opus_mt_tokenizer(work / "spm.model", tmp, src_lang, tgt_lang)
+    vocab = read_json(work / "opus-mt" / "vocab.json")
+    mcfg = dataclasses.replace(cfg.model, vocab_size=len(vocab), max_len=cfg.data.max_len)
+    config = opus_mt_config(vocab, mcfg)
+    order, _ = vocabulary_order(work / "opus-mt", config.to_dict())
+    with state.main_process_first():
+        if not (work / "tokenizer" / "vocab.json").is_file():
+            write_tokenizer(work / "opus-mt", order, vocab, work / "tokenizer", mcfg.max_len)
+    tok = MarianVocab(work / "tokenizer")
+    train, _ = encode_pairs(train_pairs, tok, mcfg.max_len)
+    valid, _ = encode_pairs(valid_pairs, tok, mcfg.max_len)
+    torch.manual_seed(cfg.train.seed)
+    model = MarianTraining(MarianMTModel(config), order)
+    log.info("MarianMTModel: %d parameters", count_parameters(model))
+    valid_batches = token_batches(valid, cfg.data.batch_tokens, shuffle=False)
+
+    def validate(m) -> dict[str, float]:
+        total = tokens = 0.0
+        for b in valid_batches:
+            total += m.loss(b, 0.0).item() * b.ntokens
+            tokens += b.ntokens
+        return {"valid_loss": total / max(tokens, 1)}
+
+    fit(
+        model,
+        lambda epoch: token_batches(
+            train, cfg.data.batch_tokens, shuffle=True, seed=cfg.train.seed, epoch=epoch
+        ),
+        lambda m, b: m.loss(b, cfg.label_smoothing),
+        cfg.train,
+        work,
+        d_model=mcfg.d_model,
+        desc="marian",
+        validate=validate,
+    )
+    if state.is_main_process:
+        with atomic_dir(final) as tmp:
+            model.marian.save_pretrained(str(tmp))
+            for f in (work / "opus-mt").iterdir():
+                shutil.copyfile(f, tmp / f.name)
+    state.wait_for_everyone()
+    return final
+
+
 def main(cfg: Config) -> Path:
     out = teacher_dir(cfg.run_dir)
     if (out / "bleu.json").exists():
@@ -89,6 +206,11 @@ def main(cfg: Config) -> Path:
     test_pairs = load_pairs(cfg.data, "test")
     if not any(s.strip() and t.strip() for s, t in train_pairs):
         raise DataError(f"{cfg.data.path or cfg.data.source}: every train pair has an empty side")
+    if not cfg.pretrained and cfg.model.family == "marian":
+        checkpoint = train_marian(cfg, train_pairs, valid_pairs)
+        cfg = dataclasses.replace(cfg, pretrained=str(checkpoint))
+    if cfg.pretrained:
+        return import_teacher(cfg, out, test_pairs)
     out.mkdir(parents=True, exist_ok=True)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -142,19 +264,5 @@ def main(cfg: Config) -> Path:
         return out  # the main process saves and scores the model (fit kept the copies equal)
     save_model(out, model)
 
-    in_range = [test_pairs[i] for i in test_report.kept_indices]
-    in_range = spread(in_range, cfg.eval.max_sentences)
-    result, hyps = evaluate_model(
-        model, tok, in_range, beam=cfg.eval.beam, batch_size=cfg.eval.batch_size, progress=True
-    )
-    result["test_filter"] = test_report.counts()
-    atomic_write_text(out / "test.hyp.txt", "".join(h + "\n" for h in hyps))
-    atomic_write_json(out / "bleu.json", result)
-    log.info(
-        "teacher test BLEU %.2f chrF %.2f (%d sentences, %s)",
-        result["bleu"],
-        result["chrf"],
-        result["n"],
-        result["bleu_signature"],
-    )
+    score_teacher(cfg, out, model, tok, test_pairs, test_report)
     return out

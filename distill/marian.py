@@ -1,0 +1,392 @@
+"""MarianMTModel checkpoints (the opus-mt layout) as teachers: check, convert, tokenize.
+
+A local directory holding a transformers ``MarianMTModel`` (config.json + model.safetensors or
+pytorch_model.bin) and its ``MarianTokenizer`` (source.spm, target.spm, vocab.json) becomes a
+distill teacher in two steps:
+
+* **ids.** distill's pipeline uses fixed special ids (PAD 0, UNK 1, BOS 2, EOS 3) and masks by
+  PAD; Marian starts decoding from its PAD id. ``vocabulary_order`` renumbers Marian's vocabulary
+  into distill's ids (one more id than Marian's: BOS, the decoder start, gets its own) and
+  ``write_tokenizer`` saves a ``MarianTokenizer`` whose vocab.json holds the renumbered ids, so
+  the same transformers class segments text as the user's tokenizer does and yields distill ids.
+* **weights.** ``convert`` copies the weights into ``Seq2SeqTransformer`` of the ``marian`` family
+  (post-LN, sin/cos-halves positions, no final norms) through the one table ``PARAMS``: the
+  teacher then has the same modules, site names (``encoder.{i}.self_attn``,
+  ``decoder.{i}.cross_attn``, ...) and call signatures as our own, and every stage, student and
+  export works on it unchanged. Embeddings and the output layer are copied rows (tied in Marian,
+  separate here); Marian's ``final_logits_bias`` becomes the output layer's bias.
+
+Everything a checkpoint needs is checked before anything is written; a directory that is not a
+Marian checkpoint raises ``CheckpointError`` naming the file.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+from distill.checkpoint import atomic_dir, read_json
+from distill.errors import CheckpointError, DataError
+from distill.model import BOS_ID, EOS_ID, PAD_ID, UNK_ID, ModelConfig, Seq2SeqTransformer
+from distill.tokenizer import Tokenizer
+
+log = logging.getLogger(__name__)
+
+WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+TOKENIZER_FILES = ("source.spm", "target.spm", "vocab.json")
+ACTIVATIONS = {"swish": "swish", "silu": "swish", "relu": "relu", "gelu": "gelu"}
+BOS_PIECES = ("<s>", "<distill_bos>")  # the first one Marian's vocabulary does not use
+BOS_LOGIT = -1e4  # distill's BOS is never a target: its logit is a constant far below the rest
+
+# distill module path under layer i -> Marian's module under model.{stack}.layers.{i}; each
+# module's weight and bias follow. The one place that knows how Marian names its layers.
+PARAMS = {
+    "encoder": {
+        "sublayer0.attn.q_proj": "self_attn.q_proj",
+        "sublayer0.attn.k_proj": "self_attn.k_proj",
+        "sublayer0.attn.v_proj": "self_attn.v_proj",
+        "sublayer0.out_proj": "self_attn.out_proj",
+        "sublayer0.norm": "self_attn_layer_norm",
+        "sublayer1.ff.0": "fc1",
+        "sublayer1.ff.3": "fc2",
+        "sublayer1.norm": "final_layer_norm",
+    },
+    "decoder": {
+        "sublayer0.attn.q_proj": "self_attn.q_proj",
+        "sublayer0.attn.k_proj": "self_attn.k_proj",
+        "sublayer0.attn.v_proj": "self_attn.v_proj",
+        "sublayer0.out_proj": "self_attn.out_proj",
+        "sublayer0.norm": "self_attn_layer_norm",
+        "sublayer1.attn.q_proj": "encoder_attn.q_proj",
+        "sublayer1.attn.k_proj": "encoder_attn.k_proj",
+        "sublayer1.attn.v_proj": "encoder_attn.v_proj",
+        "sublayer1.out_proj": "encoder_attn.out_proj",
+        "sublayer1.norm": "encoder_attn_layer_norm",
+        "sublayer2.ff.0": "fc1",
+        "sublayer2.ff.3": "fc2",
+        "sublayer2.norm": "final_layer_norm",
+    },
+}
+
+
+def check_dir(path: str | Path, max_len: int) -> dict:
+    """Marian's config.json of the checkpoint ``path`` if distill can use it as a teacher with
+    sequences of ``max_len`` tokens; ``CheckpointError`` names the file (and key) otherwise."""
+    path = Path(path)
+    if not path.is_dir():
+        raise CheckpointError(f"{path}: not a directory (a MarianMTModel checkpoint is one)")
+    config = read_json(path / "config.json")
+    where = path / "config.json"
+    if not isinstance(config, dict) or config.get("model_type") != "marian":
+        found = config.get("model_type") if isinstance(config, dict) else None
+        raise CheckpointError(
+            f"{where}: model_type is {found!r}; only MarianMTModel ('marian') checkpoints can "
+            "be imported"
+        )
+    if not any((path / f).is_file() for f in WEIGHT_FILES):
+        raise CheckpointError(f"{path / WEIGHT_FILES[0]}: file not found (no model weights)")
+    for name in TOKENIZER_FILES:
+        if not (path / name).is_file():
+            raise CheckpointError(f"{path / name}: file not found (the MarianTokenizer's files)")
+    if (path / "target_vocab.json").exists() or config.get("separate_vocabs"):
+        raise CheckpointError(f"{path / 'target_vocab.json'}: separate vocabularies unsupported")
+    same = [
+        ("encoder_attention_heads", "decoder_attention_heads"),
+        ("encoder_ffn_dim", "decoder_ffn_dim"),
+    ]
+    for a, b in same:
+        if config.get(a) != config.get(b):
+            raise CheckpointError(f"{where}: '{a}' and '{b}' differ; distill needs them equal")
+    if config.get("activation_function", "swish") not in ACTIVATIONS:
+        found = config["activation_function"]
+        raise CheckpointError(f"{where}: 'activation_function' {found!r} is not supported")
+    if config.get("scale_embedding") is False:
+        raise CheckpointError(f"{where}: 'scale_embedding' false is not supported")
+    if config.get("max_position_embeddings", 0) < max_len:
+        raise CheckpointError(
+            f"{where}: 'max_position_embeddings' {config.get('max_position_embeddings')} is "
+            f"below max_len {max_len}"
+        )
+    for key in ("pad_token_id", "eos_token_id", "vocab_size"):
+        if not isinstance(config.get(key), int):
+            raise CheckpointError(f"{where}: '{key}' missing")
+    return config
+
+
+def vocabulary_order(path: str | Path, config: dict) -> tuple[list[int], dict[str, int]]:
+    """(order, vocab): ``order[d]`` is the Marian id of distill id ``d`` (PAD, UNK, BOS = the
+    decoder start, EOS, then every other Marian id in order) and ``vocab`` the Marian vocabulary
+    (piece -> Marian id), checked against the model's ``vocab_size`` and special ids."""
+    where = Path(path) / "vocab.json"
+    vocab = read_json(where)
+    n = config["vocab_size"]
+    if not isinstance(vocab, dict) or sorted(vocab.values()) != list(range(n)):
+        size = len(vocab) if isinstance(vocab, dict) else 0
+        raise CheckpointError(
+            f"{where}: {size} pieces do not number 0..{n - 1} as the model's vocab_size {n} needs"
+        )
+    unk = vocab.get("<unk>")
+    if unk is None:
+        raise CheckpointError(f"{where}: no '<unk>' piece")
+    pad, eos = config["pad_token_id"], config["eos_token_id"]
+    start = config.get("decoder_start_token_id", pad)
+    if start is None:
+        start = pad
+    specials = [pad, unk, start, eos]
+    rest = [i for i in range(n) if i not in (pad, unk, eos)]
+    return specials + rest, vocab
+
+
+def marian_tokenizer(path: str | Path, **kwargs):
+    """transformers' ``MarianTokenizer`` of a directory; ``CheckpointError`` if it cannot load."""
+    from transformers import MarianTokenizer
+
+    try:
+        return MarianTokenizer.from_pretrained(str(path), local_files_only=True, **kwargs)
+    except (OSError, ValueError, RuntimeError, TypeError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise CheckpointError(f"{path}: cannot load its MarianTokenizer ({first})") from None
+
+
+def write_tokenizer(path: str | Path, order: list[int], vocab: dict[str, int], out: Path, max_len):
+    """Save into ``out`` (atomically) the checkpoint's MarianTokenizer renumbered to distill ids:
+    the same SentencePiece models and pieces, vocab.json in ``order``, a BOS piece for id 2."""
+    src = marian_tokenizer(path)
+    piece = {i: p for p, i in vocab.items()}
+    bos = next(p for p in BOS_PIECES if p not in vocab)
+    renumbered = {piece[m]: d for d, m in enumerate(order) if d != BOS_ID}
+    renumbered[bos] = BOS_ID
+    with tempfile.TemporaryDirectory() as tmp, atomic_dir(out) as target:
+        Path(tmp, "vocab.json").write_text(json.dumps(renumbered, ensure_ascii=False), "utf-8")
+        from transformers import MarianTokenizer
+
+        tok = MarianTokenizer(
+            source_spm=str(Path(path) / "source.spm"),
+            target_spm=str(Path(path) / "target.spm"),
+            vocab=str(Path(tmp) / "vocab.json"),
+            source_lang=src.source_lang,
+            target_lang=src.target_lang,
+            unk_token=piece[order[UNK_ID]],
+            eos_token=piece[order[EOS_ID]],
+            pad_token=piece[order[PAD_ID]],
+            bos_token=bos,
+            model_max_length=max_len,
+        )
+        tok.save_pretrained(str(target))
+
+
+def convert(model, order: list[int], max_len: int) -> Seq2SeqTransformer:
+    """A ``MarianMTModel`` as a distill teacher of the ``marian`` family (eval mode)."""
+    c = model.config
+    cfg = ModelConfig(
+        vocab_size=len(order),
+        d_model=c.d_model,
+        n_heads=c.encoder_attention_heads,
+        d_ff=c.encoder_ffn_dim,
+        n_enc=c.encoder_layers,
+        n_dec=c.decoder_layers,
+        dropout=float(c.dropout),
+        max_len=max_len,
+        family="marian",
+        activation=ACTIVATIONS[c.activation_function],
+    )
+    theirs = model.state_dict()
+    idx = torch.tensor(order)
+    ours = {
+        "src_embed.weight": theirs["model.encoder.embed_tokens.weight"][idx],
+        "tgt_embed.weight": theirs["model.decoder.embed_tokens.weight"][idx],
+        "generator.weight": model.lm_head.weight.detach()[idx].clone(),
+        "generator.bias": model.final_logits_bias.detach()[0, idx].clone(),
+    }
+    ours["generator.weight"][BOS_ID] = 0.0
+    ours["generator.bias"][BOS_ID] = BOS_LOGIT
+    for stack, table in PARAMS.items():
+        for i in range(cfg.n_enc if stack == "encoder" else cfg.n_dec):
+            for mine, marian in table.items():
+                for kind in ("weight", "bias"):
+                    ours[f"{stack}.{i}.{mine}.{kind}"] = theirs[
+                        f"model.{stack}.layers.{i}.{marian}.{kind}"
+                    ]
+    teacher = Seq2SeqTransformer(cfg)
+    teacher.load_state_dict({k: v.detach().clone().float() for k, v in ours.items()})
+    return teacher.eval()
+
+
+def load_checkpoint(path: str | Path, max_len: int):
+    """(converted teacher, MarianMTModel, order, vocab) of a checked checkpoint directory."""
+    config = check_dir(path, max_len)
+    order, vocab = vocabulary_order(path, config)
+    tok = marian_tokenizer(path)
+    for name, key in (("pad", "pad_token_id"), ("eos", "eos_token_id"), ("unk", None)):
+        want = config[key] if key else vocab["<unk>"]
+        if getattr(tok, f"{name}_token_id") != want:
+            raise CheckpointError(
+                f"{Path(path) / 'vocab.json'}: the tokenizer's {name} id is "
+                f"{getattr(tok, f'{name}_token_id')}, the model's is {want}"
+            )
+    from transformers import MarianMTModel
+
+    try:
+        model = MarianMTModel.from_pretrained(str(path), local_files_only=True).eval()
+    except (OSError, ValueError, RuntimeError, KeyError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise CheckpointError(f"{path}: cannot load the MarianMTModel ({first})") from None
+    return convert(model, order, max_len), model, order, vocab
+
+
+class MarianVocab:
+    """distill's tokenizer interface over a renumbered ``MarianTokenizer`` (``write_tokenizer``):
+    sources through the source SentencePiece model, targets through the target one, decoding as
+    transformers' ``batch_decode(..., skip_special_tokens=True)`` does."""
+
+    pad_id, unk_id, bos_id, eos_id = PAD_ID, UNK_ID, BOS_ID, EOS_ID
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        for name in TOKENIZER_FILES:
+            if not (self.path / name).is_file():
+                raise DataError(f"{self.path / name}: file not found (a MarianTokenizer's files)")
+        self.hf = marian_tokenizer(self.path)
+        ids = (self.hf.pad_token_id, self.hf.unk_token_id, self.hf.bos_token_id)
+        if ids + (self.hf.eos_token_id,) != (PAD_ID, UNK_ID, BOS_ID, EOS_ID):
+            raise DataError(f"{self.path / 'vocab.json'}: not renumbered to distill's ids")
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.hf.encoder)
+
+    def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
+        """Source-side piece ids, without EOS."""
+        return (
+            self.hf(list(texts), add_special_tokens=False, verbose=False)["input_ids"]
+            if texts
+            else []
+        )
+
+    def encode_target_batch(self, texts: Sequence[str]) -> list[list[int]]:
+        """Target-side piece ids, without EOS."""
+        if not texts:
+            return []
+        return self.hf(text_target=list(texts), add_special_tokens=False, verbose=False)[
+            "input_ids"
+        ]
+
+    def encode(self, text: str) -> list[int]:
+        return self.encode_batch([text])[0]
+
+    def decode_batch(self, batch: Sequence[Sequence[int]]) -> list[str]:
+        """Text of each id list: stops at the first EOS, skips the special pieces."""
+        cut = []
+        for ids in batch:
+            ids = [int(i) for i in ids]
+            cut.append(ids[: ids.index(EOS_ID)] if EOS_ID in ids else ids)
+        return self.hf.batch_decode(cut, skip_special_tokens=True)
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return self.decode_batch([ids])[0]
+
+    def __repr__(self) -> str:
+        return f"MarianVocab({str(self.path)!r}, vocab_size={self.vocab_size})"
+
+
+def load_tokenizer(directory: str | Path):
+    """The tokenizer saved in ``directory``: a renumbered MarianTokenizer (source.spm, ...) or
+    distill's own SentencePiece model (spm.model)."""
+    directory = Path(directory)
+    if (directory / "source.spm").is_file():
+        return MarianVocab(directory)
+    return Tokenizer(directory / "spm.model")
+
+
+# --- making a checkpoint in the opus-mt layout (the demo-marian teacher, the tests) --------------
+
+
+def save_opus_mt_tokenizer(spm_path: str | Path, out: Path, source_lang: str, target_lang: str):
+    """Write a MarianTokenizer in the opus-mt layout for a SentencePiece model that serves both
+    sides: source.spm = target.spm, vocab.json with "</s>" 0, "<unk>" 1, the model's other
+    pieces, "<pad>" last (Marian's pad and decoder start). Returns the vocabulary."""
+    import sentencepiece as spm
+    from transformers import MarianTokenizer
+
+    sp = spm.SentencePieceProcessor(model_file=str(spm_path))
+    controls = {"<pad>", "<unk>", "<s>", "</s>"}
+    vocab = {"</s>": 0, "<unk>": 1}
+    for i in range(sp.get_piece_size()):
+        piece = sp.id_to_piece(i)
+        if piece not in controls:
+            vocab[piece] = len(vocab)
+    vocab["<pad>"] = len(vocab)
+    with tempfile.TemporaryDirectory() as tmp:
+        Path(tmp, "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), "utf-8")
+        tok = MarianTokenizer(
+            source_spm=str(spm_path),
+            target_spm=str(spm_path),
+            vocab=str(Path(tmp) / "vocab.json"),
+            source_lang=source_lang,
+            target_lang=target_lang,
+        )
+        tok.save_pretrained(str(out))
+    return vocab
+
+
+def opus_mt_config(vocab: dict[str, int], cfg: ModelConfig, max_positions: int = 512):
+    """A ``MarianConfig`` shaped like opus-mt's (post-LN, swish, tied embeddings, sinusoidal
+    positions, scaled embeddings) with ``cfg``'s dimensions."""
+    from transformers import MarianConfig
+
+    pad = vocab["<pad>"]
+    return MarianConfig(
+        vocab_size=len(vocab),
+        decoder_vocab_size=len(vocab),
+        d_model=cfg.d_model,
+        encoder_layers=cfg.n_enc,
+        decoder_layers=cfg.n_dec,
+        encoder_attention_heads=cfg.n_heads,
+        decoder_attention_heads=cfg.n_heads,
+        encoder_ffn_dim=cfg.d_ff,
+        decoder_ffn_dim=cfg.d_ff,
+        activation_function="swish",
+        dropout=cfg.dropout,
+        attention_dropout=0.0,
+        activation_dropout=0.0,
+        max_position_embeddings=max_positions,
+        scale_embedding=True,
+        share_encoder_decoder_embeddings=True,
+        tie_word_embeddings=True,
+        pad_token_id=pad,
+        eos_token_id=vocab["</s>"],
+        decoder_start_token_id=pad,
+        forced_eos_token_id=vocab["</s>"],
+        max_length=cfg.max_len,
+        num_beams=1,
+        bad_words_ids=[[pad]],
+    )
+
+
+class MarianTraining(torch.nn.Module):
+    """A ``MarianMTModel`` trained on distill's batches (distill ids; ``order`` maps them to
+    Marian's): ``loss`` is label-smoothed cross-entropy over Marian's own vocabulary."""
+
+    def __init__(self, model, order: list[int]):
+        super().__init__()
+        self.marian = model
+        self.register_buffer("order", torch.tensor(order), persistent=False)
+
+    def loss(self, batch, smoothing: float) -> torch.Tensor:
+        src, tgt_in, tgt_out = (self.order[t] for t in (batch.src, batch.tgt_in, batch.tgt_out))
+        logits = self.marian(
+            input_ids=src,
+            attention_mask=batch.src != PAD_ID,
+            decoder_input_ids=tgt_in,
+            decoder_attention_mask=batch.tgt_in != PAD_ID,
+        ).logits
+        return torch.nn.functional.cross_entropy(
+            logits.flatten(0, 1).float(),
+            tgt_out.masked_fill(batch.tgt_out == PAD_ID, -100).flatten(),
+            label_smoothing=smoothing,
+        )
