@@ -31,6 +31,7 @@ from safetensors import SafetensorError, safe_open
 from distill.checkpoint import atomic_write_json, load_tensors, read_json, save_tensors
 from distill.errors import DataError
 from distill.model import PAD_ID, Seq2SeqTransformer, site_path, site_stack
+from distill.train import process_state
 
 log = logging.getLogger(__name__)
 DTYPES = {"fp16": torch.float16, "fp32": torch.float32}
@@ -163,7 +164,7 @@ def record(
     progress: bool = True,
     targets: str = "reference",
 ) -> dict:
-    """Write shards + manifest for ``examples`` under ``out``; resumes after the last good shard.
+    """Write shards + manifest for ``examples`` under ``out``; resumes keeping every good shard.
 
     ``targets`` says what the examples' targets are ("reference" or "teacher" decodes, see
     ``distill.prefixes``); it goes into the manifest. Refuses (DataError) when the estimated size
@@ -192,7 +193,6 @@ def record(
         )
     order = sentence_order(examples)
     plan = chunks(len(order), shard_size)
-    partial = out / "manifest.partial.json"
     header = {
         "version": MANIFEST_VERSION,
         "sites": sites,
@@ -209,26 +209,35 @@ def record(
         if isinstance(manifest, dict) and _same_header(manifest, header):
             log.info("recording already complete: %s", final)
             return manifest
-        final.unlink()  # its shards are about to be overwritten: never leave it pointing at them
-    for stale in out.glob(".*.tmp"):  # a temp file a kill left mid-write: never renamed, useless
-        stale.unlink()
-    done: list[dict] = []
-    if partial.exists():
-        old = read_json(partial)
-        if _same_header(old, header):
-            done = [s for s in old["shards"] if _sha256(out / s["file"]) == s["sha256"]]
-            done = done[: next((i for i, s in enumerate(done) if s["index"] != i), len(done))]
-            log.info("resuming recording after %d of %d shards", len(done), len(plan))
+    # Several processes (accelerate launch) share the shards: each records every world-th shard
+    # still missing and lists it in its own partial manifest; the main process writes the final
+    # manifest. A resumed run, under any number of processes, keeps every listed shard whose
+    # checksum holds.
+    state = process_state()
+    world, rank = state.num_processes, state.process_index
+    if state.is_main_process:
+        final.unlink(missing_ok=True)  # its shards are about to be overwritten
+        for stale in out.glob(".*.tmp"):  # a temp file a kill left mid-write: useless
+            stale.unlink()
+    state.wait_for_everyone()
+    done = _listed_shards(out, header)
+    state.wait_for_everyone()  # everyone has read the partial manifests before any is rewritten
+    if done:
+        log.info("resuming recording after %d of %d shards", len(done), len(plan))
+    mine = [i for i in range(len(plan)) if i not in done][rank::world]
+    if world > 1:
+        log.info("process %d of %d: recording %d of %d shards", rank, world, len(mine), len(plan))
+    partial = out / ("manifest.partial.json" if rank == 0 else f"manifest.partial.{rank}.json")
+    listed = list(done.values()) if rank == 0 else []
     # A context manager closes the bar on errors too, so the CLI's error line starts a line.
     with progress_bar(
-        total=len(order),
-        initial=sum(s["sentences"] for s in done),
+        total=sum(plan[i][1] - plan[i][0] for i in mine),
         desc="record",
         unit="sent",
-        show=progress,
+        show=progress and state.is_local_main_process,
         dynamic_ncols=True,
     ) as bar:
-        for index in range(len(done), len(plan)):
+        for index in mine:
             a, b = plan[index]
             parts: list[dict[str, torch.Tensor]] = []
             for c0, c1 in chunks(b - a, batch_size):
@@ -240,7 +249,7 @@ def record(
             tensors["sentence"] = torch.tensor(order[a:b], dtype=torch.int64)
             name = f"shard-{index:05d}.safetensors"
             save_tensors(out / name, tensors)
-            done.append(
+            listed.append(
                 {
                     "index": index,
                     "file": name,
@@ -249,11 +258,34 @@ def record(
                     "sha256": _sha256(out / name),
                 }
             )
-            atomic_write_json(partial, {**header, "shards": done})
-    manifest = {**header, "shards": done, "bytes": sum(s["bytes"] for s in done)}
-    atomic_write_json(final, manifest)
-    partial.unlink(missing_ok=True)
-    return manifest
+            atomic_write_json(partial, {**header, "shards": listed})
+    state.wait_for_everyone()
+    if state.is_main_process:
+        shards = _listed_shards(out, header)
+        missing = [i for i in range(len(plan)) if i not in shards]
+        if missing:
+            raise DataError(f"{out}: shards {missing} were not recorded; run the stage again")
+        shards = [shards[i] for i in range(len(plan))]
+        manifest = {**header, "shards": shards, "bytes": sum(s["bytes"] for s in shards)}
+        atomic_write_json(final, manifest)
+        for path in out.glob("manifest.partial*.json"):
+            path.unlink()
+    state.wait_for_everyone()
+    return read_json(final)
+
+
+def _listed_shards(out: Path, header: dict) -> dict[int, dict]:
+    """Shard index -> its entry, for every shard a partial manifest of this header lists and
+    whose file still has the listed checksum."""
+    found: dict[int, dict] = {}
+    for path in sorted(out.glob("manifest.partial*.json")):
+        old = read_json(path)
+        if not (isinstance(old, dict) and _same_header(old, header)):
+            continue
+        for shard in old.get("shards", []):
+            if shard["index"] not in found and _sha256(out / shard["file"]) == shard["sha256"]:
+                found[shard["index"]] = shard
+    return found
 
 
 def _same_header(found: dict, header: dict) -> bool:

@@ -191,8 +191,10 @@ def fit(
     metrics = MetricsLog(
         out_dir / "metrics.jsonl", state["step"] if found else None, acc.is_main_process
     )
-    model, optimizer = acc.prepare(model, optimizer)
-    plain = acc.unwrap_model(model)
+    plain = model
+    # DDP syncs gradients only for what runs inside its forward: the loss is that forward, so a
+    # loss_fn may call any part of the model (a student of a ModuleDict, a method of it).
+    step_module, optimizer = acc.prepare(_LossStep(plain, loss_fn), optimizer)
 
     def diverged(what: str) -> TrainingDiverged:
         bar.close()
@@ -209,14 +211,15 @@ def fit(
     def run_validation() -> None:
         if validate is None:
             return
-        model.eval()
+        plain.eval()
         with torch.no_grad():
             scores = validate(plain)
-        model.train()
+        plain.train()
         metrics.write(step=state["step"], epoch=state["epoch"], **scores)
         log.info("%s step %d: %s", desc, state["step"], scores)
 
     first = batches_for_epoch(0)
+    # Resumed under another process count, the schedule's length is that count's.
     total = cfg.epochs * (len(first) // acc.num_processes)
     if cfg.max_steps:
         total = min(total, cfg.max_steps)
@@ -228,21 +231,24 @@ def fit(
         show=acc.is_local_main_process,
         dynamic_ncols=True,
     )
-    model.train()
+    plain.train()
     started, seen = time.perf_counter(), 0
+    world, rank = acc.num_processes, acc.process_index
     while not state["done"] and state["epoch"] < cfg.epochs:
         batches = first if state["epoch"] == 0 else batches_for_epoch(state["epoch"])
-        n = len(batches) // acc.num_processes * acc.num_processes
-        mine = range(acc.process_index, n, acc.num_processes)  # indices: batches load lazily
-        for i in range(state["batch"], len(mine)):
-            batch = batches[mine[i]]
+        # state["batch"] counts the epoch's batches taken by all processes together, so a run
+        # resumes under any number of processes: step k takes the next `world` batches, one
+        # each (indices: batches load lazily); a remainder smaller than `world` is dropped.
+        start = state["batch"]
+        for g in range(start, start + (len(batches) - start) // world * world, world):
+            batch = batches[g + rank]
             batch = batch.to(acc.device) if hasattr(batch, "to") else batch
             lr = learning_rate(cfg, state["step"] + 1, d_model, total)
             for group in optimizer.param_groups:
                 group["lr"] = lr * group.get("lr_scale", 1.0)
             try:
                 with acc.autocast():
-                    loss = loss_fn(model, batch)
+                    loss = step_module(batch)
                 loss, terms = loss if isinstance(loss, tuple) else (loss, {})
             except TrainingDiverged as err:
                 raise diverged(f"{err} at step {state['step'] + 1}") from None
@@ -251,10 +257,10 @@ def fit(
             optimizer.zero_grad(set_to_none=True)
             acc.backward(loss)
             if cfg.grad_clip:
-                acc.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                acc.clip_grad_norm_(plain.parameters(), cfg.grad_clip)
             optimizer.step()
             state["step"] += 1
-            state["batch"] = i + 1
+            state["batch"] = g + world
             seen += 1
             bar.update(1)
             if state["step"] % cfg.log_every == 0:
@@ -288,6 +294,17 @@ def fit(
         checkpoint()
     bar.close()
     return state
+
+
+class _LossStep(torch.nn.Module):
+    """``loss_fn(model, batch)`` as a module: what ``fit`` hands accelerate to wrap."""
+
+    def __init__(self, model: torch.nn.Module, loss_fn: Callable):
+        super().__init__()
+        self.model, self.loss_fn = model, loss_fn
+
+    def forward(self, batch: Any):
+        return self.loss_fn(self.model, batch)
 
 
 def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

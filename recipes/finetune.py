@@ -46,7 +46,7 @@ from distill.runs import (
     variant_spec,
     write_config,
 )
-from distill.train import TrainConfig, TrainingDiverged, fit, masked_mean
+from distill.train import TrainConfig, TrainingDiverged, fit, masked_mean, process_state
 
 log = logging.getLogger("recipes.finetune")
 
@@ -201,7 +201,9 @@ def tune_variant(cfg: Config, variant: str, teacher, tok, train, valid) -> Path:
         log.info("%s already tuned: %s", variant, out)
         return out
     out.mkdir(parents=True, exist_ok=True)
-    write_config(out, dataclasses.replace(cfg, variants=[variant]))
+    proc = process_state()  # under several processes, only the main one writes files
+    if proc.is_main_process:
+        write_config(out, dataclasses.replace(cfg, variants=[variant]))
     spec = variant_spec(cfg.run_dir, VARIANTS[variant])
     model, _ = load_teacher(cfg.run_dir)
     torch.manual_seed(cfg.train.seed)
@@ -242,30 +244,32 @@ def tune_variant(cfg: Config, variant: str, teacher, tok, train, valid) -> Path:
     model.eval()
     with torch.no_grad():
         scores = validate(model)
-    save_tensors(out / "model.safetensors", model.state_dict())
-    settings = {k: getattr(cfg, k) for k in ("init", "trainable", "teacher_lr_scale")}
-    settings.update({k: getattr(cfg, k) for k in ("temperature", "targets")})
-    settings.update({k: getattr(cfg, k) for k in ("kd_weight", "ce_weight", "hidden_weight")})
-    settings.update(
-        steps=state["step"],
-        lr=cfg.train.lr,
-        schedule=cfg.train.schedule,
-        batch_tokens=cfg.batch_tokens,
-        sentences=len(train),
-    )
-    atomic_write_json(
-        out / "spec.json",
-        {
-            "variant": variant,
-            "modes": VARIANTS[variant],
-            "sites": spec,
-            "replacements": info["replacements"],
-            "settings": settings,
-            **scores,
-        },
-    )
-    for ckpt in (out / "checkpoint", out / "checkpoint.old"):  # finished: skipped, never resumed
-        shutil.rmtree(ckpt, ignore_errors=True)
+    if proc.is_main_process:
+        save_tensors(out / "model.safetensors", model.state_dict())
+        settings = {k: getattr(cfg, k) for k in ("init", "trainable", "teacher_lr_scale")}
+        settings.update({k: getattr(cfg, k) for k in ("temperature", "targets")})
+        settings.update({k: getattr(cfg, k) for k in ("kd_weight", "ce_weight", "hidden_weight")})
+        settings.update(
+            steps=state["step"],
+            lr=cfg.train.lr,
+            schedule=cfg.train.schedule,
+            batch_tokens=cfg.batch_tokens,
+            sentences=len(train),
+        )
+        atomic_write_json(
+            out / "spec.json",
+            {
+                "variant": variant,
+                "modes": VARIANTS[variant],
+                "sites": spec,
+                "replacements": info["replacements"],
+                "settings": settings,
+                **scores,
+            },
+        )
+        for ckpt in (out / "checkpoint", out / "checkpoint.old"):  # finished: never resumed
+            shutil.rmtree(ckpt, ignore_errors=True)
+    proc.wait_for_everyone()
     log.info("%s tuned in %d steps: %s", variant, state["step"], scores)
     return out
 

@@ -22,6 +22,7 @@ from distill.modes import DEFAULT_MODES, MODES, recorded_sites
 from distill.prefixes import TARGETS, teacher_targets
 from distill.record import Recording, record
 from distill.runs import load_teacher, teacher_data, write_config
+from distill.train import process_state
 
 log = logging.getLogger("recipes.record")
 
@@ -71,7 +72,8 @@ def main(cfg: Config) -> Path:
         examples[split] = spread(ex, limit)
         log.info("%s: %s; recording %d sentences", split, report, len(examples[split]))
     out.mkdir(parents=True, exist_ok=True)
-    write_config(out, cfg)
+    if process_state().is_main_process:  # several processes share the shards (record())
+        write_config(out, cfg)
     if cfg.targets == "teacher":
         # Valid too: students' validation MSE then measures the distribution they train on.
         for split in ("train", "valid"):

@@ -48,7 +48,7 @@ from distill.prefixes import TARGETS, teacher_targets
 from distill.record import DiskBatches, OnlineBatches, Recording
 from distill.runs import load_teacher, students_dir, teacher_data, write_config
 from distill.students import build_student
-from distill.train import SCHEDULES, TrainConfig, fit
+from distill.train import SCHEDULES, TrainConfig, fit, process_state
 
 log = logging.getLogger("recipes.students")
 
@@ -295,7 +295,9 @@ def train_mode(cfg: Config, mode: str, teacher, examples, recording, cache=None)
         }
     )
     train_cfg = cfg.train_of(mode)
-    write_config(out, dataclasses.replace(cfg, modes={mode: cfg.modes[mode]}, train=train_cfg))
+    proc = process_state()  # under several processes, only the main one writes files
+    if proc.is_main_process:
+        write_config(out, dataclasses.replace(cfg, modes={mode: cfg.modes[mode]}, train=train_cfg))
     valid = _batches(cfg, sites, "valid", teacher, examples, recording, 0)
 
     def validate(model) -> dict[str, float]:
@@ -316,7 +318,8 @@ def train_mode(cfg: Config, mode: str, teacher, examples, recording, cache=None)
         with torch.no_grad():
             scores = validate(students)
         log.info("%s: validation MSE after least-squares init %.4f", mode, scores["valid_mse"])
-        atomic_write_json(out / "init.json", {"init": init, "local_units": local, **scores})
+        if proc.is_main_process:
+            atomic_write_json(out / "init.json", {"init": init, "local_units": local, **scores})
     fit(
         students,
         lambda e: _batches(cfg, sites, "train", teacher, examples, recording, e),
@@ -327,23 +330,25 @@ def train_mode(cfg: Config, mode: str, teacher, examples, recording, cache=None)
         desc=f"students:{mode}",
         validate=validate,
     )
-    save_tensors(out / "students.safetensors", students.state_dict())
-    atomic_write_json(
-        out / "spec.json",
-        {
-            "mode": mode,
-            "size": size,
-            "sites": sites,
-            "activation": cfg.activation_of(mode),
-            "residual": residual,
-            "init": init,
-            "local_units": local,
-        },
-    )
-    # A finished mode is skipped, never resumed: its checkpoint (weights and Adam's moments,
-    # 0.9 GB for the demo's ELR) is only disk now.
-    for ckpt in (out / "checkpoint", out / "checkpoint.old"):
-        shutil.rmtree(ckpt, ignore_errors=True)
+    if proc.is_main_process:
+        save_tensors(out / "students.safetensors", students.state_dict())
+        atomic_write_json(
+            out / "spec.json",
+            {
+                "mode": mode,
+                "size": size,
+                "sites": sites,
+                "activation": cfg.activation_of(mode),
+                "residual": residual,
+                "init": init,
+                "local_units": local,
+            },
+        )
+        # A finished mode is skipped, never resumed: its checkpoint (weights and Adam's moments,
+        # 0.9 GB for the demo's ELR) is only disk now.
+        for ckpt in (out / "checkpoint", out / "checkpoint.old"):
+            shutil.rmtree(ckpt, ignore_errors=True)
+    proc.wait_for_everyone()
     return out
 
 

@@ -1,9 +1,11 @@
-"""Several processes (torch.distributed on CPU, gloo, started by torchrun) run the same training
-code: each takes its share of the batches, gradients are averaged, every copy stays equal, one
-process writes. On GPUs the same code runs under `accelerate launch --multi_gpu`."""
+"""Several processes (torch.distributed on CPU, gloo, started by `accelerate launch --multi_gpu`
+with ACCELERATE_USE_CPU=1) run the same training code: each takes its share of every global
+batch, gradients are averaged, every copy stays equal, one process writes, and a run killed
+under one process count resumes under another. On GPUs the same command without the variable."""
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -15,71 +17,140 @@ from distill.runs import load_teacher
 
 REPO = Path(__file__).resolve().parent.parent
 FIT = """
-import json, sys, torch
+import json, os, sys, torch
 from pathlib import Path
 from accelerate import PartialState
 from distill.train import TrainConfig, fit
 out = Path(sys.argv[1])
+state = PartialState(cpu=True)
 torch.manual_seed(0)
 model = torch.nn.Linear(4, 1)
 g = torch.Generator().manual_seed(1)
-data = [(torch.randn(8, 4, generator=g), torch.randn(8, 1, generator=g)) for _ in range(6)]
-cfg = TrainConfig(epochs=2, schedule="constant", lr=0.1, ckpt_every=100, log_every=1)
-fit(model, lambda e: data, lambda m, b: ((m(b[0]) - b[1]) ** 2).mean(), cfg, out, d_model=4,
-    desc="ddp")
-rank = PartialState().process_index
+data = [(torch.randn(8, 4, generator=g), torch.randn(8, 1, generator=g)) for _ in range(BATCHES)]
+cfg = TrainConfig(epochs=2, schedule="constant", lr=0.1, ckpt_every=2, log_every=1)
+calls = 0
+
+def loss_fn(m, b):
+    global calls
+    calls += 1
+    if calls == int(os.environ.get("KILL_AT_CALL", 0)):  # a kill before this step's update
+        os._exit(9)
+    return ((m(b[0]) - b[1]) ** 2).mean()
+
+fit(model, lambda e: data, loss_fn, cfg, out, d_model=4, desc="ddp")
 weights = [p.detach().flatten().tolist() for p in model.parameters()]
-(out / f"weights-{rank}.json").write_text(json.dumps(weights))
+(out / f"weights-{state.process_index}.json").write_text(json.dumps(weights))
 """
+BATCHES = 6
 
 
-def torchrun(argv: list[str], cwd: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
+def reference(steps_per_process_count: list[tuple[int, int]]) -> list[list[float]]:
+    """FIT's weights computed by hand: for each (processes, steps) in turn, each step averages
+    the gradients of the next ``processes`` batches (the mean of their losses), epoch after
+    epoch over the BATCHES batches; Adam's state carries over, as a resumed run's does."""
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 1)
+    g = torch.Generator().manual_seed(1)
+    data = [(torch.randn(8, 4, generator=g), torch.randn(8, 1, generator=g)) for _ in range(6)]
+    opt = torch.optim.Adam(model.parameters(), lr=0.1, betas=(0.9, 0.98), eps=1e-9)
+    at = 0  # batches taken so far, over both epochs
+    for world, steps in steps_per_process_count:
+        for _ in range(steps):
+            if at % BATCHES + world > BATCHES:  # an epoch's remainder is dropped
+                at += BATCHES - at % BATCHES
+            group = [data[(at + r) % BATCHES] for r in range(world)]
+            loss = sum(((model(x) - y) ** 2).mean() for x, y in group) / world
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            at += world
+    return [p.detach().flatten().tolist() for p in model.parameters()]
+
+
+def launch(argv: list[str], cwd: Path, processes: int = 2, ok: bool = True, **env):
+    """``python argv`` under ``accelerate launch`` with ``processes`` CPU processes (gloo), as the
+    README gives it; ``processes=1`` runs plain Python."""
+    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1", **env}
     env["PYTHONPATH"] = str(REPO)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    cmd = [sys.executable]
+    if processes > 1:
+        cmd += ["-m", "accelerate.commands.launch", "--multi_gpu", "--num_machines", "1"]
+        cmd += ["--num_processes", str(processes), "--mixed_precision", "no"]
+        cmd += ["--dynamo_backend", "no", "--main_process_port", "0"]
     done = subprocess.run(
         [*cmd, *argv], cwd=cwd, env=env, capture_output=True, text=True, timeout=600
     )
-    assert done.returncode == 0, done.stderr[-3000:]
+    assert (done.returncode == 0) == ok, done.stderr[-3000:]
     return done
 
 
 @pytest.mark.slow
 def test_two_processes_average_their_gradients_and_stay_equal(tmp_path):
     script = tmp_path / "fit.py"
-    script.write_text(FIT)
-    torchrun([str(script), str(tmp_path / "out")], tmp_path)
+    script.write_text(FIT.replace("BATCHES", str(BATCHES)))
+    launch([str(script), str(tmp_path / "out")], tmp_path)
     ranks = [json.loads((tmp_path / "out" / f"weights-{r}.json").read_text()) for r in (0, 1)]
     assert ranks[0] == ranks[1]  # one model, kept equal by the all-reduce
     # The same steps in one process: rank r takes batches r, r + 2, ... so step k averages the
     # gradients of batches 2k and 2k + 1 (the mean of their losses).
-    torch.manual_seed(0)
-    model = torch.nn.Linear(4, 1)
-    g = torch.Generator().manual_seed(1)
-    data = [(torch.randn(8, 4, generator=g), torch.randn(8, 1, generator=g)) for _ in range(6)]
-    opt = torch.optim.Adam(model.parameters(), lr=0.1, betas=(0.9, 0.98), eps=1e-9)
-    for _ in range(2):
-        for k in range(3):
-            pair = data[2 * k : 2 * k + 2]
-            loss = sum(((model(x) - y) ** 2).mean() for x, y in pair) / 2
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-    expected = [p.detach().flatten().tolist() for p in model.parameters()]
-    for got, want in zip(ranks[0], expected):
+    for got, want in zip(ranks[0], reference([(2, 6)])):
         assert got == pytest.approx(want, abs=1e-6)
     steps = [json.loads(x)["step"] for x in (tmp_path / "out" / "metrics.jsonl").open()]
     assert steps == list(range(1, 7))  # one writer: 3 steps per epoch, each logged once
 
 
 @pytest.mark.slow
-def test_the_tiny_teacher_trains_under_two_processes(tmp_path):
+def test_the_tiny_pipeline_runs_under_two_processes(tmp_path):
+    """teacher, record, students and finetune under two processes: one writer per file, the
+    recording's shards split between the processes and equal to a one-process recording."""
     run = tmp_path / "run"
-    argv = ["-m", "distill.cli", "-q", "run", "teacher", "--config", "tiny", f"run_dir={run}"]
-    torchrun([*argv, "train.epochs=1", "eval.max_sentences=4"], tmp_path)
+    cli = ["-m", "distill.cli", "run"]
+    launch([*cli, "teacher", "--config", "tiny", f"run_dir={run}", "train.epochs=1"], tmp_path)
     records = [json.loads(x) for x in (run / "teacher" / "metrics.jsonl").open()]
     steps = [r["step"] for r in records if "loss" in r]
     assert steps == sorted(set(steps)) and steps  # written once per step, by one process
     assert records[-1]["valid_loss"] > 0 and (run / "teacher" / "bleu.json").is_file()
     model, tok = load_teacher(run)
     assert tok.vocab_size == model.cfg.vocab_size
+
+    alone = tmp_path / "alone"
+    shutil.copytree(run / "teacher", alone / "teacher")
+    modes = "modes=[alr,dec_self,cross]"
+    done = launch([*cli, "record", "--config", "tiny", f"run_dir={run}", modes], tmp_path)
+    assert "process 0 of 2" in done.stderr and "process 1 of 2" in done.stderr
+    launch([*cli, "record", "--config", "tiny", f"run_dir={alone}", modes], tmp_path, 1)
+    for split in ("train", "valid"):
+        both, one = (
+            json.loads((r / "record" / split / "manifest.json").read_text()) for r in (run, alone)
+        )
+        assert both == one  # the same shards, byte for byte
+        assert len(both["shards"]) > 1 or split == "valid"  # train: both processes recorded
+        assert not list((run / "record" / split).glob("manifest.partial*"))
+
+    launch([*cli, "students", "--config", "tiny", f"run_dir={run}", modes], tmp_path)
+    launch([*cli, "finetune", "--config", "tiny", f"run_dir={run}"], tmp_path)
+    tuned = json.loads((run / "finetune" / "attentionless" / "spec.json").read_text())
+    assert tuned["settings"]["steps"] > 0 and (run / "students" / "cross" / "spec.json").is_file()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("before, after", [(2, 1), (1, 2)])
+def test_a_killed_run_resumes_under_another_number_of_processes(tmp_path, before, after):
+    """Killed in its third step (checkpoint at step 2), resumed with the other process count:
+    the resumed run takes the batches the first one had not, in order, and its weights equal
+    that sequence of steps computed by hand."""
+    script = tmp_path / "fit.py"
+    script.write_text(FIT.replace("BATCHES", str(BATCHES)))
+    out = tmp_path / "out"
+    launch([str(script), str(out)], tmp_path, before, ok=False, KILL_AT_CALL="3")
+    assert (out / "checkpoint").exists() and not list(out.glob("weights-*.json"))
+    launch([str(script), str(out)], tmp_path, after)
+    # Epoch 0: 2 steps of `before` batches, then the rest of the epoch in steps of `after`;
+    # epoch 1: BATCHES // after steps.
+    rest = (BATCHES - 2 * before) // after + BATCHES // after
+    want = reference([(before, 2), (after, rest)])
+    got = json.loads((out / "weights-0.json").read_text())
+    for g, w in zip(got, want):
+        assert g == pytest.approx(w, abs=1e-6)
+    steps = [json.loads(x)["step"] for x in (out / "metrics.jsonl").open() if "loss" in x]
+    assert steps == list(range(1, 3 + rest))  # resumed after step 2, each step logged once
