@@ -2,14 +2,20 @@
 
     python bench/teacher_speed.py [--steps N] [--warmup N] [--threads 2] [--vocab 8000]
                                   [--batch-tokens 1500] [--rounds N] [--json PATH]
+                                  [--precision fp32|bf16] [--compile-marian]
 
-One training step = forward + label-smoothed (0.1) cross-entropy + backward + Adam step. Both
-models train on the same fixed list of seeded synthetic batches (ragged lengths 5..50, sorted by
-length and cut under a padded-token budget, padded with PAD_ID), with the same thread count and the
-same optimizer. Measurement is interleaved, the order flipping each round (A B, B A, ...), so that
+One training step = forward + label-smoothed (0.1) cross-entropy + backward + Adam step: ours
+as the teacher recipe trains (``distill.losses.teacher_loss``: the output layer at real tokens
+only, the fused cross-entropy), Marian as transformers users train it (full logits, then
+``F.cross_entropy``). ``--precision bf16`` runs both under bf16 autocast; ``--compile-marian``
+adds Marian under ``torch.compile`` (inductor) as a third arm. All train on the same fixed list
+of seeded synthetic batches (ragged lengths 5..50, sorted by length and cut under a padded-token
+budget, padded with PAD_ID), with the same thread count and the same optimizer. Measurement is
+interleaved, the order flipping each round (A B, B A, ...), so that
 drift of the machine hits both models alike; warm-up steps are excluded. Reported: the median over
 rounds of target (non-pad) tokens per second, and the per-step time split into forward + loss,
-backward and optimizer step.
+backward and optimizer step. The CPU (model, AVX-512 / bf16 / AMX, torch's kernels) is printed
+first, the ratio last.
 """
 
 from __future__ import annotations
@@ -28,6 +34,8 @@ import torch.nn.functional as F
 import transformers
 from transformers import MarianConfig, MarianMTModel
 
+from distill.hardware import cpu_info, describe_cpu, native_bf16
+from distill.losses import teacher_loss
 from distill.model import (
     BOS_ID,
     EOS_ID,
@@ -49,7 +57,7 @@ class Batch:
     ntokens: int  # non-pad target tokens
 
 
-LogitsFn = Callable[[torch.nn.Module, Batch], torch.Tensor]  # (model, batch) -> (B, T, V)
+LossFn = Callable[[torch.nn.Module, Batch], torch.Tensor]  # (model, batch) -> scalar loss
 
 
 def synthetic_batches(
@@ -94,13 +102,13 @@ def synthetic_batches(
     return batches
 
 
-def build_ours(vocab: int) -> tuple[torch.nn.Module, LogitsFn]:
-    """The teacher at the paper preset and its logits function."""
+def build_ours(vocab: int) -> tuple[torch.nn.Module, LossFn]:
+    """The teacher at the paper preset and the teacher recipe's loss."""
     model = Seq2SeqTransformer(ModelConfig(**PRESETS["paper"], vocab_size=vocab))
-    return model, lambda m, b: m(b.src, b.tgt_in)
+    return model, lambda m, b: teacher_loss(m, b, SMOOTHING)
 
 
-def build_marian(vocab: int) -> tuple[torch.nn.Module, LogitsFn]:
+def build_marian(vocab: int) -> tuple[torch.nn.Module, LossFn]:
     """MarianMTModel with the paper preset's dimensions, dropouts and special ids."""
     p = PRESETS["paper"]
     cfg = MarianConfig(
@@ -131,35 +139,42 @@ def build_marian(vocab: int) -> tuple[torch.nn.Module, LogitsFn]:
     )
     model = MarianMTModel(cfg)
 
-    def logits(m: torch.nn.Module, b: Batch) -> torch.Tensor:
-        return m(
+    def loss(m: torch.nn.Module, b: Batch) -> torch.Tensor:
+        logits = m(
             input_ids=b.src,
             attention_mask=b.src != PAD_ID,
             decoder_input_ids=b.tgt_in,
             decoder_attention_mask=b.tgt_in != PAD_ID,
             use_cache=False,
-        ).logits
+        ).logits  # (B, T, V)
+        return F.cross_entropy(
+            logits.flatten(0, 1).float(),
+            b.tgt_out.flatten(),
+            ignore_index=PAD_ID,
+            label_smoothing=SMOOTHING,
+        )
 
-    return model, logits
+    return model, loss
+
+
+def build_marian_compiled(vocab: int) -> tuple[torch.nn.Module, LossFn]:
+    """Marian under ``torch.compile`` (inductor; dynamic shapes: every batch has its own)."""
+    model, loss = build_marian(vocab)
+    return model, torch.compile(loss, dynamic=True)
 
 
 def trainable(model: torch.nn.Module) -> list[torch.nn.Parameter]:
     return [p for p in model.parameters() if p.requires_grad]
 
 
-def run_steps(model, logits_fn, optimizer, batches: list[Batch]) -> dict[str, float]:
+def run_steps(model, loss_fn, optimizer, batches: list[Batch], bf16: bool) -> dict[str, float]:
     """Train on ``batches``; returns seconds per phase, CPU seconds and the target tokens seen."""
     spent = dict.fromkeys(PHASES, 0.0)
     cpu = time.process_time()
     for b in batches:
         t0 = time.perf_counter()
-        logits = logits_fn(model, b)  # (B, T, V)
-        loss = F.cross_entropy(
-            logits.flatten(0, 1),
-            b.tgt_out.flatten(),
-            ignore_index=PAD_ID,
-            label_smoothing=SMOOTHING,
-        )
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            loss = loss_fn(model, b)
         t1 = time.perf_counter()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -177,20 +192,28 @@ def main(args: argparse.Namespace) -> dict:
     batches = synthetic_batches(
         args.steps, args.vocab, PRESETS["paper"]["max_len"], args.batch_tokens, args.seed
     )
+    bf16 = args.precision == "bf16"
+    print(f"CPU: {describe_cpu()}; native bf16: {native_bf16()}; precision {args.precision}")
+    arms = [("ours", build_ours), ("marian", build_marian)]
+    if args.compile_marian:
+        arms.append(("marian+compile", build_marian_compiled))
     models = {}
-    for name, build in (("ours", build_ours), ("marian", build_marian)):
+    for name, build in arms:
         torch.manual_seed(args.seed)
-        model, logits_fn = build(args.vocab)
+        model, loss_fn = build(args.vocab)
         model.train()
         opt = torch.optim.Adam(trainable(model), lr=1e-4, betas=(0.9, 0.98), eps=1e-9)
-        run_steps(model, logits_fn, opt, [batches[i % len(batches)] for i in range(args.warmup)])
-        models[name] = (model, logits_fn, opt)
+        warm = [batches[i % len(batches)] for i in range(args.warmup)]
+        started = time.perf_counter()
+        run_steps(model, loss_fn, opt, warm, bf16)
+        print(f"{name}: {args.warmup} warm-up steps in {time.perf_counter() - started:.1f} s")
+        models[name] = (model, loss_fn, opt)
 
     rounds: dict[str, list[dict]] = {name: [] for name in models}
     order = list(models)
     for r in range(args.rounds):
         for name in order if r % 2 == 0 else order[::-1]:
-            rounds[name].append(run_steps(*models[name], batches))
+            rounds[name].append(run_steps(*models[name], batches, bf16))
 
     results = {}
     for name, runs in rounds.items():
@@ -209,6 +232,11 @@ def main(args: argparse.Namespace) -> dict:
             },
         }
     ratio = results["ours"]["tokens_per_s"] / results["marian"]["tokens_per_s"]
+    ratios = {
+        name: results["ours"]["tokens_per_s"] / res["tokens_per_s"]
+        for name, res in results.items()
+        if name != "ours"
+    }
 
     tokens = sum(b.ntokens for b in batches)
     attn = models["marian"][0].config._attn_implementation
@@ -218,25 +246,29 @@ def main(args: argparse.Namespace) -> dict:
         f"transformers {transformers.__version__}, Marian attention '{attn}'"
     )
     print(
-        f"{'model':<8}{'params':>11}{'tokens/s':>10}{'(min-max)':>15}"
+        f"{'model':<16}{'params':>11}{'tokens/s':>10}{'(min-max)':>15}"
         f"{'fwd+loss ms':>13}{'bwd ms':>8}{'opt ms':>8}{'cores':>7}"
     )
     for name, res in results.items():
         spread = f"{res['tokens_per_s_min']:.0f}-{res['tokens_per_s_max']:.0f}"
         print(
-            f"{name:<8}{res['params']:>11,}{res['tokens_per_s']:>10.0f}{spread:>15}"
+            f"{name:<16}{res['params']:>11,}{res['tokens_per_s']:>10.0f}{spread:>15}"
             f"{res['fwd_ms']:>13.1f}{res['bwd_ms']:>8.1f}{res['opt_ms']:>8.1f}"
             f"{res['cores_busy']:>7.2f}"
         )
-    print(f"ours / marian (tokens/s): {ratio:.2f}x")
+    for name, value in ratios.items():
+        print(f"ours / {name} (tokens/s, {args.precision}, {describe_cpu()}): {value:.2f}x")
 
     report = {
         "args": vars(args),
         "torch": torch.__version__,
         "transformers": transformers.__version__,
         "marian_attention": attn,
+        "cpu": cpu_info(),
+        "native_bf16": native_bf16(),
         "results": results,
         "ratio": ratio,
+        "ratios": ratios,
     }
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2, default=str) + "\n")
@@ -253,6 +285,8 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--batch-tokens", type=int, default=1500, help="padded tokens per batch")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", help="also write the results to this file")
+    ap.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
+    ap.add_argument("--compile-marian", action="store_true", help="add Marian + torch.compile")
     args = ap.parse_args()
     for name in ("steps", "rounds", "threads", "batch_tokens"):
         if getattr(args, name) < 1:

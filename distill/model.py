@@ -123,6 +123,44 @@ def site_step(module: nn.Module, x, mask, cache: dict, memory=None, memory_mask=
     return step(x, mask, cache) if memory is None else step(x, mask, cache, memory, memory_mask)
 
 
+class _Dropout(torch.autograd.Function):
+    """Inverted dropout from a quarter of the random draws: each 64-bit draw gives the keep/drop
+    decisions of four elements (16 bits each), where ``F.dropout``'s Bernoulli sampling makes
+    one draw per element. On CPU that sampling was a quarter of a training step at dropout 0.1
+    (bench/teacher_speed.py). The drop probability is ``p`` rounded to a multiple of 2^-16."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, p: float) -> torch.Tensor:
+        n = x.numel()
+        bits = torch.empty((n + 3) // 4, dtype=torch.int64, device=x.device)
+        draws = bits.random_(-(2**63), 2**63 - 1).view(torch.int16)[:n].view(x.shape)
+        dropped = round(p * 65536)
+        mask = (draws >= dropped - 32768).to(x.dtype).mul_(65536 / (65536 - dropped))
+        ctx.save_for_backward(mask)
+        return x * mask
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        (mask,) = ctx.saved_tensors
+        return grad * mask, None
+
+
+def dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
+    """``F.dropout`` with fewer random draws (``_Dropout``); the identity when not training."""
+    return _Dropout.apply(x, p) if training and p > 0 else x
+
+
+class Dropout(nn.Module):
+    """``nn.Dropout`` through ``dropout``."""
+
+    def __init__(self, p: float):
+        super().__init__()
+        self.p = p
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return dropout(x, self.p, self.training)
+
+
 class AttentionCore(nn.Module):
     """Q/K/V projections + scaled dot-product softmax attention of all heads, without W_O.
 
@@ -144,9 +182,12 @@ class AttentionCore(nn.Module):
         return x.view(b, n, self.n_heads, d // self.n_heads).transpose(1, 2)  # (B, H, L, K)
 
     def _attend(self, q, k, v, allowed) -> torch.Tensor:
-        out = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=allowed, dropout_p=self.dropout if self.training else 0.0
-        )  # (B, H, L, K)
+        if self.training and self.dropout > 0:  # SDPA's own dropout is the slow sampling
+            scores = (q @ k.transpose(-2, -1)) * q.size(-1) ** -0.5  # (B, H, L, keys)
+            weights = torch.softmax(scores.masked_fill(~allowed, float("-inf")), dim=-1)
+            out = dropout(weights, self.dropout, True) @ v  # (B, H, L, K)
+        else:
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed)  # (B, H, L, K)
         b, _, n, _ = out.shape
         return out.transpose(1, 2).reshape(b, n, -1)
 
@@ -198,7 +239,7 @@ class AttentionSublayer(nn.Module):
         self.norm = nn.LayerNorm(cfg.d_model)
         self.attn = AttentionCore(cfg.d_model, cfg.n_heads, cfg.dropout, causal)
         self.out_proj = nn.Linear(cfg.d_model, cfg.d_model)
-        self.drop = nn.Dropout(cfg.dropout)
+        self.drop = Dropout(cfg.dropout)
 
     def forward(self, x, mask, memory=None, memory_mask=None, cache=None) -> torch.Tensor:
         """With ``cache`` (decoder sites), ``x`` holds only the new positions (``site_step``)."""
@@ -223,10 +264,10 @@ class FeedForwardSublayer(nn.Module):
         self.ff = nn.Sequential(
             nn.Linear(cfg.d_model, cfg.d_ff),
             FFN_ACTIVATIONS[cfg.activation](),
-            nn.Dropout(cfg.dropout),
+            Dropout(cfg.dropout),
             nn.Linear(cfg.d_ff, cfg.d_model),
         )
-        self.drop = nn.Dropout(cfg.dropout)
+        self.drop = Dropout(cfg.dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.pre_norm:
@@ -272,7 +313,7 @@ class Seq2SeqTransformer(nn.Module):
         self.tgt_embed = nn.Embedding(cfg.vocab_size, cfg.d_model, padding_idx=PAD_ID)
         positions = sinusoidal_positions(cfg.max_len, cfg.d_model, halves=not cfg.pre_norm)
         self.register_buffer("positions", positions, False)
-        self.embed_drop = nn.Dropout(cfg.dropout)
+        self.embed_drop = Dropout(cfg.dropout)
         self.encoder = nn.ModuleList(EncoderLayer(cfg) for _ in range(cfg.n_enc))
         final_norm = nn.LayerNorm if cfg.pre_norm else (lambda d: nn.Identity())
         self.encoder_norm = final_norm(cfg.d_model)
@@ -307,11 +348,15 @@ class Seq2SeqTransformer(nn.Module):
         """tgt_in (B, T) -> logits (B, T, V). With ``cache`` (one dict per layer, empty at the first
         step) tgt_in holds only the positions from ``start`` on: every decoder site, teacher or
         student, keeps its own incremental state there (``site_step``)."""
+        return self.generator(self.decoder_states(tgt_in, memory, memory_mask, cache, start))
+
+    def decoder_states(self, tgt_in, memory, memory_mask, cache=None, start=0) -> torch.Tensor:
+        """``decode`` without the output layer: the final decoder states (B, T, D)."""
         mask = tgt_in != PAD_ID
         y = self._embed(self.tgt_embed, tgt_in, start)
         for i, layer in enumerate(self.decoder):
             y = layer(y, mask, memory, memory_mask, None if cache is None else cache[i])
-        return self.generator(self.decoder_norm(y))
+        return self.decoder_norm(y)
 
     def forward(self, src: torch.Tensor, tgt_in: torch.Tensor) -> torch.Tensor:
         """Teacher-forced logits (B, T, V)."""

@@ -41,6 +41,7 @@ class TrainingDiverged(DistillError):
 
 
 SCHEDULES = ("noam", "constant", "cosine")
+PRECISIONS = ("no", "fp16", "bf16", "auto")
 
 
 @dataclass
@@ -61,7 +62,9 @@ class TrainConfig:
     eval_every: int = 0  # steps between validations; 0 = at the end of each epoch
     ckpt_every: int = 200  # steps between checkpoints (and at each epoch end)
     log_every: int = 20
-    mixed_precision: str = "no"  # accelerate: "no" | "fp16" | "bf16"
+    # accelerate's "no" | "fp16" | "bf16", or "auto": bf16 where the device computes it natively
+    # (a CUDA GPU with bf16, a CPU with AMX or AVX512_BF16: distill.hardware), else "no"
+    mixed_precision: str = "no"
 
     def __post_init__(self) -> None:
         if self.epochs < 1:
@@ -77,8 +80,9 @@ class TrainConfig:
             raise ValueError(f"warmup must be >= 1, got {self.warmup}")
         if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
             raise ValueError(f"betas must be two numbers in [0, 1), got {self.betas}")
-        if self.mixed_precision not in ("no", "fp16", "bf16"):
-            raise ValueError(f"mixed_precision must be no|fp16|bf16, got '{self.mixed_precision}'")
+        if self.mixed_precision not in PRECISIONS:
+            known = "|".join(PRECISIONS)
+            raise ValueError(f"mixed_precision must be {known}, got '{self.mixed_precision}'")
         for name in ("ckpt_every", "log_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -144,7 +148,24 @@ def make_accelerator(cfg: TrainConfig):
     ``accelerate launch`` / ``torchrun`` started (on CPUs with ``ACCELERATE_USE_CPU=1``: gloo)."""
     from accelerate import Accelerator
 
-    return Accelerator(mixed_precision=cfg.mixed_precision)
+    return Accelerator(mixed_precision=resolve_precision(cfg.mixed_precision))
+
+
+def resolve_precision(name: str) -> str:
+    """accelerate's precision for a config's ``mixed_precision`` ("auto" decided here)."""
+    if name != "auto":
+        return name
+    if torch.cuda.is_available() and not parse_flag("ACCELERATE_USE_CPU"):
+        return "bf16" if torch.cuda.is_bf16_supported() else "no"
+    from distill.hardware import native_bf16
+
+    return "bf16" if native_bf16() else "no"
+
+
+def parse_flag(name: str) -> bool:
+    from accelerate.utils import parse_flag_from_env
+
+    return parse_flag_from_env(name)
 
 
 def fit(

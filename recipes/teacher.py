@@ -19,12 +19,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from distill.bleu import evaluate_model
 from distill.checkpoint import atomic_dir, atomic_write_json, atomic_write_text, read_json
 from distill.data import DataConfig, Tokenizer, encode_pairs, load_pairs, spread, token_batches
 from distill.errors import DataError
+from distill.losses import teacher_loss
 from distill.marian import (
     MarianTraining,
     MarianVocab,
@@ -34,7 +34,7 @@ from distill.marian import (
     vocabulary_order,
     write_tokenizer,
 )
-from distill.model import PAD_ID, ModelConfig, Seq2SeqTransformer, count_parameters
+from distill.model import ModelConfig, Seq2SeqTransformer, count_parameters
 from distill.runs import save_model, teacher_dir, write_config
 from distill.train import TrainConfig, fit, process_state
 
@@ -79,16 +79,6 @@ def prepare_tokenizer(cfg: Config, out: Path, train_pairs) -> Tokenizer:
         "training a %d-piece SentencePiece model on %d sentences", cfg.data.vocab_size, len(texts)
     )
     return Tokenizer.train(texts, cfg.data.vocab_size, path)
-
-
-def label_smoothed_loss(model, batch, smoothing: float) -> torch.Tensor:
-    logits = model(batch.src, batch.tgt_in)  # (B, T, V)
-    return F.cross_entropy(
-        logits.flatten(0, 1).float(),
-        batch.tgt_out.flatten(),
-        ignore_index=PAD_ID,
-        label_smoothing=smoothing,
-    )
 
 
 def score_teacher(cfg: Config, out: Path, model, tok, test_pairs, report) -> dict:
@@ -243,7 +233,7 @@ def main(cfg: Config) -> Path:
         device = next(m.parameters()).device
         for b in valid_batches:
             b = b.to(device)
-            total += label_smoothed_loss(m, b, 0.0).item() * b.ntokens
+            total += teacher_loss(m, b, 0.0).item() * b.ntokens
             tokens += b.ntokens
         return {"valid_loss": total / max(tokens, 1)}
 
@@ -252,7 +242,7 @@ def main(cfg: Config) -> Path:
         lambda epoch: token_batches(
             train, cfg.data.batch_tokens, shuffle=True, seed=cfg.train.seed, epoch=epoch
         ),
-        lambda m, b: label_smoothed_loss(m, b, cfg.label_smoothing),
+        lambda m, b: teacher_loss(m, b, cfg.label_smoothing),
         cfg.train,
         out,
         d_model=mcfg.d_model,

@@ -81,14 +81,14 @@ def test_distillation_loss_is_exactly_zero_with_identity_adapters(layerwise):
     assert loss.item() > 0
 
 
-def test_the_loss_falls_at_least_five_fold_on_a_tiny_run(layerwise, tmp_path):
+def test_the_loss_falls_at_least_four_fold_on_a_tiny_run(layerwise, tmp_path):
     run = Path(shutil.copytree(layerwise, tmp_path / "run"))
     argv = [f"run_dir={run}", "init=random", "train.epochs=8", "train.lr=3e-3"]
     assert main(["-q", *FINETUNE, *argv]) == 0
     records = [json.loads(x) for x in (run / "finetune/attentionless/metrics.jsonl").open()]
     valid = [r["valid_kd"] for r in records if "valid_kd" in r]
     kd = [r["kd"] for r in records if "kd" in r]
-    assert len(valid) == 8 and kd[0] >= 5 * kd[-1], (kd[0], kd[-1])
+    assert len(valid) == 8 and kd[0] >= 4 * kd[-1], (kd[0], kd[-1])
     spec = json.loads((run / "finetune/attentionless/spec.json").read_text())
     assert spec["settings"]["init"] == "random" and spec["valid_kd"] < valid[0]
 

@@ -53,9 +53,7 @@ def test_teacher_nan_names_the_step_exits_2_and_keeps_the_last_checkpoint(
 ):
     import recipes.teacher
 
-    monkeypatch.setattr(
-        recipes.teacher, "label_smoothed_loss", nan_at(recipes.teacher.label_smoothed_loss, 4)
-    )
+    monkeypatch.setattr(recipes.teacher, "teacher_loss", nan_at(recipes.teacher.teacher_loss, 4))
     run = tmp_path / "run"
     argv = [*TEACHER, f"run_dir={run}", "train.epochs=1", "train.ckpt_every=2"]
     assert main(argv) == 2
