@@ -81,6 +81,33 @@ def prepare_tokenizer(cfg: Config, out: Path, train_pairs) -> Tokenizer:
     return Tokenizer.train(texts, cfg.data.vocab_size, path)
 
 
+def train_model(cfg: Config, model, loss, train, valid, out: Path, d_model: int, desc: str):
+    """``fit`` on ``loss(model, batch, smoothing)``: label-smoothed training batches of
+    ``cfg.data.batch_tokens``, the unsmoothed per-token loss on the validation split."""
+    valid_batches = token_batches(valid, cfg.data.batch_tokens, shuffle=False)
+
+    def validate(m) -> dict[str, float]:
+        total = tokens = 0.0
+        device = next(m.parameters()).device
+        for b in valid_batches:
+            total += loss(m, b.to(device), 0.0).item() * b.ntokens
+            tokens += b.ntokens
+        return {"valid_loss": total / max(tokens, 1)}
+
+    fit(
+        model,
+        lambda epoch: token_batches(
+            train, cfg.data.batch_tokens, shuffle=True, seed=cfg.train.seed, epoch=epoch
+        ),
+        lambda m, b: loss(m, b, cfg.label_smoothing),
+        cfg.train,
+        out,
+        d_model=d_model,
+        desc=desc,
+        validate=validate,
+    )
+
+
 def score_teacher(cfg: Config, out: Path, model, tok, test_pairs, report) -> dict:
     """Translate the test split's in-range pairs; write test.hyp.txt and bleu.json (last)."""
     in_range = [test_pairs[i] for i in report.kept_indices]
@@ -154,26 +181,8 @@ def train_marian(cfg: Config, train_pairs, valid_pairs) -> Path:
     torch.manual_seed(cfg.train.seed)
     model = MarianTraining(MarianMTModel(config), order)
     log.info("MarianMTModel: %d parameters", count_parameters(model))
-    valid_batches = token_batches(valid, cfg.data.batch_tokens, shuffle=False)
-
-    def validate(m) -> dict[str, float]:
-        total = tokens = 0.0
-        for b in valid_batches:
-            total += m.loss(b, 0.0).item() * b.ntokens
-            tokens += b.ntokens
-        return {"valid_loss": total / max(tokens, 1)}
-
-    fit(
-        model,
-        lambda epoch: token_batches(
-            train, cfg.data.batch_tokens, shuffle=True, seed=cfg.train.seed, epoch=epoch
-        ),
-        lambda m, b: m.loss(b, cfg.label_smoothing),
-        cfg.train,
-        work,
-        d_model=mcfg.d_model,
-        desc="marian",
-        validate=validate,
+    train_model(
+        cfg, model, lambda m, b, s: m.loss(b, s), train, valid, work, mcfg.d_model, "marian"
     )
     if state.is_main_process:
         with atomic_dir(final) as tmp:
@@ -226,29 +235,7 @@ def main(cfg: Config) -> Path:
     torch.manual_seed(cfg.train.seed)
     model = Seq2SeqTransformer(mcfg)
     log.info("teacher: %d parameters", count_parameters(model))
-    valid_batches = token_batches(valid, cfg.data.batch_tokens, shuffle=False)
-
-    def validate(m) -> dict[str, float]:
-        total = tokens = 0.0
-        device = next(m.parameters()).device
-        for b in valid_batches:
-            b = b.to(device)
-            total += teacher_loss(m, b, 0.0).item() * b.ntokens
-            tokens += b.ntokens
-        return {"valid_loss": total / max(tokens, 1)}
-
-    fit(
-        model,
-        lambda epoch: token_batches(
-            train, cfg.data.batch_tokens, shuffle=True, seed=cfg.train.seed, epoch=epoch
-        ),
-        lambda m, b: teacher_loss(m, b, cfg.label_smoothing),
-        cfg.train,
-        out,
-        d_model=mcfg.d_model,
-        desc="teacher",
-        validate=validate,
-    )
+    train_model(cfg, model, teacher_loss, train, valid, out, mcfg.d_model, "teacher")
     model.eval()
     if not state.is_main_process:
         return out  # the main process saves and scores the model (fit kept the copies equal)
