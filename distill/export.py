@@ -185,8 +185,8 @@ def export(
     with atomic_dir(out_dir) as tmp:
         save_tensors(tmp / "model.safetensors", model.state_dict())
         if isinstance(tok, MarianVocab):  # its renumbered MarianTokenizer loads as it is
-            for name in sorted(p.name for p in tok.path.iterdir() if p.is_file()):
-                shutil.copyfile(tok.path / name, tmp / name)
+            for file in sorted(p.name for p in tok.path.iterdir() if p.is_file()):
+                shutil.copyfile(tok.path / file, tmp / file)
         else:
             shutil.copyfile(tok.path, tmp / "spm.model")
             hf_tokenizer(tok.path, cfg.max_len).save_pretrained(tmp)  # for AutoTokenizer

@@ -1,5 +1,6 @@
 """Training objectives: the layer-wise one (each student's masked MSE against the teacher's
-recorded output) and the teacher's (label-smoothed cross-entropy, fused, at real tokens only)."""
+recorded output), the teacher's (label-smoothed cross-entropy, fused, at real tokens only) and
+the end-to-end stage's distillation term (KL to the teacher's distributions, fused)."""
 
 from __future__ import annotations
 
@@ -69,8 +70,45 @@ def smoothed_cross_entropy(
 def teacher_loss(model: nn.Module, batch, smoothing: float) -> torch.Tensor:
     """Label-smoothed cross-entropy of a ``Seq2SeqTransformer`` on a batch, per real target
     token: the output layer runs only at real (non-pad) positions, the loss is fused."""
+    logits, real = output_at_real_tokens(model, batch)  # (N, V)
+    return smoothed_cross_entropy(logits, batch.tgt_out[real], smoothing)
+
+
+class _DistillKL(torch.autograd.Function):
+    """Sum over rows of T^2 * KL(softmax(t/T) || softmax(z/T)): both log-softmaxes once forward,
+    and backward the gradient T * (softmax(z/T) - softmax(t/T)) built in place in one tensor
+    (autograd's version keeps both log-probabilities, the product and the KL terms alive)."""
+
+    @staticmethod
+    def forward(ctx, logits: torch.Tensor, target_logits: torch.Tensor, temperature: float):
+        logq = torch.log_softmax(logits / temperature, dim=-1)  # (N, V)
+        logp = torch.log_softmax(target_logits / temperature, dim=-1)
+        p = logp.exp()
+        kl = (p * (logp - logq)).sum()
+        ctx.save_for_backward(logq, p)
+        ctx.temperature = temperature
+        return temperature**2 * kl
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        logq, p = ctx.saved_tensors
+        out = logq.exp().sub_(p)  # softmax(z/T) - softmax(t/T)
+        return out.mul_(grad * ctx.temperature), None, None
+
+
+def distill_kl(
+    logits: torch.Tensor, target_logits: torch.Tensor, temperature: float
+) -> torch.Tensor:
+    """Mean over rows of T^2 * KL(softmax(target/T) || softmax(logits/T)) for (N, V) logits, fused;
+    ``target_logits`` get no gradient (the teacher's)."""
+    n = max(logits.size(0), 1)
+    return _DistillKL.apply(logits.float(), target_logits.detach().float(), temperature) / n
+
+
+def output_at_real_tokens(model: nn.Module, batch) -> tuple[torch.Tensor, torch.Tensor]:
+    """(logits (N, V) at the batch's real target positions, their mask (B, T)) of one
+    teacher-forced pass of a ``Seq2SeqTransformer``: the output layer skips the padding."""
     memory, memory_mask = model.encode(batch.src)
     states = model.decoder_states(batch.tgt_in, memory, memory_mask)  # (B, T, D)
     real = batch.tgt_out != PAD_ID
-    logits = model.generator(states[real])  # (N, V)
-    return smoothed_cross_entropy(logits, batch.tgt_out[real], smoothing)
+    return model.generator(states[real]), real

@@ -29,11 +29,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from distill.checkpoint import atomic_write_json, save_tensors
 from distill.data import encode_pairs, load_pairs, spread, token_batches
+from distill.losses import distill_kl, output_at_real_tokens, smoothed_cross_entropy
 from distill.model import PAD_ID, site_path, site_stack
 from distill.modes import VARIANTS
 from distill.prefixes import TARGETS, teacher_targets
@@ -105,16 +105,8 @@ class Config:
                 raise ValueError(f"{key} must be >= 1, got {getattr(self, key)}")
 
 
-def kd_loss(logits: torch.Tensor, target_logits: torch.Tensor, mask, temperature: float):
-    """T^2 * KL(softmax(target/T) || softmax(logits/T)) per token, mean over ``mask`` (B, T)."""
-    logq = F.log_softmax(logits.float() / temperature, dim=-1)  # (B, T, V)
-    logp = F.log_softmax(target_logits.float() / temperature, dim=-1)
-    kl = F.kl_div(logq, logp, log_target=True, reduction="none").sum(-1)  # (B, T)
-    return temperature**2 * masked_mean(kl, mask)
-
-
 def forward_with_sites(model, batch, sites: list[str]):
-    """(logits (B, T, V), {site: output}) of one teacher-forced pass."""
+    """(logits (N, V) at the real target tokens, {site: output}) of one teacher-forced pass."""
     got: dict[str, torch.Tensor] = {}
     handles = [
         model.get_submodule(site_path(s, model.cfg)).register_forward_hook(
@@ -123,7 +115,7 @@ def forward_with_sites(model, batch, sites: list[str]):
         for s in sites
     ]
     try:
-        logits = model(batch.src, batch.tgt_in)
+        logits, _ = output_at_real_tokens(model, batch)
     finally:
         for h in handles:
             h.remove()
@@ -136,15 +128,13 @@ def finetune_loss(model, teacher, batch, cfg: Config, sites: list[str]):
     with torch.no_grad():
         t_logits, t_sites = forward_with_sites(teacher, batch, hidden_sites)
     logits, s_sites = forward_with_sites(model, batch, hidden_sites)
-    mask = batch.tgt_out != PAD_ID
     terms, weights = {}, {}
     if cfg.kd_weight:
-        terms["kd"], weights["kd"] = kd_loss(logits, t_logits, mask, cfg.temperature), cfg.kd_weight
+        terms["kd"] = distill_kl(logits, t_logits, cfg.temperature)
+        weights["kd"] = cfg.kd_weight
     if cfg.ce_weight:
-        terms["ce"] = F.cross_entropy(
-            logits.flatten(0, 1).float(), batch.tgt_out.flatten(), ignore_index=PAD_ID
-        )
-        weights["ce"] = cfg.ce_weight
+        reference = batch.tgt_out[batch.tgt_out != PAD_ID]
+        terms["ce"], weights["ce"] = smoothed_cross_entropy(logits, reference, 0.0), cfg.ce_weight
     if hidden_sites:
         masks = {"encoder": batch.src != PAD_ID, "decoder": batch.tgt_in != PAD_ID}
         per_site = [

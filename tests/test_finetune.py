@@ -162,7 +162,7 @@ def test_evaluate_shows_the_layer_wise_and_the_tuned_row_side_by_side(tuned):
 
 def test_a_non_finite_loss_term_is_named(layerwise, tmp_path, monkeypatch):
     run = Path(shutil.copytree(layerwise, tmp_path / "run"))
-    monkeypatch.setattr(finetune, "kd_loss", lambda *a: torch.tensor(float("nan")))
+    monkeypatch.setattr(finetune, "distill_kl", lambda *a: torch.tensor(float("nan")))
     cfg = load_recipe_config("finetune", "tiny", [f"run_dir={run}"])[1]
     with pytest.raises(TrainingDiverged, match="loss term 'kd' is nan at step 1"):
         finetune.main(cfg)

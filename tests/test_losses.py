@@ -1,6 +1,7 @@
-"""The teacher's fast training step: the fused label-smoothed cross-entropy equals torch's, value
-and gradient; the loss at real tokens only equals the one over every (padded) position; the
-cheaper dropout drops what it should and attention's training path is SDPA's."""
+"""The fast training steps: the fused label-smoothed cross-entropy and the fused distillation KL
+equal torch's, value and gradient; the losses at real tokens only equal the ones over every
+(padded) position; the cheaper dropout drops what it should and attention's training path is
+SDPA's."""
 
 from types import SimpleNamespace
 
@@ -8,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from distill.losses import smoothed_cross_entropy, teacher_loss
+from distill.losses import distill_kl, output_at_real_tokens, smoothed_cross_entropy, teacher_loss
 from distill.model import BOS_ID, PAD_ID, AttentionCore, dropout
 from tests.helpers import random_src, tiny_teacher
 
@@ -47,6 +48,32 @@ def test_the_teacher_loss_at_real_tokens_equals_the_loss_over_padded_logits():
     for w, g in zip(want_grads, got_grads):
         if w is not None:
             torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("temperature", [1.0, 2.0])
+def test_the_fused_distillation_kl_equals_torchs_value_and_gradient(temperature):
+    g = torch.Generator().manual_seed(1)
+    logits = (3 * torch.randn(29, 40, generator=g, dtype=torch.float64)).requires_grad_()
+    target = 3 * torch.randn(29, 40, generator=g, dtype=torch.float64)
+    logq = F.log_softmax(logits / temperature, -1)
+    logp = F.log_softmax(target / temperature, -1)
+    want = temperature**2 * F.kl_div(logq, logp, log_target=True, reduction="batchmean")
+    (want_grad,) = torch.autograd.grad(3 * want, logits)
+    got = distill_kl(logits, target, temperature)
+    (got_grad,) = torch.autograd.grad(3 * got, logits)
+    assert got.item() == pytest.approx(want.item(), rel=1e-5)
+    torch.testing.assert_close(got_grad.double(), want_grad, rtol=1e-4, atol=1e-7)
+    assert distill_kl(target, target, temperature).item() == 0.0  # equal logits: exactly 0
+
+
+def test_the_output_at_real_tokens_is_the_full_passs_logits_there():
+    model = tiny_teacher(dropout=0.0).eval()
+    tgt_out = random_src(4, 7, seed=5)
+    tgt_in = torch.cat([torch.full((4, 1), BOS_ID), tgt_out[:, :-1]], 1)
+    batch = SimpleNamespace(src=random_src(4, 6), tgt_in=tgt_in, tgt_out=tgt_out)
+    logits, real = output_at_real_tokens(model, batch)
+    assert torch.equal(real, tgt_out != PAD_ID) and 0 < logits.size(0) < real.numel()
+    torch.testing.assert_close(logits, model(batch.src, batch.tgt_in)[real])
 
 
 def test_fast_dropout_drops_p_of_the_elements_keeps_the_mean_and_backpropagates_its_mask():
