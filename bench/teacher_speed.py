@@ -3,12 +3,14 @@
     python bench/teacher_speed.py [--steps N] [--warmup N] [--threads 2] [--vocab 8000]
                                   [--batch-tokens 1500] [--rounds N] [--json PATH]
                                   [--precision fp32|bf16] [--compile-marian]
+                                  [--blocks sas,sas_p]
 
 One training step = forward + label-smoothed (0.1) cross-entropy + backward + Adam step: ours
 as the teacher recipe trains (``distill.losses.teacher_loss``: the output layer at real tokens
 only, the fused cross-entropy), Marian as transformers users train it (full logits, then
 ``F.cross_entropy``). ``--precision bf16`` runs both under bf16 autocast; ``--compile-marian``
-adds Marian under ``torch.compile`` (inductor) as a third arm. All train on the same fixed list
+adds Marian under ``torch.compile`` (inductor) as a third arm; ``--blocks sas,sas_p`` adds our
+teacher with the simplified blocks (``ModelConfig.block``). All train on the same fixed list
 of seeded synthetic batches (ragged lengths 5..50, sorted by length and cut under a padded-token
 budget, padded with PAD_ID), with the same thread count and the same optimizer. Measurement is
 interleaved, the order flipping each round (A B, B A, ...), so that
@@ -102,9 +104,9 @@ def synthetic_batches(
     return batches
 
 
-def build_ours(vocab: int) -> tuple[torch.nn.Module, LossFn]:
-    """The teacher at the paper preset and the teacher recipe's loss."""
-    model = Seq2SeqTransformer(ModelConfig(**PRESETS["paper"], vocab_size=vocab))
+def build_ours(vocab: int, block: str = "pre_ln") -> tuple[torch.nn.Module, LossFn]:
+    """The teacher at the paper preset (layer layout ``block``) and the teacher recipe's loss."""
+    model = Seq2SeqTransformer(ModelConfig(**PRESETS["paper"], vocab_size=vocab, block=block))
     return model, lambda m, b: teacher_loss(m, b, SMOOTHING)
 
 
@@ -197,6 +199,8 @@ def main(args: argparse.Namespace) -> dict:
     arms = [("ours", build_ours), ("marian", build_marian)]
     if args.compile_marian:
         arms.append(("marian+compile", build_marian_compiled))
+    for block in filter(None, args.blocks.split(",")):
+        arms.append((f"ours-{block}", lambda vocab, block=block: build_ours(vocab, block)))
     models = {}
     for name, build in arms:
         torch.manual_seed(args.seed)
@@ -257,7 +261,11 @@ def main(args: argparse.Namespace) -> dict:
             f"{res['cores_busy']:>7.2f}"
         )
     for name, value in ratios.items():
-        print(f"ours / {name} (tokens/s, {args.precision}, {describe_cpu()}): {value:.2f}x")
+        if not name.startswith("ours-"):
+            print(f"ours / {name} (tokens/s, {args.precision}, {describe_cpu()}): {value:.2f}x")
+    for name, value in ratios.items():
+        if name.startswith("ours-"):
+            print(f"{name} / ours (pre_ln) tokens/s: {1 / value:.2f}x")
 
     report = {
         "args": vars(args),
@@ -287,6 +295,7 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--json", help="also write the results to this file")
     ap.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
     ap.add_argument("--compile-marian", action="store_true", help="add Marian + torch.compile")
+    ap.add_argument("--blocks", default="", help="also ours with these blocks, e.g. sas,sas_p")
     args = ap.parse_args()
     for name in ("steps", "rounds", "threads", "batch_tokens"):
         if getattr(args, name) < 1:

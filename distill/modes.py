@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from distill.errors import ConfigError
+
 if TYPE_CHECKING:
     from distill.model import ModelConfig
 
@@ -39,6 +41,10 @@ class Mode:
                    true of pre-LN teachers (family "distill") only: a post-LN site (Marian's)
                    normalises after adding its input. Every other ability holds for both
                    families (``ModelConfig.family``).
+    blocks         the teacher layer layouts (``ModelConfig.block``) whose sites it can replace:
+                   ALRR's site is the attention sublayer with its skip, which SAS has not (its
+                   sublayer is A·LN(x)) and SAS-P has not as a module (one norm feeds both
+                   branches); every other mode's site exists in every block.
     """
 
     name: str
@@ -50,6 +56,7 @@ class Mode:
     per_position: bool = False
     position_wise: bool = False
     residual: bool = False
+    blocks: tuple[str, ...] = ("pre_ln", "sas", "sas_p")
 
     @property
     def lstsq(self) -> bool:
@@ -75,7 +82,7 @@ def _table(*modes: Mode) -> dict[str, Mode]:
 
 MODES = _table(
     Mode("alr", "encoder.{i}.self_attn", "encoder"),
-    Mode("alrr", "encoder.{i}.sublayer0", "encoder", residual=True),
+    Mode("alrr", "encoder.{i}.sublayer0", "encoder", residual=True, blocks=("pre_ln",)),
     Mode("aslr", "encoder.{i}.self_attn", "encoder", per_head=True),
     Mode("elr", "encoder.{i}", "encoder", residual=True),
     Mode("dec_self", "decoder.{i}.self_attn", "decoder", causal=True),
@@ -105,8 +112,32 @@ def mode(name: str) -> Mode:
     return MODES[name]
 
 
+def unsupported(name: str, cfg: ModelConfig) -> str:
+    """Why mode ``name`` cannot replace sites of a teacher of ``cfg`` ("" when it can)."""
+    if cfg.block in mode(name).blocks:
+        return ""
+    fit = ", ".join(n for n, m in MODES.items() if cfg.block in m.blocks)
+    return (
+        f"mode '{name}' replaces the attention sublayer with its skip, which a '{cfg.block}' "
+        f"teacher does not have (modes for {cfg.block}: {fit})"
+    )
+
+
+def check_modes(names, cfg: ModelConfig, key: str = "modes") -> None:
+    """ConfigError (config key ``key``) for the first of ``names`` a teacher of ``cfg`` cannot
+    take: what the recipes check before any data loads."""
+    for name in names:
+        why = unsupported(name, cfg)
+        if why:
+            raise ConfigError(f"{key}: {why}")
+
+
 def mode_sites(name: str, cfg: ModelConfig) -> list[str]:
-    """All sites a mode replaces (every layer of its stack)."""
+    """All sites a mode replaces (every layer of its stack); ValueError if the teacher's block
+    has no such sites (``unsupported``)."""
+    why = unsupported(name, cfg)
+    if why:
+        raise ValueError(why)
     return mode(name).sites(cfg)
 
 

@@ -382,8 +382,9 @@ def build_student(
     if residual and not spec.residual:
         only = ", ".join(RESIDUAL_MODES)
         raise ValueError(f"mode '{name}' has no residual variant (only {only})")
-    if residual and not cfg.pre_norm:
-        raise ValueError(f"mode '{name}': residual students need a pre-LN teacher ({cfg.family})")
+    if residual and not cfg.residual_sites:
+        layout = cfg.family if cfg.family != "distill" else cfg.block
+        raise ValueError(f"mode '{name}': residual students need a pre-LN teacher ({layout})")
     if spec.position_wise:
         return PositionwiseMemoryMLP(m, d, width, activation)
     if spec.per_head:

@@ -147,8 +147,15 @@ def make_accelerator(cfg: TrainConfig):
     """An ``accelerate.Accelerator`` for this config: one process, or one per process that
     ``accelerate launch`` / ``torchrun`` started (on CPUs with ``ACCELERATE_USE_CPU=1``: gloo)."""
     from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
 
-    return Accelerator(mixed_precision=resolve_precision(cfg.mixed_precision))
+    precision = resolve_precision(cfg.mixed_precision)
+    # accelerate keeps one precision per process and refuses another; one process may run
+    # several stages with their own (the pipeline: fp32 students, then bf16 finetune). Only the
+    # precision state is redone: the process group (PartialState) stays as it is.
+    if AcceleratorState._shared_state.get("_mixed_precision", precision) != precision:
+        AcceleratorState._reset_state()
+    return Accelerator(mixed_precision=precision)
 
 
 def resolve_precision(name: str) -> str:

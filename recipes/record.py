@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from distill.data import encode_pairs, load_pairs, spread
-from distill.modes import DEFAULT_MODES, MODES, recorded_sites
+from distill.modes import DEFAULT_MODES, MODES, check_modes, recorded_sites
 from distill.prefixes import TARGETS, teacher_targets
 from distill.record import Recording, record
 from distill.runs import load_teacher, teacher_data, write_config
@@ -63,6 +63,7 @@ def main(cfg: Config) -> Path:
         log.info("recording already complete: %s", out)
         return out
     model, tok = load_teacher(cfg.run_dir)
+    check_modes(cfg.modes, model.cfg)
     data_cfg = teacher_data(cfg.run_dir)
     sites = recorded_sites(cfg.modes, model.cfg)
     # Read both splits before writing anything: a corpus that moved fails with a clean run dir.

@@ -43,7 +43,15 @@ from distill.lstsq import (
     least_squares_init,
     normal_equations,
 )
-from distill.modes import ACTIVATIONS, DEFAULT_MODES, MODES, RESIDUAL_MODES, SIZES, mode_sites
+from distill.modes import (
+    ACTIVATIONS,
+    DEFAULT_MODES,
+    MODES,
+    RESIDUAL_MODES,
+    SIZES,
+    check_modes,
+    mode_sites,
+)
 from distill.prefixes import TARGETS, teacher_targets
 from distill.record import DiskBatches, OnlineBatches, Recording
 from distill.runs import load_teacher, students_dir, teacher_data, write_config
@@ -193,11 +201,11 @@ class Config:
     def activation_of(self, mode: str) -> str:
         return self.modes[mode].activation or self.activation
 
-    def residual_of(self, mode: str, pre_norm: bool = True) -> bool:
+    def residual_of(self, mode: str, residual_sites: bool = True) -> bool:
         """Whether ``mode``'s students learn output - input: by default wherever the site adds
-        its input, which a post-LN teacher's (Marian's) sites never do."""
+        its input, which a post-LN teacher's (Marian's) or a SAS teacher's sites never do."""
         found = self.modes[mode].residual
-        return MODES[mode].residual and pre_norm if found is None else found
+        return MODES[mode].residual and residual_sites if found is None else found
 
     def train_of(self, mode: str) -> TrainConfig:
         """``train`` with the mode's own rate, epochs and schedule."""
@@ -284,7 +292,7 @@ def train_mode(cfg: Config, mode: str, teacher, examples, recording, cache=None)
         return out
     out.mkdir(parents=True, exist_ok=True)
     sites = mode_sites(mode, teacher.cfg)
-    size, residual = cfg.size_of(mode), cfg.residual_of(mode, teacher.cfg.pre_norm)
+    size, residual = cfg.size_of(mode), cfg.residual_of(mode, teacher.cfg.residual_sites)
     torch.manual_seed(cfg.train.seed)
     students = nn.ModuleDict(
         {
@@ -356,11 +364,13 @@ def main(cfg: Config) -> Path:
     teacher, tok = load_teacher(cfg.run_dir)
     for p in teacher.parameters():
         p.requires_grad_(False)
+    check_modes(cfg.modes, teacher.cfg)
     for mode in cfg.modes:
-        if cfg.residual_of(mode, teacher.cfg.pre_norm) and not teacher.cfg.pre_norm:
+        if cfg.residual_of(mode, teacher.cfg.residual_sites) and not teacher.cfg.residual_sites:
+            layout = teacher.cfg.family if teacher.cfg.family != "distill" else teacher.cfg.block
             raise ConfigError(
-                f"modes: {mode}: residual: the {teacher.cfg.family} teacher is post-LN, its "
-                "sites do not add their input (set residual: false)"
+                f"modes: {mode}: residual: the {layout} teacher's sites do not return their "
+                "input plus a change (set residual: false)"
             )
     examples, recording = {}, {}
     if cfg.source == "disk":

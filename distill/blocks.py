@@ -1,0 +1,254 @@
+"""The teacher's building blocks, read top to bottom: its config, the incremental-step helpers,
+dropout, the attention core and the standard sublayers. The layer layouts built from them
+(pre-LN, post-LN, SAS, SAS-P) are in ``distill.layers``.
+
+Dimension letters: B batch, L length, D d_model, H heads, K head dim (D / H).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass
+class ModelConfig:
+    """Teacher dimensions; defaults are the paper's (6+6 layers, d 128, 8 heads, FFN 512)."""
+
+    vocab_size: int = 8000
+    d_model: int = 128
+    n_heads: int = 8
+    d_ff: int = 512
+    n_enc: int = 6
+    n_dec: int = 6
+    dropout: float = 0.1
+    max_len: int = 50
+    family: str = "distill"  # "distill" (pre-LN) or "marian" (post-LN, see the module docstring)
+    activation: str = "relu"  # of the feed-forward sublayers: relu, swish (Marian's) or gelu
+    block: str = "pre_ln"  # layer layout of the distill family: pre_ln, sas or sas_p (see BLOCKS)
+
+    def __post_init__(self) -> None:
+        if self.family not in FAMILIES:
+            raise ValueError(f"family must be one of {', '.join(FAMILIES)}, got {self.family!r}")
+        if self.block not in BLOCKS:
+            raise ValueError(f"block must be one of {', '.join(BLOCKS)}, got {self.block!r}")
+        if self.block != "pre_ln" and self.family != "distill":
+            raise ValueError(f"block {self.block!r} is a layout of the distill family only")
+        if self.activation not in FFN_ACTIVATIONS:
+            known = ", ".join(FFN_ACTIVATIONS)
+            raise ValueError(f"activation must be one of {known}, got {self.activation!r}")
+        for name in ("vocab_size", "d_model", "n_heads", "d_ff", "n_enc", "n_dec", "max_len"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.d_model % self.n_heads:
+            raise ValueError(f"d_model {self.d_model} is not divisible by n_heads {self.n_heads}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+
+    @property
+    def head_dim(self) -> int:
+        return self.d_model // self.n_heads
+
+    @property
+    def pre_norm(self) -> bool:
+        """LayerNorm before each sublayer (ours) rather than after the residual (Marian)."""
+        return self.family == "distill"
+
+    @property
+    def residual_sites(self) -> bool:
+        """Whether the attention sublayers and layers return their input plus a change: pre-LN
+        blocks only (post-LN normalises the sum; SAS and SAS-P have no attention skip)."""
+        return self.family == "distill" and self.block == "pre_ln"
+
+
+FAMILIES = ("distill", "marian")
+# Layer layouts of the distill family (distill.layers; SAS and SAS-P: "Simplifying Transformer
+# Blocks", He & Hofmann, ICLR 2024):
+#   pre_ln  x + Attn(LN x), then x + MLP(LN x)                               (the standard block)
+#   sas     A·LN(x): shaped self-attention, no skip, no W_V / W_O; then x + g·MLP(LN x)
+#   sas_p   A·LN(x) + g·MLP(LN x): both read one normalised input, no skip but A's alpha·I
+# Cross-attention stays the standard sublayer (W_Q, W_K, W_V, W_O) in both: see ShapedAttention.
+BLOCKS = ("pre_ln", "sas", "sas_p")
+FFN_ACTIVATIONS = {"relu": nn.ReLU, "swish": nn.SiLU, "gelu": nn.GELU}
+
+
+def recompute_step(module: nn.Module, x, mask, cache: dict, memory=None, memory_mask=None):
+    """Incremental step of a site that cannot step exactly: keep its inputs in ``cache`` and
+    re-run it over the whole prefix (only this site recomputes). Returns the new positions."""
+    if "x" in cache:
+        x, mask = torch.cat([cache["x"], x], dim=1), torch.cat([cache["mask"], mask], dim=1)
+    n = x.size(1) - (cache["x"].size(1) if "x" in cache else 0)
+    cache["x"], cache["mask"] = x, mask
+    out = module(x, mask) if memory is None else module(x, mask, memory, memory_mask)
+    return out[:, -n:]
+
+
+def site_step(module: nn.Module, x, mask, cache: dict, memory=None, memory_mask=None):
+    """One incremental step of a decoder site: ``x`` (B, n, D) and ``mask`` (B, n) hold only the
+    new positions, ``cache`` the site's own state from earlier steps. A module with a ``step``
+    method (the teacher's attention core, the decoder students) updates its state itself, any
+    other falls back to ``recompute_step``. ``memory`` is passed to cross-attention sites only."""
+    step = getattr(module, "step", None)
+    if step is None:
+        return recompute_step(module, x, mask, cache, memory, memory_mask)
+    return step(x, mask, cache) if memory is None else step(x, mask, cache, memory, memory_mask)
+
+
+class _Dropout(torch.autograd.Function):
+    """Inverted dropout from a quarter of the random draws: each 64-bit draw gives the keep/drop
+    decisions of four elements (16 bits each), where ``F.dropout``'s Bernoulli sampling makes
+    one draw per element. On CPU that sampling was a quarter of a training step at dropout 0.1
+    (bench/teacher_speed.py). The drop probability is ``p`` rounded to a multiple of 2^-16."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, p: float) -> torch.Tensor:
+        n = x.numel()
+        bits = torch.empty((n + 3) // 4, dtype=torch.int64, device=x.device)
+        draws = bits.random_(-(2**63), 2**63 - 1).view(torch.int16)[:n].view(x.shape)
+        dropped = round(p * 65536)
+        mask = (draws >= dropped - 32768).to(x.dtype).mul_(65536 / (65536 - dropped))
+        ctx.save_for_backward(mask)
+        return x * mask
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        (mask,) = ctx.saved_tensors
+        return grad * mask, None
+
+
+def dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
+    """``F.dropout`` with fewer random draws (``_Dropout``); the identity when not training."""
+    return _Dropout.apply(x, p) if training and p > 0 else x
+
+
+class Dropout(nn.Module):
+    """``nn.Dropout`` through ``dropout``."""
+
+    def __init__(self, p: float):
+        super().__init__()
+        self.p = p
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return dropout(x, self.p, self.training)
+
+
+class AttentionCore(nn.Module):
+    """Q/K/V projections + scaled dot-product softmax attention of all heads, without W_O.
+
+    Self-attention when ``memory`` is None (causal if ``causal``), cross-attention otherwise.
+    ``mask`` (B, L) is True at real tokens; padded query rows are computed but ignored downstream.
+    ``step`` is the incremental form: cached K/V of earlier positions (self-attention) or of the
+    memory (cross-attention, computed once per sentence).
+    """
+
+    def __init__(self, d_model: int, n_heads: int, dropout: float, causal: bool = False):
+        super().__init__()
+        self.n_heads, self.causal, self.dropout = n_heads, causal, dropout
+        self.q_proj = nn.Linear(d_model, d_model)
+        self.k_proj = nn.Linear(d_model, d_model)
+        self.v_proj = nn.Linear(d_model, d_model)
+
+    def _heads(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, d = x.shape
+        return x.view(b, n, self.n_heads, d // self.n_heads).transpose(1, 2)  # (B, H, L, K)
+
+    def _attend(self, q, k, v, allowed) -> torch.Tensor:
+        if self.training and self.dropout > 0:  # SDPA's own dropout is the slow sampling
+            scores = (q @ k.transpose(-2, -1)) * q.size(-1) ** -0.5  # (B, H, L, keys)
+            weights = torch.softmax(scores.masked_fill(~allowed, float("-inf")), dim=-1)
+            out = dropout(weights, self.dropout, True) @ v  # (B, H, L, K)
+        else:
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed)  # (B, H, L, K)
+        b, _, n, _ = out.shape
+        return out.transpose(1, 2).reshape(b, n, -1)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        mask: torch.Tensor,
+        memory: torch.Tensor | None = None,
+        memory_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        q = self._heads(self.q_proj(x))
+        if memory is not None:
+            k, v = self._heads(self.k_proj(memory)), self._heads(self.v_proj(memory))
+            return self._attend(q, k, v, memory_mask[:, None, None, :])  # (B, 1, 1, S)
+        k, v = self._heads(self.k_proj(x)), self._heads(self.v_proj(x))
+        allowed = mask[:, None, None, :]  # (B, 1, 1, L)
+        if self.causal:
+            n = x.size(1)
+            allowed = allowed & torch.ones(n, n, dtype=torch.bool, device=x.device).tril()
+        return self._attend(q, k, v, allowed)
+
+    def step(self, x, mask, cache: dict, memory=None, memory_mask=None) -> torch.Tensor:
+        """``forward`` on the new positions ``x`` (B, n, D) after those already in ``cache``."""
+        q = self._heads(self.q_proj(x))
+        if memory is not None:
+            if "k" not in cache:
+                cache["k"] = self._heads(self.k_proj(memory))
+                cache["v"] = self._heads(self.v_proj(memory))
+            return self._attend(q, cache["k"], cache["v"], memory_mask[:, None, None, :])
+        k, v = self._heads(self.k_proj(x)), self._heads(self.v_proj(x))
+        if "k" in cache:
+            k, v = torch.cat([cache["k"], k], dim=2), torch.cat([cache["v"], v], dim=2)
+            mask = torch.cat([cache["mask"], mask], dim=1)
+        cache["k"], cache["v"], cache["mask"] = k, v, mask
+        keys, n = k.size(2), x.size(1)
+        allowed = mask[:, None, None, :]  # (B, 1, 1, keys)
+        if self.causal:  # query i is position keys - n + i
+            pos = torch.arange(keys, device=x.device)
+            allowed = allowed & (pos[None, :] <= pos[keys - n :, None])
+        return self._attend(q, k, v, allowed)
+
+
+class AttentionSublayer(nn.Module):
+    """x + dropout(W_O(core(LN(x)))) (pre-LN) or LN(x + dropout(W_O(core(x)))) (post-LN)."""
+
+    def __init__(self, cfg: ModelConfig, causal: bool = False):
+        super().__init__()
+        self.pre_norm = cfg.pre_norm
+        self.norm = nn.LayerNorm(cfg.d_model)
+        self.attn = AttentionCore(cfg.d_model, cfg.n_heads, cfg.dropout, causal)
+        self.out_proj = nn.Linear(cfg.d_model, cfg.d_model)
+        self.drop = Dropout(cfg.dropout)
+
+    def forward(self, x, mask, memory=None, memory_mask=None, cache=None) -> torch.Tensor:
+        """With ``cache`` (decoder sites), ``x`` holds only the new positions (``site_step``)."""
+        h = self.norm(x) if self.pre_norm else x
+        if cache is not None:
+            h = site_step(self.attn, h, mask, cache, memory, memory_mask)
+        elif memory is not None:
+            h = self.attn(h, mask, memory, memory_mask)
+        else:
+            h = self.attn(h, mask)
+        out = x + self.drop(self.out_proj(h))
+        return out if self.pre_norm else self.norm(out)
+
+
+def feed_forward(cfg: ModelConfig) -> nn.Sequential:
+    """W2 act(W1 x) with dropout after the activation."""
+    return nn.Sequential(
+        nn.Linear(cfg.d_model, cfg.d_ff),
+        FFN_ACTIVATIONS[cfg.activation](),
+        Dropout(cfg.dropout),
+        nn.Linear(cfg.d_ff, cfg.d_model),
+    )
+
+
+class FeedForwardSublayer(nn.Module):
+    """x + dropout(W2 act(W1 LN(x))) (pre-LN) or LN(x + dropout(W2 act(W1 x))) (post-LN)."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.pre_norm = cfg.pre_norm
+        self.norm = nn.LayerNorm(cfg.d_model)
+        self.ff = feed_forward(cfg)
+        self.drop = Dropout(cfg.dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.pre_norm:
+            return x + self.drop(self.ff(self.norm(x)))
+        return self.norm(x + self.drop(self.ff(x)))

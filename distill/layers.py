@@ -1,0 +1,225 @@
+"""The teacher's layer layouts, which ``distill.model.Seq2SeqTransformer`` stacks:
+    distill / pre_ln   x + W_O(Attn(LN x)), then x + MLP(LN x)                 (ours, the default)
+    marian             LN(x + W_O(Attn x)), then LN(x + MLP x)                 (post-LN, Marian's)
+    distill / sas      A·LN(x) (shaped attention, no skip, no W_V / W_O), then x + g·MLP(LN x)
+    distill / sas_p    A·LN(x) + g·MLP(LN x): one norm, the branches in parallel, no skip
+SAS and SAS-P are "Simplifying Transformer Blocks" (He & Hofmann, ICLR 2024): ``ShapedAttention``
+says what A is and why cross-attention keeps the standard sublayer in both. The primitives
+(attention core, sublayers, dropout) are in ``distill.blocks``.
+
+Dimension letters: B batch, L length, D d_model, H heads, K head dim (D / H).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from distill.blocks import (
+    AttentionCore,
+    AttentionSublayer,
+    Dropout,
+    FeedForwardSublayer,
+    ModelConfig,
+    feed_forward,
+    site_step,
+)
+
+# --- simplified attention and sublayers (SAS, SAS-P) ---------------------------------------------
+
+
+class ShapedAttention(nn.Module):
+    """Shaped self-attention without value and output projections ("Simplifying Transformer
+    Blocks", He & Hofmann, ICLR 2024). Per head h, on head h's slice x_h of the input (V = I):
+        out_h = A_h x_h,   A_h = alpha_h I + beta_h softmax(Q_h K_h^T / sqrt(K)) - gamma_h C
+    heads concatenated (no W_O). C is uniform attention over the allowed keys: the non-pad ones,
+    and in the decoder those at or before the query (the causal prefix). W_Q starts at zero and
+    alpha = beta = gamma = 1, so softmax = C and A = I at initialisation. The gains are trained.
+
+    Self-attention only: the identity term needs queries and keys to be the same positions, which
+    cross-attention's are not (target queries, source keys), so cross-attention stays the
+    standard sublayer with its skip, W_V and W_O: without them the decoder's own state would have
+    no path through it. Attention dropout is not applied (the paper trains without it).
+    ``step`` is the incremental form: cached keys and values, and running sums for C.
+    """
+
+    def __init__(self, d_model: int, n_heads: int, causal: bool = False):
+        super().__init__()
+        self.n_heads, self.causal = n_heads, causal
+        self.q_proj = nn.Linear(d_model, d_model)
+        self.k_proj = nn.Linear(d_model, d_model)
+        self.alpha = nn.Parameter(torch.ones(n_heads, 1, 1))  # identity
+        self.beta = nn.Parameter(torch.ones(n_heads, 1, 1))  # softmax attention
+        self.gamma = nn.Parameter(torch.ones(n_heads, 1, 1))  # uniform (centring) attention
+        self.reset_query()
+
+    def reset_query(self) -> None:
+        """W_Q = 0: every score is 0 and softmax is C, so A starts as the identity."""
+        nn.init.zeros_(self.q_proj.weight)
+        nn.init.zeros_(self.q_proj.bias)
+
+    def _heads(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, d = x.shape
+        return x.view(b, n, self.n_heads, d // self.n_heads).transpose(1, 2)  # (B, H, L, K)
+
+    def _combine(self, v, attended, centred) -> torch.Tensor:
+        out = self.alpha * v + self.beta * attended - self.gamma * centred  # (B, H, L, K)
+        b, _, n, _ = out.shape
+        return out.transpose(1, 2).reshape(b, n, -1)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor, *unused) -> torch.Tensor:
+        if unused:
+            raise ValueError("shaped attention is self-attention: it takes no memory")
+        v = self._heads(x)
+        q, k = self._heads(self.q_proj(x)), self._heads(self.k_proj(x))
+        real = mask[:, None, :, None].to(v.dtype)  # (B, 1, L, 1)
+        allowed = mask[:, None, None, :]  # (B, 1, 1, L)
+        if self.causal:
+            n = x.size(1)
+            allowed = allowed & torch.ones(n, n, dtype=torch.bool, device=x.device).tril()
+            centred = (v * real).cumsum(2) / real.cumsum(2).clamp(min=1)  # prefix means
+        else:
+            centred = (v * real).sum(2, keepdim=True) / real.sum(2, keepdim=True).clamp(min=1)
+        attended = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed)
+        return self._combine(v, attended, centred)
+
+    def step(self, x, mask, cache: dict) -> torch.Tensor:
+        """``forward`` on the new positions ``x`` (B, n, D) after those already in ``cache``."""
+        if not self.causal:
+            raise ValueError("only causal shaped attention decodes incrementally")
+        v_new = self._heads(x)
+        q, k = self._heads(self.q_proj(x)), self._heads(self.k_proj(x))
+        real = mask[:, None, :, None].to(v_new.dtype)  # (B, 1, n, 1)
+        total = (v_new * real).cumsum(2) + cache.get("sum", 0.0)  # (B, H, n, K)
+        count = real.cumsum(2) + cache.get("count", 0.0)  # (B, 1, n, 1)
+        v = v_new
+        if "k" in cache:
+            k, v = torch.cat([cache["k"], k], dim=2), torch.cat([cache["v"], v_new], dim=2)
+            mask = torch.cat([cache["mask"], mask], dim=1)
+        cache.update(k=k, v=v, mask=mask, sum=total[:, :, -1:], count=count[:, :, -1:])
+        keys, n = k.size(2), x.size(1)
+        pos = torch.arange(keys, device=x.device)
+        allowed = mask[:, None, None, :] & (pos[None, :] <= pos[keys - n :, None])
+        attended = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed)
+        return self._combine(v_new, attended, total / count.clamp(min=1))
+
+
+class ShapedAttentionSublayer(nn.Module):
+    """SAS's attention sub-block: A·LN(x), with no skip and no W_V / W_O."""
+
+    def __init__(self, cfg: ModelConfig, causal: bool = False):
+        super().__init__()
+        self.norm = nn.LayerNorm(cfg.d_model)
+        self.attn = ShapedAttention(cfg.d_model, cfg.n_heads, causal)
+
+    def forward(self, x, mask, cache: dict | None = None) -> torch.Tensor:
+        h = self.norm(x)
+        return self.attn(h, mask) if cache is None else site_step(self.attn, h, mask, cache)
+
+
+class GainedFeedForwardSublayer(FeedForwardSublayer):
+    """x + g·dropout(MLP(LN(x))) with a trained gain g, 0.1 at the start (the paper's MLP
+    residual gain, O(1/sqrt(depth))): a block without an attention skip starts near LN(x)."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__(cfg)
+        self.gain = nn.Parameter(torch.tensor(0.1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.gain * self.drop(self.ff(self.norm(x)))
+
+
+class CrossAttentionBranch(nn.Module):
+    """SAS-P's cross-attention: W_O(cross-attention(h, memory)) on the layer's normalised input,
+    added beside the other branches (no norm or skip of its own)."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.attn = AttentionCore(cfg.d_model, cfg.n_heads, cfg.dropout)
+        self.out_proj = nn.Linear(cfg.d_model, cfg.d_model)
+        self.drop = Dropout(cfg.dropout)
+
+    def forward(self, h, mask, memory, memory_mask, cache: dict | None = None) -> torch.Tensor:
+        if cache is None:
+            out = self.attn(h, mask, memory, memory_mask)
+        else:
+            out = site_step(self.attn, h, mask, cache, memory, memory_mask)
+        return self.drop(self.out_proj(out))
+
+
+# --- layers ---------------------------------------------------------------------------------------
+
+
+class EncoderLayer(nn.Module):
+    """Self-attention then feed-forward sublayer (pre_ln, post-LN, or SAS's sublayers)."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        sas = cfg.block == "sas"
+        self.sublayer0 = ShapedAttentionSublayer(cfg) if sas else AttentionSublayer(cfg)
+        self.sublayer1 = GainedFeedForwardSublayer(cfg) if sas else FeedForwardSublayer(cfg)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return self.sublayer1(self.sublayer0(x, mask))
+
+
+class DecoderLayer(nn.Module):
+    """Causal self-attention, cross-attention, feed-forward (SAS: shaped self-attention and the
+    gained feed-forward sublayer; cross-attention is the standard sublayer in every block)."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        sas = cfg.block == "sas"
+        self_attn = ShapedAttentionSublayer if sas else AttentionSublayer
+        self.sublayer0 = self_attn(cfg, causal=True)  # self-attention
+        self.sublayer1 = AttentionSublayer(cfg)  # cross-attention
+        self.sublayer2 = GainedFeedForwardSublayer(cfg) if sas else FeedForwardSublayer(cfg)
+
+    def forward(self, y, mask, memory, memory_mask, cache: dict | None = None) -> torch.Tensor:
+        if cache is None:
+            y = self.sublayer0(y, mask)
+            y = self.sublayer1(y, mask, memory, memory_mask)
+        else:
+            y = self.sublayer0(y, mask, cache=cache.setdefault("self", {}))
+            y = self.sublayer1(y, mask, memory, memory_mask, cache=cache.setdefault("cross", {}))
+        return self.sublayer2(y)
+
+
+class ParallelEncoderLayer(nn.Module):
+    """SAS-P: x -> A·LN(x) + g·MLP(LN(x)), one LayerNorm, both branches on its output; the only
+    path for x itself is A's identity term alpha·I (the paper's skipless parallel block)."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.sublayer0 = ShapedAttentionSublayer(cfg)  # its norm is the layer's one norm
+        self.ff = feed_forward(cfg)
+        self.gain = nn.Parameter(torch.tensor(0.1))
+        self.drop = Dropout(cfg.dropout)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        h = self.sublayer0.norm(x)
+        return self.sublayer0.attn(h, mask) + self.gain * self.drop(self.ff(h))
+
+
+class ParallelDecoderLayer(nn.Module):
+    """SAS-P in the decoder: causal shaped self-attention, cross-attention (W_O·CrossAttn) and
+    the gained MLP, all three on one LN(y), summed; no skip but the self-attention's alpha·I."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.sublayer0 = ShapedAttentionSublayer(cfg, causal=True)
+        self.sublayer1 = CrossAttentionBranch(cfg)
+        self.ff = feed_forward(cfg)
+        self.gain = nn.Parameter(torch.tensor(0.1))
+        self.drop = Dropout(cfg.dropout)
+
+    def forward(self, y, mask, memory, memory_mask, cache: dict | None = None) -> torch.Tensor:
+        h = self.sublayer0.norm(y)
+        if cache is None:
+            own = self.sublayer0.attn(h, mask)
+            cross = self.sublayer1(h, mask, memory, memory_mask)
+        else:
+            own = site_step(self.sublayer0.attn, h, mask, cache.setdefault("self", {}))
+            cross = self.sublayer1(h, mask, memory, memory_mask, cache.setdefault("cross", {}))
+        return own + cross + self.gain * self.drop(self.ff(h))
