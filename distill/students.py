@@ -383,7 +383,7 @@ def build_student(
         only = ", ".join(RESIDUAL_MODES)
         raise ValueError(f"mode '{name}' has no residual variant (only {only})")
     if residual and not cfg.residual_sites:
-        layout = cfg.family if cfg.family != "distill" else cfg.block
+        layout = f"{cfg.family}, post-LN" if not cfg.pre_norm else f"block {cfg.block}"
         raise ValueError(f"mode '{name}': residual students need a pre-LN teacher ({layout})")
     if spec.position_wise:
         return PositionwiseMemoryMLP(m, d, width, activation)

@@ -367,10 +367,15 @@ def main(cfg: Config) -> Path:
     check_modes(cfg.modes, teacher.cfg)
     for mode in cfg.modes:
         if cfg.residual_of(mode, teacher.cfg.residual_sites) and not teacher.cfg.residual_sites:
-            layout = teacher.cfg.family if teacher.cfg.family != "distill" else teacher.cfg.block
+            c = teacher.cfg
+            why = (
+                f"{c.family} teacher is post-LN"
+                if not c.pre_norm
+                else f"{c.block} teacher has no skip"
+            )
             raise ConfigError(
-                f"modes: {mode}: residual: the {layout} teacher's sites do not return their "
-                "input plus a change (set residual: false)"
+                f"modes: {mode}: residual: the {why}, its sites do not add their input "
+                "(set residual: false)"
             )
     examples, recording = {}, {}
     if cfg.source == "disk":

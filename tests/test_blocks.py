@@ -143,13 +143,20 @@ def test_the_tiny_pipeline_runs_on_a_simplified_teacher(simplified_run):
     assert all(r["bleu"] >= 0 for r in rows) and len(rows) == 8
 
 
-def test_alrr_on_a_simplified_teacher_is_a_one_line_error(simplified_run, capsys):
+def test_alrr_and_residual_students_on_a_simplified_teacher_are_one_line_errors(
+    simplified_run, capsys
+):
     block, run_dir = simplified_run
     before = sorted(p.name for p in (run_dir / "students").iterdir())
     argv = ["run", "students", "--config", "tiny", f"run_dir={run_dir}", "modes=[alrr]"]
     assert main(["-q", *argv]) == 2
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and "mode 'alrr'" in err and f"'{block}' teacher" in err
+    # residual students (output - input) need a skip to learn the change of
+    argv = ["run", "students", "--config", "tiny", f"run_dir={run_dir}", "modes=[elr]"]
+    assert main(["-q", *argv, "residual=[elr]"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and f"the {block} teacher has no skip" in err
     assert sorted(p.name for p in (run_dir / "students").iterdir()) == before
 
 
