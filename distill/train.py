@@ -177,8 +177,8 @@ def parse_flag(name: str) -> bool:
 
 def adam(params, cfg: TrainConfig, lr: float, device: torch.device) -> torch.optim.Adam:
     """The training loops' Adam: torch's fused kernel where it has one (CPU, CUDA). On CPU torch's
-    default is a loop over the parameters, 1.3-1.5x slower per student step (bench/train_speed.py);
-    the update is the same up to float rounding."""
+    default is a loop over the parameters: up to 1.5x slower per student step (1.05-1.58x by mode,
+    bench/train_speed.py); the update is the same up to float rounding."""
     fused = device.type in ("cpu", "cuda")
     return torch.optim.Adam(params, lr=lr, betas=tuple(cfg.betas), eps=cfg.eps, fused=fused)
 
