@@ -135,6 +135,40 @@ class Dropout(nn.Module):
         return dropout(x, self.p, self.training)
 
 
+def split_heads(x: torch.Tensor, n_heads: int) -> torch.Tensor:
+    """(B, L, D) -> (B, H, L, K)."""
+    b, n, d = x.shape
+    return x.view(b, n, n_heads, d // n_heads).transpose(1, 2)
+
+
+def merge_heads(x: torch.Tensor) -> torch.Tensor:
+    """(B, H, L, K) -> (B, L, D): the heads concatenated."""
+    b, _, n, _ = x.shape
+    return x.transpose(1, 2).reshape(b, n, -1)
+
+
+def allowed_keys(mask: torch.Tensor, causal: bool, n: int) -> torch.Tensor:
+    """(B, 1, n or 1, keys) bool: the keys the last ``n`` query positions may attend to, of the
+    ``keys`` positions in ``mask`` (B, keys): the real ones, and with ``causal`` those at or
+    before the query's own position (query i is position keys - n + i)."""
+    allowed = mask[:, None, None, :]  # (B, 1, 1, keys)
+    if causal:
+        keys = mask.size(1)
+        pos = torch.arange(keys, device=mask.device)
+        allowed = allowed & (pos[None, :] <= pos[keys - n :, None])
+    return allowed
+
+
+def extend_self_cache(cache: dict, k, v, mask) -> tuple[torch.Tensor, ...]:
+    """A self-attention step's keys (B, H, keys, K), values and key mask (B, keys): the cached
+    ones of earlier positions followed by the new ones, kept in ``cache`` for the next step."""
+    if "k" in cache:
+        k, v = torch.cat([cache["k"], k], dim=2), torch.cat([cache["v"], v], dim=2)
+        mask = torch.cat([cache["mask"], mask], dim=1)
+    cache["k"], cache["v"], cache["mask"] = k, v, mask
+    return k, v, mask
+
+
 class AttentionCore(nn.Module):
     """Q/K/V projections + scaled dot-product softmax attention of all heads, without W_O.
 
@@ -152,8 +186,7 @@ class AttentionCore(nn.Module):
         self.v_proj = nn.Linear(d_model, d_model)
 
     def _heads(self, x: torch.Tensor) -> torch.Tensor:
-        b, n, d = x.shape
-        return x.view(b, n, self.n_heads, d // self.n_heads).transpose(1, 2)  # (B, H, L, K)
+        return split_heads(x, self.n_heads)  # (B, H, L, K)
 
     def _attend(self, q, k, v, allowed) -> torch.Tensor:
         if self.training and self.dropout > 0:  # SDPA's own dropout is the slow sampling
@@ -162,8 +195,7 @@ class AttentionCore(nn.Module):
             out = dropout(weights, self.dropout, True) @ v  # (B, H, L, K)
         else:
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed)  # (B, H, L, K)
-        b, _, n, _ = out.shape
-        return out.transpose(1, 2).reshape(b, n, -1)
+        return merge_heads(out)
 
     def forward(
         self,
@@ -177,11 +209,7 @@ class AttentionCore(nn.Module):
             k, v = self._heads(self.k_proj(memory)), self._heads(self.v_proj(memory))
             return self._attend(q, k, v, memory_mask[:, None, None, :])  # (B, 1, 1, S)
         k, v = self._heads(self.k_proj(x)), self._heads(self.v_proj(x))
-        allowed = mask[:, None, None, :]  # (B, 1, 1, L)
-        if self.causal:
-            n = x.size(1)
-            allowed = allowed & torch.ones(n, n, dtype=torch.bool, device=x.device).tril()
-        return self._attend(q, k, v, allowed)
+        return self._attend(q, k, v, allowed_keys(mask, self.causal, x.size(1)))
 
     def step(self, x, mask, cache: dict, memory=None, memory_mask=None) -> torch.Tensor:
         """``forward`` on the new positions ``x`` (B, n, D) after those already in ``cache``."""
@@ -192,16 +220,8 @@ class AttentionCore(nn.Module):
                 cache["v"] = self._heads(self.v_proj(memory))
             return self._attend(q, cache["k"], cache["v"], memory_mask[:, None, None, :])
         k, v = self._heads(self.k_proj(x)), self._heads(self.v_proj(x))
-        if "k" in cache:
-            k, v = torch.cat([cache["k"], k], dim=2), torch.cat([cache["v"], v], dim=2)
-            mask = torch.cat([cache["mask"], mask], dim=1)
-        cache["k"], cache["v"], cache["mask"] = k, v, mask
-        keys, n = k.size(2), x.size(1)
-        allowed = mask[:, None, None, :]  # (B, 1, 1, keys)
-        if self.causal:  # query i is position keys - n + i
-            pos = torch.arange(keys, device=x.device)
-            allowed = allowed & (pos[None, :] <= pos[keys - n :, None])
-        return self._attend(q, k, v, allowed)
+        k, v, mask = extend_self_cache(cache, k, v, mask)
+        return self._attend(q, k, v, allowed_keys(mask, self.causal, x.size(1)))
 
 
 class AttentionSublayer(nn.Module):

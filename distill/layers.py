@@ -22,8 +22,12 @@ from distill.blocks import (
     Dropout,
     FeedForwardSublayer,
     ModelConfig,
+    allowed_keys,
+    extend_self_cache,
     feed_forward,
+    merge_heads,
     site_step,
+    split_heads,
 )
 
 # --- simplified attention and sublayers (SAS, SAS-P) ---------------------------------------------
@@ -60,13 +64,10 @@ class ShapedAttention(nn.Module):
         nn.init.zeros_(self.q_proj.bias)
 
     def _heads(self, x: torch.Tensor) -> torch.Tensor:
-        b, n, d = x.shape
-        return x.view(b, n, self.n_heads, d // self.n_heads).transpose(1, 2)  # (B, H, L, K)
+        return split_heads(x, self.n_heads)  # (B, H, L, K)
 
     def _combine(self, v, attended, centred) -> torch.Tensor:
-        out = self.alpha * v + self.beta * attended - self.gamma * centred  # (B, H, L, K)
-        b, _, n, _ = out.shape
-        return out.transpose(1, 2).reshape(b, n, -1)
+        return merge_heads(self.alpha * v + self.beta * attended - self.gamma * centred)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor, *unused) -> torch.Tensor:
         if unused:
@@ -74,13 +75,11 @@ class ShapedAttention(nn.Module):
         v = self._heads(x)
         q, k = self._heads(self.q_proj(x)), self._heads(self.k_proj(x))
         real = mask[:, None, :, None].to(v.dtype)  # (B, 1, L, 1)
-        allowed = mask[:, None, None, :]  # (B, 1, 1, L)
         if self.causal:
-            n = x.size(1)
-            allowed = allowed & torch.ones(n, n, dtype=torch.bool, device=x.device).tril()
             centred = (v * real).cumsum(2) / real.cumsum(2).clamp(min=1)  # prefix means
         else:
             centred = (v * real).sum(2, keepdim=True) / real.sum(2, keepdim=True).clamp(min=1)
+        allowed = allowed_keys(mask, self.causal, x.size(1))
         attended = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed)
         return self._combine(v, attended, centred)
 
@@ -93,14 +92,9 @@ class ShapedAttention(nn.Module):
         real = mask[:, None, :, None].to(v_new.dtype)  # (B, 1, n, 1)
         total = (v_new * real).cumsum(2) + cache.get("sum", 0.0)  # (B, H, n, K)
         count = real.cumsum(2) + cache.get("count", 0.0)  # (B, 1, n, 1)
-        v = v_new
-        if "k" in cache:
-            k, v = torch.cat([cache["k"], k], dim=2), torch.cat([cache["v"], v_new], dim=2)
-            mask = torch.cat([cache["mask"], mask], dim=1)
-        cache.update(k=k, v=v, mask=mask, sum=total[:, :, -1:], count=count[:, :, -1:])
-        keys, n = k.size(2), x.size(1)
-        pos = torch.arange(keys, device=x.device)
-        allowed = mask[:, None, None, :] & (pos[None, :] <= pos[keys - n :, None])
+        cache["sum"], cache["count"] = total[:, :, -1:], count[:, :, -1:]
+        k, v, mask = extend_self_cache(cache, k, v_new, mask)
+        allowed = allowed_keys(mask, True, x.size(1))
         attended = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed)
         return self._combine(v_new, attended, total / count.clamp(min=1))
 
