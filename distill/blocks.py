@@ -211,6 +211,13 @@ class AttentionCore(nn.Module):
         k, v = self._heads(self.k_proj(x)), self._heads(self.v_proj(x))
         return self._attend(q, k, v, allowed_keys(mask, self.causal, x.size(1)))
 
+    def probabilities(self, x, memory, memory_mask) -> torch.Tensor:
+        """Cross-attention weights (B, H, T, S) of queries ``x`` over ``memory``: what the
+        pair-gate students learn to imitate in the layer-wise stage (never read at inference)."""
+        q, k = self._heads(self.q_proj(x)), self._heads(self.k_proj(memory))
+        scores = (q @ k.transpose(-2, -1)) * q.size(-1) ** -0.5  # (B, H, T, S)
+        return torch.softmax(scores.masked_fill(~memory_mask[:, None, None, :], float("-inf")), -1)
+
     def step(self, x, mask, cache: dict, memory=None, memory_mask=None) -> torch.Tensor:
         """``forward`` on the new positions ``x`` (B, n, D) after those already in ``cache``."""
         q = self._heads(self.q_proj(x))

@@ -22,6 +22,8 @@ def reorder_cache(cache, index: torch.Tensor):
     """Every tensor in a (nested) cache with its rows picked by ``index``, in place for dicts."""
     if isinstance(cache, torch.Tensor):
         return cache.index_select(0, index)
+    if isinstance(cache, int):  # a position count: the same for every row
+        return cache
     if isinstance(cache, dict):
         for key, value in cache.items():
             cache[key] = reorder_cache(value, index)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from distill.model import PAD_ID, site_stack
+from distill.model import PAD_ID, site_path, site_stack
 from distill.students import training_pass
 from distill.train import TrainingDiverged, masked_mean
 
@@ -17,17 +17,36 @@ def student_key(site: str) -> str:
     return site.replace(".", "/")
 
 
-def site_loss(student: nn.Module, site: str, batch) -> torch.Tensor:
-    """Masked MSE of one site's student against the teacher's recorded output."""
+def site_loss(
+    student: nn.Module, site: str, batch, teacher: nn.Module | None = None, align: float = 0.0
+) -> torch.Tensor:
+    """Masked MSE of one site's student against the teacher's recorded output; with ``align`` > 0
+    and the ``teacher`` a cross-attention student that makes gates (``cross_gate``) adds
+    ``align`` x the alignment loss of its gates against the teacher site's attention weights on
+    the same inputs (layer-wise training only: inference never reads them)."""
     x, y = batch[f"{site}.x"], batch[f"{site}.y"]
     mask = batch["src_mask"] if site_stack(site) == "encoder" else batch["tgt_mask"]
-    pred, mask = training_pass(student, x, mask, batch.tensors.get("memory"), batch["src_mask"])
-    return masked_mean((pred.float() - y) ** 2, mask)
+    memory, memory_mask = batch.tensors.get("memory"), batch["src_mask"]
+    probs = None
+    if align and teacher is not None and memory is not None:
+        with torch.no_grad():
+            core = teacher.get_submodule(site_path(site, teacher.cfg))
+            probs = core.probabilities(x, memory, memory_mask)
+    pred, mask, aligned = training_pass(student, x, mask, memory, memory_mask, probs)
+    loss = masked_mean((pred.float() - y) ** 2, mask)
+    return loss if aligned is None else loss + align * aligned
 
 
-def mode_loss(students: nn.ModuleDict, sites: list[str], batch) -> torch.Tensor:
+def mode_loss(
+    students: nn.ModuleDict,
+    sites: list[str],
+    batch,
+    teacher: nn.Module | None = None,
+    align: float = 0.0,
+) -> torch.Tensor:
     """Sum of the sites' losses; ``TrainingDiverged`` names the first site whose loss is NaN/inf."""
-    losses = torch.stack([site_loss(students[student_key(s)], s, batch) for s in sites])
+    losses = [site_loss(students[student_key(s)], s, batch, teacher, align) for s in sites]
+    losses = torch.stack(losses)
     finite = torch.isfinite(losses.detach())
     if not finite.all():  # one check (one device sync) per step, as fit makes anyway
         j = int((~finite).nonzero()[0])

@@ -11,6 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+import torch
+import torch.nn.functional as F
+
 from distill.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -24,6 +27,19 @@ ACTIVATIONS = ("leaky_relu", "relu", "gelu", "swiglu", "geglu")
 # memory, so the product carries decoder x memory interactions: multiplicative, input-conditioned
 # mixing, still one MLP with no scores between positions.
 GATED = ("swiglu", "geglu")
+PAIR_SIZES = {"xs": 16, "s": 32, "m": 128, "l": 256}  # pair students: hidden width per pair
+
+
+def apply_activation(name: str, h: torch.Tensor) -> torch.Tensor:
+    """One of ``ACTIVATIONS`` on pre-activations (..., width); gated ones halve the width."""
+    if name in GATED:
+        gate, value = h.chunk(2, dim=-1)
+        return (F.silu(gate) if name == "swiglu" else F.gelu(gate)) * value
+    if name == "leaky_relu":
+        return F.leaky_relu(h)
+    if name == "relu":
+        return F.relu(h)
+    return F.gelu(h)
 
 
 @dataclass(frozen=True)
@@ -37,6 +53,10 @@ class Mode:
     per_head       one student per attention head (ASLR); widths from HEAD_SIZES
     per_position   the paper's decoder student: one non-causal MLP run once per position
     position_wise  one MLP shared by every decoder position (reads position t and the memory)
+    pair           reads individual source positions: one MLP shared by every (target, source)
+                   pair makes per-head gates (``cross_gate``; widths from PAIR_SIZES, and the
+                   layer-wise stage can teach the gates the teacher's attention: ``align``)
+    slots          reads K source slots gathered with fixed, mask-only weights (``cross_slot``)
     residual       the site returns input + change, so the student may learn only the change;
                    true of pre-LN teachers (family "distill") only: a post-LN site (Marian's)
                    normalises after adding its input. Every other ability holds for both
@@ -55,6 +75,8 @@ class Mode:
     per_head: bool = False
     per_position: bool = False
     position_wise: bool = False
+    pair: bool = False
+    slots: bool = False
     residual: bool = False
     blocks: tuple[str, ...] = ("pre_ln", "sas", "sas_p")
 
@@ -65,7 +87,7 @@ class Mode:
 
     def width(self, size: str) -> int:
         """Hidden width of one student (one head's, for per-head modes) at ``size``."""
-        table = HEAD_SIZES if self.per_head else SIZES
+        table = HEAD_SIZES if self.per_head else PAIR_SIZES if self.pair else SIZES
         if size not in table:
             raise ValueError(f"unknown size '{size}' (known: {', '.join(table)})")
         return table[size]
@@ -91,6 +113,9 @@ MODES = _table(
     # Ours: one MLP shared by every decoder position, reading that position and the whole memory
     # (cross-attention's output at t depends on the decoder only through position t's query).
     Mode("cross_pw", "decoder.{i}.cross_attn", "decoder", True, True, position_wise=True),
+    # Ours: students that read individual source positions (distill/cross_students.py).
+    Mode("cross_gate", "decoder.{i}.cross_attn", "decoder", True, True, pair=True),
+    Mode("cross_slot", "decoder.{i}.cross_attn", "decoder", True, True, slots=True),
 )
 RESIDUAL_MODES = tuple(name for name, m in MODES.items() if m.residual)
 # The modes record and students take when a config names none: the paper's.
@@ -102,6 +127,8 @@ VARIANTS = {
     **{name: [name] for name in MODES},
     "attentionless": ["alr", "dec_self", "cross"],
     "attentionless_pw": ["alr", "dec_self", "cross_pw"],
+    "attentionless_gate": ["alr", "dec_self", "cross_gate"],
+    "attentionless_slot": ["alr", "dec_self", "cross_slot"],
 }
 
 

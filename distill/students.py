@@ -22,20 +22,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from distill.cross_students import PairGateStudent, SlotStudent, alignment_loss
 from distill.model import ModelConfig, recompute_step, site_path
-from distill.modes import ACTIVATIONS, GATED, RESIDUAL_MODES, mode
-
-
-def apply_activation(name: str, h: torch.Tensor) -> torch.Tensor:
-    """One of ``ACTIVATIONS`` on pre-activations (..., width); gated ones halve the width."""
-    if name in GATED:
-        gate, value = h.chunk(2, dim=-1)
-        return (F.silu(gate) if name == "swiglu" else F.gelu(gate)) * value
-    if name == "leaky_relu":
-        return F.leaky_relu(h)
-    if name == "relu":
-        return F.relu(h)
-    return F.gelu(h)
+from distill.modes import ACTIVATIONS, GATED, RESIDUAL_MODES, apply_activation, mode
 
 
 class MaskedLinear(nn.Linear):
@@ -340,18 +329,33 @@ class PerPositionStudent(nn.Module):
         return torch.stack(outs, dim=1)
 
 
-def training_pass(student: nn.Module, x, mask, memory=None, memory_mask=None):
-    """(prediction, positions to score) of one layer-wise training step on recorded inputs.
+def training_pass(student: nn.Module, x, mask, memory=None, memory_mask=None, probs=None):
+    """(prediction, positions to score, alignment loss or None) of one layer-wise training step
+    on recorded inputs.
 
     A per-position student (the paper's decoder self-attention) trains its shared MLP on random
     prefixes: with the input cut after t, the causal teacher's outputs at positions <= t are
-    unchanged, so they stay the targets there. Every other student runs as spliced."""
+    unchanged, so they stay the targets there. A pair-gate student given the teacher's attention
+    probabilities ``probs`` (B, H, T, S) also returns its gates' alignment loss against them.
+    Every other student runs as spliced."""
+    if isinstance(student, PairGateStudent) and probs is not None:
+        pred, logits = student.forward_with_gates(x, mask, memory, memory_mask)
+        return pred, mask, alignment_loss(logits, probs, mask, memory_mask)
     if isinstance(student, PerPositionStudent):
         pos = torch.arange(x.size(1), device=x.device)
         cut = (torch.rand(x.size(0), 1, device=x.device) * mask.sum(1, keepdim=True)).long()
         mask = mask & (pos <= cut)
-        return student.mlp(x, mask), mask
-    return student(x, mask, memory, memory_mask), mask
+        return student.mlp(x, mask), mask, None
+    return student(x, mask, memory, memory_mask), mask, None
+
+
+def init_from_teacher(student: nn.Module, site_module: nn.Module) -> bool:
+    """Start a student from the weights of the teacher module it replaces where its shape has a
+    teacher counterpart (a pair-gate student's values: the site's W_V); whether it did."""
+    if isinstance(student, PairGateStudent):
+        student.init_from_teacher(site_module)
+        return True
+    return False
 
 
 def least_squares_units(student: nn.Module, d_out: int) -> list[tuple[FlatMLP, slice]]:
@@ -387,6 +391,10 @@ def build_student(
         raise ValueError(f"mode '{name}': residual students need a pre-LN teacher ({layout})")
     if spec.position_wise:
         return PositionwiseMemoryMLP(m, d, width, activation)
+    if spec.pair:
+        return PairGateStudent(m, d, cfg.n_heads, width, activation)
+    if spec.slots:
+        return SlotStudent(m, d, width, activation)
     if spec.per_head:
         return PerHeadStudent(
             FlatMLP(m, d, cfg.head_dim, width, activation) for _ in range(cfg.n_heads)

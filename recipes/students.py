@@ -43,6 +43,7 @@ from distill.lstsq import (
     least_squares_init,
     normal_equations,
 )
+from distill.model import site_path
 from distill.modes import (
     ACTIVATIONS,
     DEFAULT_MODES,
@@ -55,7 +56,7 @@ from distill.modes import (
 from distill.prefixes import TARGETS, teacher_targets
 from distill.record import DiskBatches, OnlineBatches, Recording
 from distill.runs import load_teacher, students_dir, teacher_data, write_config
-from distill.students import build_student
+from distill.students import build_student, init_from_teacher
 from distill.train import SCHEDULES, TrainConfig, fit, process_state
 
 log = logging.getLogger("recipes.students")
@@ -96,6 +97,9 @@ class ModeSettings:
     local_units: int = 0
     # Learn output - input (x + MLP(x)); None = on wherever the mode's site adds its input.
     residual: bool | None = None
+    # Pair-gate students (cross_gate): weight of the loss teaching the gates the teacher's
+    # attention weights (layer-wise training only; 0 = output MSE alone).
+    align: float = 0.0
 
     def __post_init__(self) -> None:
         if self.size and self.size not in SIZES:
@@ -113,6 +117,8 @@ class ModeSettings:
             raise ValueError(f"epochs must be >= 1, got {self.epochs}")
         if self.local_units < 0:
             raise ValueError(f"local_units must be a whole number >= 0, got {self.local_units}")
+        if not 0 <= self.align < math.inf:
+            raise ValueError(f"align must be a finite number >= 0, got {self.align}")
 
 
 @dataclass
@@ -183,6 +189,8 @@ class Config:
                 )
             if settings.local_units and not spec.lstsq:
                 raise ValueError(f"local_units: mode '{mode}' has no least-squares init")
+            if settings.align and not spec.pair:
+                raise ValueError(f"modes: {mode}: align: only pair-gate modes have gates to align")
             if self.init == "lstsq" and spec.lstsq and act not in SUPPORTED_ACTIVATIONS:
                 raise ValueError(
                     f"init=lstsq supports the activations {', '.join(SUPPORTED_ACTIVATIONS)}; "
@@ -302,6 +310,8 @@ def train_mode(cfg: Config, mode: str, teacher, examples, recording, cache=None)
             for s in sites
         }
     )
+    site_modules = {s: teacher.get_submodule(site_path(s, teacher.cfg)) for s in sites}
+    from_teacher = [init_from_teacher(students[student_key(s)], site_modules[s]) for s in sites]
     train_cfg = cfg.train_of(mode)
     proc = process_state()  # under several processes, only the main one writes files
     if proc.is_main_process:
@@ -331,7 +341,7 @@ def train_mode(cfg: Config, mode: str, teacher, examples, recording, cache=None)
     fit(
         students,
         lambda e: _batches(cfg, sites, "train", teacher, examples, recording, e),
-        lambda m, b: mode_loss(m, sites, b),
+        lambda m, b: mode_loss(m, sites, b, teacher, cfg.modes[mode].align),
         train_cfg,
         out,
         d_model=teacher.cfg.d_model,
@@ -350,6 +360,8 @@ def train_mode(cfg: Config, mode: str, teacher, examples, recording, cache=None)
                 "residual": residual,
                 "init": init,
                 "local_units": local,
+                "from_teacher": any(from_teacher),
+                "align": cfg.modes[mode].align,
             },
         )
         # A finished mode is skipped, never resumed: its checkpoint (weights and Adam's moments,

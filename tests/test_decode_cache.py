@@ -63,6 +63,9 @@ KINDS = [
     *[f"cross:{a}" for a in GATED],
     "cross_pw",
     *[f"cross_pw:{a}" for a in GATED],
+    "cross_gate",
+    "cross_gate:relu",
+    "cross_slot",
     "mix",
     "no-step",
     "identity",
@@ -85,7 +88,10 @@ def test_every_cached_step_gives_the_logits_of_full_recomputation(kind):
         torch.testing.assert_close(step[rows], full[rows], atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("kind", ["teacher", "dec_self", "cross:swiglu", "dec_self_pp", "mix"])
+AT_ONCE = ["teacher", "dec_self", "cross:swiglu", "dec_self_pp", "cross_gate", "cross_slot", "mix"]
+
+
+@pytest.mark.parametrize("kind", AT_ONCE)
 def test_several_new_positions_at_once_equal_one_at_a_time(kind):
     model = spliced(kind)
     src, tgt = random_src(), torch.randint(4, CFG.vocab_size, (4, 6))

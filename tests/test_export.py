@@ -35,6 +35,7 @@ from distill.students import build_student, splice
 REPO = Path(__file__).resolve().parent.parent
 ATTENTIONLESS = ("alr", "dec_self", "cross")
 ATTENTIONLESS_PW = ("alr", "dec_self", "cross_pw")  # the position-wise cross student
+ATTENTIONLESS_GATE = ("alr", "dec_self", "cross_gate")  # the pair-gate cross student
 
 
 TEST_PAIRS = [  # in the tiny tokenizer's pieces: the first source is too long for max_len 8
@@ -87,6 +88,7 @@ def write_run(root: Path, tok, seed: int = 0) -> Path:
             ("teacher", []),
             ("attentionless", [s for m in ATTENTIONLESS for s in mode_sites(m, cfg)]),
             ("attentionless_pw", [s for m in ATTENTIONLESS_PW for s in mode_sites(m, cfg)]),
+            ("attentionless_gate", [s for m in ATTENTIONLESS_GATE for s in mode_sites(m, cfg)]),
             ("elr", mode_sites("elr", cfg)),
         )
     ]
@@ -120,7 +122,7 @@ def run_dir(tmp_path_factory, tiny_tokenizer):
 @pytest.fixture(scope="module")
 def exports(run_dir):
     root = run_dir.parent
-    variants = ("teacher", "attentionless", "attentionless_pw", "elr")
+    variants = ("teacher", "attentionless", "attentionless_pw", "attentionless_gate", "elr")
     return {v: export(run_dir, v, root / v) for v in variants}
 
 
@@ -140,12 +142,16 @@ def hf_models(exports, tmp_path_factory):
     mp.undo()
 
 
-@pytest.mark.parametrize("variant", ["teacher", "attentionless", "attentionless_pw", "elr"])
+VARIANTS = ["teacher", "attentionless", "attentionless_pw", "attentionless_gate", "elr"]
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
 def test_exported_model_gives_the_logits_of_the_in_memory_spliced_model(run_dir, exports, variant):
     modes = {
         "teacher": (),
         "attentionless": ATTENTIONLESS,
         "attentionless_pw": ATTENTIONLESS_PW,
+        "attentionless_gate": ATTENTIONLESS_GATE,
         "elr": ("elr",),
     }[variant]
     expected = reference(run_dir, modes)
@@ -176,7 +182,7 @@ def test_attentionless_export_holds_no_attention_at_replaced_sites(exports, vari
     assert any(k.startswith(paths[0] + ".fc1") for k in keys)
 
 
-@pytest.mark.parametrize("variant", ["teacher", "attentionless", "attentionless_pw"])
+@pytest.mark.parametrize("variant", ["teacher", "attentionless", "attentionless_gate"])
 def test_transformers_generate_equals_distill_greedy_and_beam(exports, hf_models, variant):
     model, _ = distill.from_pretrained(exports[variant])
     hf = hf_models[variant]
