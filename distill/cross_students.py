@@ -74,9 +74,12 @@ class PairGateStudent(nn.Module):
         position of ``term`` (``memory_side``'s first output)."""
         t, s, m = x.size(1), term.size(1), self.max_len
         self._check(start + t, "target")
-        tpos = torch.arange(start, start + t, device=x.device)
-        rel = torch.arange(s, device=x.device)[None, :] - tpos[:, None] + m - 1  # (T, S)
-        pre = self.x_fc(self.x_norm(x))[:, :, None] + term[:, None] + self.rel_pos[rel]
+        if t == 1:  # a decoding step: the offsets j - t are one contiguous slice, no gather
+            rel = self.rel_pos[m - 1 - start : m - 1 - start + s][None]  # (1, S, W)
+        else:
+            tpos = torch.arange(start, start + t, device=x.device)
+            rel = self.rel_pos[torch.arange(s, device=x.device)[None, :] - tpos[:, None] + m - 1]
+        pre = self.x_fc(self.x_norm(x))[:, :, None] + term[:, None] + rel  # (B, T, S, W)
         return self.gate_fc(apply_activation(self.activation, pre))  # (B, T, S, H)
 
     def _combine(self, logits, v, mask) -> torch.Tensor:
