@@ -145,6 +145,13 @@ class FlatMLP(nn.Module):
         self.fc2 = MaskedLinear(hidden, m * d_out, w2_mask)
         self._memo, self._memo_in = {}, {}  # padded_norm_linear's tables (not state)
 
+    def train(self, mode: bool = True):
+        """Also drops padded_norm_linear's tables: a fused optimizer step changes the weights
+        without bumping their version counters, so a mode switch (fit's validation) rebuilds."""
+        self._memo.clear()
+        self._memo_in.clear()
+        return super().train(mode)
+
     def _pad(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """(B, L, d) -> (B, M, d) with padded and masked positions exactly zero."""
         x = x * mask[..., None].to(x.dtype)
@@ -263,6 +270,11 @@ class PositionwiseMemoryMLP(nn.Module):
         self.hidden_norm = nn.LayerNorm(hidden)
         self.fc2 = nn.Linear(hidden, d)
         self._memo: dict = {}  # padded_norm_linear's tables (not state)
+
+    def train(self, mode: bool = True):
+        """Also drops padded_norm_linear's tables (see ``FlatMLP.train``)."""
+        self._memo.clear()
+        return super().train(mode)
 
     def memory_term(self, memory, memory_mask) -> torch.Tensor:
         """The memory's contribution to every position's pre-activations (B, 1, width)."""

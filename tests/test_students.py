@@ -149,3 +149,22 @@ def test_folded_padding_equals_the_padded_sentence_and_follows_weight_changes(mo
         folded = student(x, mask, memory, memory_mask)
     plain = student(x, mask, memory, memory_mask).detach()
     torch.testing.assert_close(folded, plain, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("mode", ["alr", "cross_pw"])
+def test_folded_tables_are_rebuilt_after_a_fused_optimizer_step(mode):
+    torch.manual_seed(0)
+    student = build_student(mode, CFG, "xs")
+    x, mask, memory, memory_mask = inputs(n=4)
+    with torch.no_grad():
+        student.eval()(x, mask, memory, memory_mask)  # the tables of the first weights
+    student.train()
+    opt = torch.optim.Adam(student.parameters(), lr=0.1, fused=True)
+    student(x, mask, memory, memory_mask).square().sum().backward()
+    opt.step()  # in place, without bumping the weights' version counters
+    student.eval()  # what fit does before validating
+    with torch.no_grad():
+        folded = student(x, mask, memory, memory_mask)
+    with torch.enable_grad():
+        plain = student(x, mask, memory, memory_mask).detach()
+    torch.testing.assert_close(folded, plain, atol=1e-5, rtol=1e-5)
