@@ -31,6 +31,7 @@ from safetensors import SafetensorError, safe_open
 from distill.checkpoint import atomic_write_json, load_tensors, read_json, save_tensors
 from distill.errors import DataError
 from distill.model import PAD_ID, Seq2SeqTransformer, site_path, site_stack
+from distill.students import splice, unsplice
 from distill.train import process_state
 
 log = logging.getLogger(__name__)
@@ -432,8 +433,21 @@ class DiskBatches(Sequence):
         return self.rec.batch(*self.plan[i], self.sites)
 
 
+def sites_overlap(a: str, b: str) -> bool:
+    """Whether sites ``a`` and ``b`` are one module or one holds the other (``encoder.0``
+    holds ``encoder.0.self_attn``): splicing a student at one removes or hides the other."""
+    pa, pb = site_path(a), site_path(b)
+    return pa == pb or pa.startswith(pb + ".") or pb.startswith(pa + ".")
+
+
 class OnlineBatches(Sequence):
-    """The same batches as ``DiskBatches``, computed by teacher forward passes (no disk)."""
+    """The same batches as ``DiskBatches``, computed by teacher forward passes (no disk).
+
+    ``students`` ({site: module}) are spliced into ``model`` for each pass (and taken out after):
+    the recorded sites then see what those students produce upstream of them (progressive
+    training), and their outputs stay what the teacher's own modules compute on that input. A
+    recorded site may not be one of them (its hook would record a student, not the teacher).
+    """
 
     def __init__(
         self,
@@ -445,8 +459,14 @@ class OnlineBatches(Sequence):
         batch_size: int,
         seed: int,
         epoch: int,
+        students: dict[str, torch.nn.Module] | None = None,
     ):
         self.model, self.examples, self.sites = model.eval(), examples, sites
+        self.students = {s: m.eval() for s, m in (students or {}).items()}
+        for site in sites:
+            for other in self.students:
+                if sites_overlap(site, other):
+                    raise ValueError(f"site '{site}' is recorded but '{other}' holds a student")
         self.order = sentence_order(examples)
         sizes = [b - a for a, b in chunks(len(self.order), shard_size)]
         self.shard_size = shard_size
@@ -460,7 +480,11 @@ class OnlineBatches(Sequence):
         base = s * self.shard_size
         idx = self.order[base + a : base + b]
         device = next(self.model.parameters()).device
-        batch = capture(self.model, self.sites, *_collate(self.examples, idx, device))
+        previous = splice(self.model, self.students)
+        try:
+            batch = capture(self.model, self.sites, *_collate(self.examples, idx, device))
+        finally:
+            unsplice(self.model, previous)
         keep = ["src_mask", "tgt_mask", "memory"] + [f"{s}.{p}" for s in self.sites for p in "xy"]
         # Activations in fp32 and masks bool, as DiskBatches gives them.
         return ActBatch(

@@ -3,6 +3,7 @@
     distill run students --config demo                 # from RUN_DIR/record (disk shards)
     distill run students --config demo source=online   # straight from teacher passes, no disk
     distill run students --config demo modes=[alr,cross] modes.cross.epochs=4
+    distill run students --config demo source=online progressive=[alr,dec_self,cross_pw]
     distill run students --config tiny
 
 Each site's student learns the teacher's output of that site from the teacher's input of that
@@ -11,6 +12,12 @@ site (never from outputs of earlier replaced sites): masked MSE over non-pad ele
 summed, and since they share no parameters and Adam is per parameter, that is the same as
 training each alone. ``modes`` maps each mode to its own settings (size, activation, rate,
 epochs, schedule; ``ModeSettings``); what a mode can do is ``distill.modes.MODES``.
+
+``progressive`` modes (online only) train site by site in model order instead (``chain``): each
+site's student learns on teacher passes with the students of every earlier listed site spliced
+in, i.e. on the inputs it will see in the spliced model, and still against what the teacher's own
+module computes there. Each finished site's weights are kept under students/<mode>/sites/<site>/,
+so a killed run redoes at most the site in progress (which resumes from its checkpoint).
 
 Two additions beyond the paper, both on by default and off in the ``paper`` config: non-causal
 students start from a least-squares fit of the site (``init: lstsq``, ``distill/lstsq.py``;
@@ -24,6 +31,7 @@ spec.json (written last: a mode with one is skipped).
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import math
 import shutil
@@ -33,7 +41,15 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from distill.checkpoint import atomic_write_json, resolve_checkpoint, save_tensors
+from distill.checkpoint import (
+    atomic_write_json,
+    atomic_write_text,
+    load_state_dict,
+    load_tensors,
+    read_json,
+    resolve_checkpoint,
+    save_tensors,
+)
 from distill.data import encode_pairs, load_pairs, spread
 from distill.errors import ConfigError
 from distill.losses import mode_loss, site_loss, student_key
@@ -43,7 +59,7 @@ from distill.lstsq import (
     least_squares_init,
     normal_equations,
 )
-from distill.model import site_path
+from distill.model import list_sites, site_path
 from distill.modes import (
     ACTIVATIONS,
     DEFAULT_MODES,
@@ -54,8 +70,8 @@ from distill.modes import (
     mode_sites,
 )
 from distill.prefixes import TARGETS, teacher_targets
-from distill.record import DiskBatches, OnlineBatches, Recording
-from distill.runs import load_teacher, students_dir, teacher_data, write_config
+from distill.record import DiskBatches, OnlineBatches, Recording, sites_overlap
+from distill.runs import load_students, load_teacher, students_dir, teacher_data, write_config
 from distill.students import build_student, init_from_teacher
 from distill.train import SCHEDULES, TrainConfig, fit, process_state
 
@@ -64,6 +80,7 @@ log = logging.getLogger("recipes.students")
 PAPER_LR = {"alr": 1e-4}  # the paper: 1e-4 for ALR, 1e-3 for every other mode
 INITS = ("lstsq", "random")
 INIT_BATCH = 1000  # sentences per Gram product of the least-squares init
+PARTIAL = "sites"  # students/<mode>/sites/<site>/: one progressive site's checkpoint and weights
 
 
 def _student_train_defaults() -> TrainConfig:
@@ -151,6 +168,9 @@ class Config:
     schedules: dict[str, str] = field(default_factory=dict)
     local_units: dict[str, int] = field(default_factory=dict)
     residual: list[str] | None = None
+    # Modes trained site by site in model order, each site on teacher passes with the students
+    # of every earlier listed site spliced in (source=online; no two may share a site).
+    progressive: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if isinstance(self.modes, list):
@@ -202,6 +222,24 @@ class Config:
             raise ValueError(f"targets must be one of {', '.join(TARGETS)}, got '{self.targets}'")
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        self._check_progressive()
+
+    def _check_progressive(self) -> None:
+        for i, name in enumerate(self.progressive):
+            if name not in self.modes:
+                known = ", ".join(self.modes)
+                raise ConfigError(f"progressive: mode '{name}' is not one of modes ({known})")
+            for other in self.progressive[:i]:
+                a, b = (MODES[m].site.format(i=0) for m in (other, name))
+                if sites_overlap(a, b):
+                    raise ConfigError(
+                        f"progressive: {other} and {name} replace the same site ({a}, {b})"
+                    )
+        if self.progressive and self.source != "online":
+            raise ConfigError(
+                f"progressive: needs source=online (got {self.source}): each site trains on "
+                "teacher passes with the earlier sites' students spliced in"
+            )
 
     def size_of(self, mode: str) -> str:
         return self.modes[mode].size or self.size
@@ -226,7 +264,11 @@ class Config:
         )
 
 
-def _batches(cfg: Config, sites, split: str, teacher, examples, recording, epoch: int):
+def _batches(
+    cfg: Config, sites, split: str, teacher, examples, recording, epoch: int, spliced=None
+):
+    """One epoch's batches of ``sites``; ``spliced`` ({site: student}, online only) sit in the
+    teacher during its passes."""
     if cfg.source == "disk":
         return DiskBatches(recording[split], sites, cfg.batch_size, cfg.train.seed, epoch)
     return OnlineBatches(
@@ -237,6 +279,7 @@ def _batches(cfg: Config, sites, split: str, teacher, examples, recording, epoch
         batch_size=cfg.batch_size,
         seed=cfg.train.seed,
         epoch=epoch,
+        students=spliced,
     )
 
 
@@ -265,16 +308,17 @@ def _lstsq(
     recording,
     valid,
     cache,
+    spliced=None,
 ):
     """Least-squares init of one mode's students (``local`` position-local units per position)
-    from the training batches (read in large batches), ridge strengths chosen on ``valid``; the
-    normal equations stay in ``cache`` for a later mode with the same sites and target (ASLR
-    after ALR)."""
+    from the training batches (read in large batches; ``spliced`` as in ``_batches``), ridge
+    strengths chosen on ``valid``; the normal equations stay in ``cache`` for a later mode with
+    the same sites and target (ASLR after ALR)."""
     sites, d = list(students), teacher.cfg.d_model
     big = dataclasses.replace(cfg, batch_size=INIT_BATCH)
     missing = [s for s in sites if (s, residual) not in cache]
     if missing:
-        passes = _batches(big, missing, "train", teacher, examples, recording, 0)
+        passes = _batches(big, missing, "train", teacher, examples, recording, 0, spliced)
         found = normal_equations(
             {s: students[s] for s in missing}, passes, residual=residual, d_model=d
         )
@@ -282,7 +326,7 @@ def _lstsq(
     least_squares_init(
         students,
         {s: cache[(s, residual)] for s in sites},
-        _batches(big, sites, "train", teacher, examples, recording, 0),
+        _batches(big, sites, "train", teacher, examples, recording, 0, spliced),
         valid,
         residual=residual,
         d_model=d,
@@ -291,32 +335,29 @@ def _lstsq(
     )
 
 
-def train_mode(cfg: Config, mode: str, teacher, examples, recording, cache=None) -> Path:
-    """Train (or resume) one mode's students; ``cache`` carries normal equations between modes."""
-    cache = {} if cache is None else cache
-    out = students_dir(cfg.run_dir) / mode
-    if (out / "spec.json").exists():
-        log.info("%s students already trained: %s", mode, out)
-        return out
-    out.mkdir(parents=True, exist_ok=True)
-    sites = mode_sites(mode, teacher.cfg)
-    size, residual = cfg.size_of(mode), cfg.residual_of(mode, teacher.cfg.residual_sites)
+def _build(cfg: Config, mode: str, teacher) -> nn.ModuleDict:
+    """The mode's students, one per site (keys ``student_key``), seeded: the same initial
+    weights whichever way they train; a student with a teacher counterpart (cross_gate's
+    values) starts from the teacher site's weights (``init_from_teacher``)."""
+    model_cfg = teacher.cfg
+    size, residual = cfg.size_of(mode), cfg.residual_of(mode, model_cfg.residual_sites)
     torch.manual_seed(cfg.train.seed)
-    students = nn.ModuleDict(
-        {
-            student_key(s): build_student(
-                mode, teacher.cfg, size, cfg.activation_of(mode), residual
-            )
-            for s in sites
-        }
-    )
-    site_modules = {s: teacher.get_submodule(site_path(s, teacher.cfg)) for s in sites}
-    from_teacher = [init_from_teacher(students[student_key(s)], site_modules[s]) for s in sites]
-    train_cfg = cfg.train_of(mode)
-    proc = process_state()  # under several processes, only the main one writes files
-    if proc.is_main_process:
-        write_config(out, dataclasses.replace(cfg, modes={mode: cfg.modes[mode]}, train=train_cfg))
-    valid = _batches(cfg, sites, "valid", teacher, examples, recording, 0)
+    students = nn.ModuleDict()
+    for s in mode_sites(mode, model_cfg):
+        student = build_student(mode, model_cfg, size, cfg.activation_of(mode), residual)
+        init_from_teacher(student, teacher.get_submodule(site_path(s, model_cfg)))
+        students[student_key(s)] = student
+    return students
+
+
+def _init_of(cfg: Config, mode: str) -> tuple[str, int]:
+    """(init the mode's students really get, their position-local units)."""
+    init = cfg.init if MODES[mode].lstsq else "random"
+    return init, cfg.modes[mode].local_units if init == "lstsq" else 0
+
+
+def _validator(sites: list[str], valid):
+    """``validate`` for ``fit``: the validation MSE over ``valid`` of each site and their mean."""
 
     def validate(model) -> dict[str, float]:
         device = next(model.parameters()).device
@@ -328,8 +369,50 @@ def train_mode(cfg: Config, mode: str, teacher, examples, recording, cache=None)
         mse = {f"valid_mse/{s}": v / max(len(valid), 1) for s, v in zip(sites, total)}
         return {"valid_mse": sum(mse.values()) / len(sites), **mse}
 
-    init = cfg.init if MODES[mode].lstsq else "random"
-    local = cfg.modes[mode].local_units if init == "lstsq" else 0
+    return validate
+
+
+def _finish(cfg: Config, mode: str, students: nn.ModuleDict, model_cfg, **extra) -> None:
+    """students.safetensors, then spec.json (the mark of a finished mode), then drop the resume
+    state: a finished mode is skipped, never resumed, and its checkpoint (weights and Adam's
+    moments, 0.9 GB for the demo's ELR) is only disk now."""
+    out = students_dir(cfg.run_dir) / mode
+    init, local = _init_of(cfg, mode)
+    save_tensors(out / "students.safetensors", students.state_dict())
+    spec = {
+        "mode": mode,
+        "size": cfg.size_of(mode),
+        "sites": mode_sites(mode, model_cfg),
+        "activation": cfg.activation_of(mode),
+        "residual": cfg.residual_of(mode, model_cfg.residual_sites),
+        "init": init,
+        "local_units": local,
+        "align": cfg.modes[mode].align,
+    }
+    atomic_write_json(out / "spec.json", {**spec, **extra})
+    for leftover in (out / "checkpoint", out / "checkpoint.old", out / PARTIAL):
+        shutil.rmtree(leftover, ignore_errors=True)
+
+
+def train_mode(cfg: Config, mode: str, teacher, examples, recording, cache=None) -> Path:
+    """Train (or resume) one mode's students; ``cache`` carries normal equations between modes."""
+    cache = {} if cache is None else cache
+    out = students_dir(cfg.run_dir) / mode
+    if (out / "spec.json").exists():
+        log.info("%s students already trained: %s", mode, out)
+        return out
+    out.mkdir(parents=True, exist_ok=True)
+    sites = mode_sites(mode, teacher.cfg)
+    residual = cfg.residual_of(mode, teacher.cfg.residual_sites)
+    students = _build(cfg, mode, teacher)
+    train_cfg = cfg.train_of(mode)
+    proc = process_state()  # under several processes, only the main one writes files
+    if proc.is_main_process:
+        alone = {mode: cfg.modes[mode]}
+        write_config(out, dataclasses.replace(cfg, modes=alone, train=train_cfg, progressive=[]))
+    valid = _batches(cfg, sites, "valid", teacher, examples, recording, 0)
+    validate = _validator(sites, valid)
+    init, local = _init_of(cfg, mode)
     if init == "lstsq" and resolve_checkpoint(out / "checkpoint") is None:
         some = {s: students[student_key(s)] for s in sites}
         _lstsq(cfg, some, residual, local, teacher, examples, recording, valid, cache)
@@ -349,27 +432,128 @@ def train_mode(cfg: Config, mode: str, teacher, examples, recording, cache=None)
         validate=validate,
     )
     if proc.is_main_process:
-        save_tensors(out / "students.safetensors", students.state_dict())
-        atomic_write_json(
-            out / "spec.json",
-            {
-                "mode": mode,
-                "size": size,
-                "sites": sites,
-                "activation": cfg.activation_of(mode),
-                "residual": residual,
-                "init": init,
-                "local_units": local,
-                "from_teacher": any(from_teacher),
-                "align": cfg.modes[mode].align,
-            },
-        )
-        # A finished mode is skipped, never resumed: its checkpoint (weights and Adam's moments,
-        # 0.9 GB for the demo's ELR) is only disk now.
+        _finish(cfg, mode, students, teacher.cfg)
+    proc.wait_for_everyone()
+    return out
+
+
+def chain(cfg: Config, model_cfg) -> list[tuple[str, str]]:
+    """[(site, mode)] of the progressive modes in model order (encoder layers, then decoder
+    layers, self- before cross-attention): the order they train in."""
+    order = list_sites(model_cfg)
+    pairs = [(s, m) for m in cfg.progressive for s in mode_sites(m, model_cfg)]
+    return sorted(pairs, key=lambda pair: order.index(pair[0]))
+
+
+def train_site(cfg: Config, mode: str, site: str, student, teacher, examples, spliced) -> None:
+    """Train one progressive site's ``student`` in place on teacher passes with ``spliced``
+    ({site: student} of the earlier sites) in the teacher, resuming from its checkpoint; once
+    done its weights are students/<mode>/sites/<site>/student.safetensors, which a later run
+    loads instead of training again."""
+    out = students_dir(cfg.run_dir) / mode / PARTIAL / site
+    weights = out / "student.safetensors"
+    if weights.exists():
+        load_state_dict(student, load_tensors(weights), weights)
+        log.info("%s: %s already trained: %s", mode, site, weights)
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    proc = process_state()
+    one = nn.ModuleDict({student_key(site): student})
+
+    def batches(split: str, epoch: int):
+        return _batches(cfg, [site], split, teacher, examples, {}, epoch, spliced)
+
+    valid = batches("valid", 0)
+    validate = _validator([site], valid)
+    init, local = _init_of(cfg, mode)
+    if init == "lstsq" and resolve_checkpoint(out / "checkpoint") is None:
+        residual = cfg.residual_of(mode, teacher.cfg.residual_sites)
+        only = {site: student}
+        _lstsq(cfg, only, residual, local, teacher, examples, {}, valid, cache={}, spliced=spliced)
+        with torch.no_grad():
+            score = validate(one)[f"valid_mse/{site}"]
+        log.info("%s: validation MSE after least-squares init %.4f", site, score)
+        if proc.is_main_process:
+            atomic_write_json(out / "init.json", {f"valid_mse/{site}": score})
+    fit(
+        one,
+        lambda e: batches("train", e),
+        lambda m, b: mode_loss(m, [site], b, teacher, cfg.modes[mode].align),
+        cfg.train_of(mode),
+        out,
+        d_model=teacher.cfg.d_model,
+        desc=f"students:{mode}:{site}",
+        validate=validate,
+    )
+    if proc.is_main_process:
+        save_tensors(weights, student.state_dict())
         for ckpt in (out / "checkpoint", out / "checkpoint.old"):
             shutil.rmtree(ckpt, ignore_errors=True)
     proc.wait_for_everyone()
-    return out
+
+
+def _finish_progressive(cfg: Config, mode: str, students: nn.ModuleDict, model_cfg) -> None:
+    """The mode's files as train_mode writes them, from its sites' parts: metrics.jsonl (each
+    record with its "site"), init.json, students.safetensors, spec.json (with "progressive")."""
+    out, sites = students_dir(cfg.run_dir) / mode, mode_sites(mode, model_cfg)
+    records, scores = [], {}
+    for site in sites:
+        part = out / PARTIAL / site
+        for line in (part / "metrics.jsonl").read_text(encoding="utf-8").splitlines():
+            records.append(json.dumps({**json.loads(line), "site": site}, sort_keys=True))
+        if (part / "init.json").exists():
+            scores.update(read_json(part / "init.json"))
+    atomic_write_text(out / "metrics.jsonl", "".join(r + "\n" for r in records))
+    init, local = _init_of(cfg, mode)
+    if scores:
+        mean = sum(scores.values()) / len(scores)
+        atomic_write_json(
+            out / "init.json", {"init": init, "local_units": local, "valid_mse": mean, **scores}
+        )
+    _finish(cfg, mode, students, model_cfg, progressive=cfg.progressive)
+
+
+def train_progressive(cfg: Config, teacher, examples) -> None:
+    """Train the ``progressive`` modes site by site along ``chain``; a finished mode's students
+    are loaded and spliced in for the sites after them."""
+    proc = process_state()
+    students: dict[str, nn.ModuleDict] = {}
+    done = set()
+    for mode in cfg.progressive:
+        out = students_dir(cfg.run_dir) / mode
+        if (out / "spec.json").exists():
+            found = read_json(out / "spec.json").get("progressive", [])
+            if found != cfg.progressive:
+                raise ConfigError(
+                    f"progressive: {out} holds students trained with progressive={found}; "
+                    "delete it to train them again"
+                )
+            loaded = load_students(cfg.run_dir, mode, teacher.cfg)
+            students[mode] = nn.ModuleDict({student_key(s): m for s, m in loaded.items()})
+            log.info("%s students already trained: %s", mode, out)
+            done.add(mode)
+            continue
+        students[mode] = _build(cfg, mode, teacher)
+        if proc.is_main_process:
+            chained = {m: cfg.modes[m] for m in cfg.progressive}
+            write_config(out, dataclasses.replace(cfg, modes=chained))
+    device = next(teacher.parameters()).device
+    spliced: dict[str, nn.Module] = {}
+    for site, mode in chain(cfg, teacher.cfg):
+        student = students[mode][student_key(site)]
+        if mode not in done:
+            train_site(cfg, mode, site, student, teacher, examples, spliced)
+            if site == mode_sites(mode, teacher.cfg)[-1] and proc.is_main_process:
+                _finish_progressive(cfg, mode, students[mode], teacher.cfg)
+            proc.wait_for_everyone()
+        # A fresh copy: a student's no-grad tables (students.padded_norm_linear's memo) are keyed
+        # by tensor versions, which torch's fused Adam steps leave unchanged, so the trained
+        # module may hold tables of older weights; a copy computes them from its final ones.
+        residual = cfg.residual_of(mode, teacher.cfg.residual_sites)
+        act = cfg.activation_of(mode)
+        fresh = build_student(mode, teacher.cfg, cfg.size_of(mode), act, residual)
+        fresh.load_state_dict(student.state_dict())
+        spliced[site] = fresh.to(device).eval()
 
 
 def main(cfg: Config) -> Path:
@@ -415,10 +599,11 @@ def main(cfg: Config) -> Path:
     if cfg.init != "lstsq" and local:
         log.warning("local_units %s unused: they are part of init=lstsq", local)
     cache: dict = {}
-    order = list(cfg.modes)
+    order = [m for m in cfg.modes if m not in cfg.progressive]
     for i, mode in enumerate(order):
         train_mode(cfg, mode, teacher, examples, recording, cache)
         later = {s for m in order[i + 1 :] for s in mode_sites(m, teacher.cfg)}
         for key in [k for k in cache if k[0] not in later]:
             del cache[key]  # no later mode solves for this site
+    train_progressive(cfg, teacher, examples)
     return students_dir(cfg.run_dir)

@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -9,6 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 from safetensors.torch import load_file
 
 from distill.checkpoint import resolve_checkpoint
@@ -162,3 +164,153 @@ def test_killed_teacher_resumes_from_its_checkpoint_and_matches_an_uninterrupted
     a = load_file(whole / "teacher" / "model.safetensors")
     b = load_file(broken / "teacher" / "model.safetensors")
     assert a.keys() == b.keys() and all((a[k] == b[k]).all() for k in a)
+
+
+PROGRESSIVE = [
+    "modes=[alr,dec_self,cross_pw]",
+    "source=online",
+    "progressive=[alr,dec_self,cross_pw]",
+]
+CHAIN = [  # the tiny teacher's sites of those modes, in the order they train
+    "encoder.0.self_attn",
+    "encoder.1.self_attn",
+    "decoder.0.self_attn",
+    "decoder.0.cross_attn",
+    "decoder.1.self_attn",
+    "decoder.1.cross_attn",
+]
+# Nothing is spliced upstream of these (the encoder reaches the decoder through the memory only).
+UNSHIFTED = {"encoder.0.self_attn", "decoder.0.self_attn"}
+
+
+def _progressive_students(run: Path, monkeypatch, fail_at: int | None = None) -> dict:
+    """Run the students stage with PROGRESSIVE on ``run``; {site: (sentences, first batch)} of
+    every site that trained; ``fail_at``: raise when the site of that index would start."""
+    from distill.train import fit
+    from recipes import students
+
+    trained = {}
+
+    def spy(model, batches_for_epoch, *args, desc, **kwargs):
+        site = desc.rsplit(":", 1)[1]
+        if fail_at is not None and site == CHAIN[fail_at]:
+            raise RuntimeError("killed")
+        batches = batches_for_epoch(0)
+        s, a, b = batches.plan[0]
+        start = s * batches.shard_size
+        idx = batches.order[start + a : start + b]
+        trained[site] = ([batches.examples[i] for i in idx], batches[0])
+        return fit(model, batches_for_epoch, *args, desc=desc, **kwargs)
+
+    monkeypatch.setattr(students, "fit", spy)
+    argv = ["-q", "run", "students", "--config", "tiny", f"run_dir={run}", *PROGRESSIVE]
+    assert main(argv) == 0
+    return trained
+
+
+def _teacher_copy(tiny_run: Path, tmp: Path) -> Path:
+    shutil.copytree(tiny_run / "teacher", tmp / "run" / "teacher")
+    return tmp / "run"
+
+
+@pytest.fixture(scope="module")
+def progressive_run(tiny_run, tmp_path_factory):
+    """A teacher with the progressive students of attentionless_pw, and what each site saw."""
+    run = _teacher_copy(tiny_run, tmp_path_factory.mktemp("progressive"))
+    with pytest.MonkeyPatch.context() as mp:
+        trained = _progressive_students(run, mp)
+    return run, trained
+
+
+def _site_io(model, site: str, examples) -> tuple:
+    """(input, output) of ``site`` in a teacher-forced pass of ``model`` over ``examples``."""
+    from distill.data import collate
+    from distill.model import site_path
+
+    batch, got = collate(examples, list(range(len(examples)))), []
+    module = model.get_submodule(site_path(site, model.cfg))
+    handle = module.register_forward_hook(lambda m, args, out: got.append((args[0], out)))
+    with torch.no_grad():
+        model.decode(batch.tgt_in, *model.encode(batch.src))
+    handle.remove()
+    return got[0]
+
+
+def test_each_progressive_site_trains_on_what_it_sees_behind_the_earlier_students(
+    progressive_run,
+):
+    from distill.runs import load_students, load_teacher
+    from distill.students import splice
+
+    run, trained = progressive_run
+    assert list(trained) == CHAIN
+    teacher, _ = load_teacher(run)
+    students = {}
+    for mode in ("alr", "dec_self", "cross_pw"):
+        students.update(load_students(run, mode, teacher.cfg))
+    for i, site in enumerate(CHAIN):
+        examples, batch = trained[site]
+        model, _ = load_teacher(run)
+        splice(model, {s: students[s] for s in CHAIN[:i]})
+        x, y = _site_io(model, site, examples)
+        assert torch.equal(batch[f"{site}.x"], x) and torch.equal(batch[f"{site}.y"], y)
+        own, _ = _site_io(teacher, site, examples)
+        assert torch.equal(batch[f"{site}.x"], own) == (site in UNSHIFTED)
+
+
+def test_progressive_students_keep_the_stage_files_and_their_variant_evaluates(
+    progressive_run, tmp_path
+):
+    run, _ = progressive_run
+    root = run / "students"
+    for mode in ("alr", "dec_self", "cross_pw"):
+        spec = json.loads((root / mode / "spec.json").read_text())
+        assert spec["progressive"] == ["alr", "dec_self", "cross_pw"]
+        assert not (root / mode / "sites").exists()  # the per-site parts are merged, then gone
+        lines = (root / mode / "metrics.jsonl").read_text().splitlines()
+        records = [json.loads(x) for x in lines]
+        assert {r["site"] for r in records} == set(spec["sites"])
+        for site in spec["sites"] if mode != "alr" else []:  # from random init (alr: lstsq)
+            mine = [r for r in records if r["site"] == site]
+            assert [r for r in mine if "valid_mse" in r][-1]["valid_mse"] < mine[0]["loss"]
+    assert "valid_mse/encoder.1.self_attn" in json.loads((root / "alr" / "init.json").read_text())
+    argv = ["run", "evaluate", "--config", "tiny", f"run_dir={run}", "variants=[attentionless_pw]"]
+    assert main(["-q", *argv]) == 0
+    rows = json.loads((run / "eval" / "results.json").read_text())["rows"]
+    row = next(r for r in rows if r["variant"] == "attentionless_pw")
+    assert sorted(row["sites"]) == sorted(CHAIN) and row["stage"] == "layer-wise"
+    assert row["params_student"] > 0 and "bleu" in row
+
+
+def test_a_progressive_run_stopped_after_a_site_resumes_without_retraining_it(
+    tiny_run, progressive_run, tmp_path, monkeypatch
+):
+    whole, _ = progressive_run
+    run = _teacher_copy(tiny_run, tmp_path)
+    with pytest.raises(RuntimeError, match="killed"):
+        _progressive_students(run, monkeypatch, fail_at=1)
+    parts = run / "students" / "alr" / "sites"
+    assert (parts / CHAIN[0] / "student.safetensors").is_file()
+    assert not (parts / CHAIN[1] / "student.safetensors").exists()
+    assert not (run / "students" / "alr" / "spec.json").exists()
+    assert list(_progressive_students(run, monkeypatch)) == CHAIN[1:]
+    for mode in ("alr", "dec_self", "cross_pw"):  # resumed == uninterrupted, bit for bit
+        a = load_file(whole / "students" / mode / "students.safetensors")
+        b = load_file(run / "students" / mode / "students.safetensors")
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize(
+    "override, says",
+    [
+        ("source=disk", "needs source=online"),
+        ("progressive=[alr,aslr]", "alr and aslr replace the same site"),
+        ("progressive=[alr,elr]", "alr and elr replace the same site"),
+        ("progressive=[alrr]", "mode 'alrr' is not one of modes"),
+    ],
+)
+def test_bad_progressive_settings_fail_in_one_line(tmp_path, capsys, override, says):
+    argv = ["run", "students", "--config", "tiny", f"run_dir={tmp_path}", *PROGRESSIVE]
+    assert main(["-q", *argv, "modes=[alr,aslr,elr,dec_self,cross_pw]", override]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("distill: error: progressive: ") and says in err and "\n" not in err

@@ -145,3 +145,33 @@ def test_recording_refuses_a_teacher_of_other_dimensions(recorded):
         Recording(root / "fp16").check_compatible(other, SITES)
     with pytest.raises(DataError, match="site 'encoder.1.self_attn' was not recorded"):
         Recording(root / "fp16").check_compatible(CFG, ["encoder.1.self_attn"])
+
+
+def test_online_batches_with_students_spliced_see_their_outputs_and_leave_the_teacher_alone():
+    from distill.data import collate
+    from distill.model import site_path
+    from distill.students import splice
+
+    model, ex = tiny_teacher(), examples()
+    torch.manual_seed(0)
+    early = {s: build_student("alr", CFG, "xs") for s in mode_sites("alr", CFG)}
+    before = {s: model.get_submodule(site_path(s, CFG)) for s in early}
+    site = "decoder.1.cross_attn"  # behind the encoder students, via decoder.0.cross_attn
+    online = OnlineBatches(model, ex, [site], shard_size=16, batch_size=8, seed=3, epoch=0)
+    shifted = OnlineBatches(
+        model, ex, [site], shard_size=16, batch_size=8, seed=3, epoch=0, students=early
+    )
+    got, own = shifted[0], online[0]
+    assert all(model.get_submodule(site_path(s, CFG)) is m for s, m in before.items())
+    s, a, b = shifted.plan[0]
+    idx = shifted.order[s * 16 + a : s * 16 + b]
+    batch = collate([ex[i] for i in idx], idx)
+    splice(model, early)
+    want = capture(model, [site], batch.src, batch.tgt_in)
+    for key in (f"{site}.x", f"{site}.y", "memory"):
+        assert torch.equal(got[key], want[key])
+        assert not torch.allclose(got[key], own[key])
+    with pytest.raises(ValueError, match="'encoder.1' is recorded but 'encoder.1.self_attn'"):
+        OnlineBatches(
+            model, ex, ["encoder.1"], shard_size=16, batch_size=8, seed=3, epoch=0, students=early
+        )
