@@ -1,9 +1,11 @@
 """Shared fixtures: tiny seeded stand-ins for downloads and trained artifacts."""
 
 import random
+from pathlib import Path
 
 import pytest
 
+from distill.cli import main
 from distill.data import Tokenizer
 
 # (German, English) lexicon of a toy grammar: enough variety for a tokenizer, no downloads.
@@ -62,3 +64,15 @@ def tiny_tokenizer(tmp_path_factory, tiny_pairs) -> Tokenizer:
     """A SentencePiece model (under 100 pieces) trained in a few ms on ``tiny_pairs``."""
     texts = [text for pair in tiny_pairs for text in pair]
     return Tokenizer.train(texts, 96, tmp_path_factory.mktemp("tok") / "spm.model")
+
+
+@pytest.fixture(scope="session")
+def layerwise(tmp_path_factory) -> Path:
+    """A tiny run dir with a teacher and the layer-wise students of ``attentionless`` (alr,
+    dec_self, cross), shared by the finetune and budget tests: copy it before changing it."""
+    run = tmp_path_factory.mktemp("layerwise") / "run"
+    assert main(["-q", "run", "teacher", "--config", "tiny", f"run_dir={run}"]) == 0
+    modes = "modes=[alr,dec_self,cross]"
+    argv = ["run", "students", "--config", "tiny", f"run_dir={run}", modes, "source=online"]
+    assert main(["-q", *argv]) == 0
+    return run

@@ -23,18 +23,7 @@ from recipes import finetune
 from tests.helpers import PassThrough
 from tests.reliability.helpers import run_and_kill
 
-MODES = "modes=[alr,dec_self,cross]"
 FINETUNE = ["run", "finetune", "--config", "tiny"]
-
-
-@pytest.fixture(scope="module")
-def layerwise(tmp_path_factory) -> Path:
-    """A tiny run dir with a teacher and the layer-wise students of ``attentionless``."""
-    run = tmp_path_factory.mktemp("finetune") / "run"
-    assert main(["-q", "run", "teacher", "--config", "tiny", f"run_dir={run}"]) == 0
-    argv = ["run", "students", "--config", "tiny", f"run_dir={run}", MODES, "source=online"]
-    assert main(["-q", *argv]) == 0
-    return run
 
 
 @pytest.fixture(scope="module")
