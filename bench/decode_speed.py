@@ -3,9 +3,11 @@
     python bench/decode_speed.py --run-dir runs/demo                 # 2 threads, the test sources
     python bench/decode_speed.py --run-dir runs/demo --quick         # fewer sentences
     python bench/decode_speed.py --run-dir runs/demo --json out.json
+    python bench/decode_speed.py --run-dir runs/demo --variants attentionless_pw+keep1  # hybrids
 
 For each variant (alr, aslr, elr, dec_self, dec_self_pp, cross, cross_pw, attentionless,
-attentionless_pw, and the tuned rows the finetune stage wrote): greedy and beam 4 at batch 64
+attentionless_pw, the hybrids named by ``--variants``, and the tuned rows the finetune stage
+wrote): greedy and beam 4 at batch 64
 (sentences/s) and at batch 1 (ms per sentence, and ms per generated token: variants translate
 to different lengths), with the per-site cache, and the same greedy at batch 64 with the cache
 off (``use_cache=False``: every step re-runs the decoder over the prefix, which is how spliced
@@ -28,8 +30,8 @@ import torch
 
 from distill.data import _pad, encode_pairs, load_pairs
 from distill.decode import beam_search, greedy
-from distill.model import EOS_ID, PAD_ID, AttentionCore
-from distill.modes import VARIANTS, mode_sites
+from distill.model import EOS_ID, PAD_ID, AttentionCore, ModelConfig
+from distill.modes import VARIANTS, mode_sites, resolve_variants
 from distill.runs import load_teacher, load_variant, students_dir, teacher_data, tuned_spec
 from distill.students import build_student, splice
 
@@ -56,15 +58,17 @@ def fresh_variant(run_dir: str, mode: str, size: str):
     return model.eval()
 
 
-def variants(run_dir: str, size: str) -> list[tuple[str, torch.nn.Module]]:
+def variants(
+    run_dir: str, size: str, names: list[str], cfg: ModelConfig
+) -> list[tuple[str, torch.nn.Module]]:
     trained = {p.parent.name for p in students_dir(run_dir).glob("*/spec.json")}
     out = []
-    for name in ORDER:
-        modes = VARIANTS[name]
+    for variant in resolve_variants(names, cfg, "--variants"):
+        name, modes, kept = variant.name, variant.modes, variant.kept
         if set(modes) <= trained:
-            out.append((name, load_variant(run_dir, modes)[0]))
+            out.append((name, load_variant(run_dir, modes, kept=kept)[0]))
             if modes and tuned_spec(run_dir, name):
-                out.append((f"{name} (tuned)", load_variant(run_dir, modes, name)[0]))
+                out.append((f"{name} (tuned)", load_variant(run_dir, modes, name, kept)[0]))
         elif len(modes) == 1:
             out.append((f"{name} (untrained)", fresh_variant(run_dir, modes[0], size)))
     return out
@@ -156,6 +160,7 @@ def main() -> None:
     p.add_argument("--size", default="m", help="size of untrained stand-in students")
     p.add_argument("--quick", action="store_true", help="64 + 8 sentences, one repetition")
     p.add_argument("--json", default="")
+    p.add_argument("--variants", default="", help="more variants to time, e.g. hybrids (a,b,...)")
     args = p.parse_args()
     if args.quick:
         args.sentences, args.single, args.reps = 64, 8, 1
@@ -165,7 +170,8 @@ def main() -> None:
     big, single = batches(srcs[: args.sentences], 64), batches(srcs[: args.single], 1)
     assert all(int(b[0, (b[0] != PAD_ID).sum() - 1]) == EOS_ID for b in single)
     rows = {}
-    models = variants(args.run_dir, args.size)
+    extra = [v for v in args.variants.split(",") if v]
+    models = variants(args.run_dir, args.size, ORDER + extra, teacher.cfg)
     for name, model in models:
         rows[name] = measure(model, big, single, args.reps)
         print(name, rows[name], flush=True)

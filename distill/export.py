@@ -1,12 +1,15 @@
 """Export one variant of a run as a self-contained directory (layout: ``distill.pretrained``).
 
     distill export runs/demo --variant attentionless --out exports/demo-attentionless
+    distill export runs/demo --variant attentionless_pw+keep1 --out DIR   # a hybrid
     distill export runs/demo --spec encoder.0.self_attn=alr,decoder.1.cross_attn=cross --out DIR
 
 The teacher's weights with the students of the chosen modes spliced in, the tokenizer, a model
 card with the variant's BLEU/chrF (from RUN_DIR/eval/results.json when that variant was scored
-there, else scored now on the run's test split) and the files transformers needs. Everything is
-written into a temporary sibling that is renamed into place: an interrupted export leaves no OUT.
+there, else scored now on the run's test split) and the files transformers needs. config.json
+and the card say whether the model is attentionless and which sites keep the teacher's attention
+(a hybrid's kept sites, or the sites no student replaced). Everything is written into a temporary
+sibling that is renamed into place: an interrupted export leaves no OUT.
 """
 
 from __future__ import annotations
@@ -28,9 +31,9 @@ from distill.checkpoint import (
 from distill.data import load_pairs, scored_pairs
 from distill.errors import CheckpointError, ConfigError, DistillError
 from distill.marian import MarianVocab
-from distill.model import ModelConfig, count_parameters
+from distill.model import ModelConfig, count_parameters, teacher_attention
 from distill.modelcard import model_card
-from distill.modes import VARIANTS
+from distill.modes import Variant, resolve_variant
 from distill.pretrained import REMOTE_CODE, check_spec, generation_config, make_config
 from distill.runs import (
     load_teacher,
@@ -61,14 +64,17 @@ def parse_spec(text: str) -> dict[str, str]:
 
 def resolve_spec(
     run_dir: Path, variant_or_spec: str | dict[str, str], cfg: ModelConfig
-) -> tuple[str, dict[str, str]]:
-    """(variant name, {site: mode}) for a variant of ``distill.students.VARIANTS`` or a spec."""
+) -> tuple[str, dict[str, str], Variant | None]:
+    """(variant name, {site: mode}, the resolved variant or None for a spec) for a variant name
+    (``distill.modes.resolve_variant``: a ``VARIANTS`` entry or a hybrid) or a spec."""
     if isinstance(variant_or_spec, dict):
-        name, spec = "custom", dict(variant_or_spec)
-    elif variant_or_spec in VARIANTS:
-        name, spec = variant_or_spec, variant_spec(run_dir, VARIANTS[variant_or_spec])
+        name, spec, variant = "custom", dict(variant_or_spec), None
     else:
-        raise ConfigError(f"unknown variant '{variant_or_spec}' (known: {', '.join(VARIANTS)})")
+        try:
+            variant = resolve_variant(variant_or_spec, cfg)
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
+        name, spec = variant.name, variant_spec(run_dir, variant.modes, variant.kept)
     try:
         check_spec(spec, cfg)
     except ValueError as err:
@@ -76,7 +82,7 @@ def resolve_spec(
     for site, mode in spec.items():
         if site not in student_spec(run_dir, mode)["sites"]:
             raise CheckpointError(f"{run_dir}: no trained '{mode}' student for site '{site}'")
-    return name, spec
+    return name, spec, variant
 
 
 def _scores(
@@ -154,10 +160,10 @@ def export(
     _check_out(out_dir)
     model, tok = load_teacher(run_dir)
     cfg = model.cfg
-    name, spec = resolve_spec(run_dir, variant_or_spec, cfg)
-    tuned = tuned_spec(run_dir, name) if name in VARIANTS and spec and not layer_wise else None
+    name, spec, variant = resolve_spec(run_dir, variant_or_spec, cfg)
+    tuned = tuned_spec(run_dir, name) if variant and spec and not layer_wise else None
     if tuned is not None:
-        model, tok, info = load_variant(run_dir, VARIANTS[name], tuned=name)
+        model, tok, info = load_variant(run_dir, variant.modes, tuned=name, kept=variant.kept)
         log.info("exporting the tuned '%s' (RUN_DIR/finetune/%s)", name, name)
     else:
         info = splice_spec(model, run_dir, spec)
@@ -166,6 +172,7 @@ def export(
     row, note = _scores(run_dir, name, stage, spec, model, tok)
     data = teacher_data(run_dir)
     whole = _whole_split(data, model, tok)
+    kept = teacher_attention(model)
     params = {
         "replaced": replaced,
         "student": student_params,
@@ -180,6 +187,11 @@ def export(
         finetune=tuned["settings"] if tuned is not None else None,
         data={"source": data.source, "pair": data.pair},
         parameters=params,
+        attentionless=not kept,
+        teacher_attention=kept,
+        hybrid={"base": variant.base, "kept": list(variant.kept)}
+        if variant and variant.hybrid
+        else None,
         distill_version=__version__,
     )
     with atomic_dir(out_dir) as tmp:

@@ -200,6 +200,15 @@ def site_path(site: str, cfg: ModelConfig | None = None) -> str:
     return f"{stack}.{idx}" + (f".{inner}" if inner else "")
 
 
+def teacher_attention(model: Seq2SeqTransformer) -> list[str]:
+    """The sites that still hold the teacher's attention (scores normalised over positions), in
+    model order; empty exactly when the model is attentionless. Read off the modules, so a
+    student spliced at an enclosing site (a whole encoder layer) counts too."""
+    names = {site_path(s, model.cfg): s for s in list_sites(model.cfg)}
+    kinds = (AttentionCore, ShapedAttention)
+    return [names.get(path, path) for path, m in model.named_modules() if isinstance(m, kinds)]
+
+
 def count_parameters(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 

@@ -12,6 +12,7 @@ CARD = """---
 {architecture} ({n_enc}+{n_dec} layers, d_model {d_model}, {n_heads} heads,
 at most {max_len} tokens per side) distilled with `distill` on the `{corpus}` corpus, with
 {n_sites} attention site(s) replaced by shallow MLP students trained to mimic them.
+{attention_text}
 {stage_text}
 
 ## Replaced sites
@@ -139,13 +140,36 @@ def front_matter(config: dict, row: dict, name: str) -> str:
         license_link=licence_link,
         library_name="transformers",
         pipeline_tag="translation",
-        tags=["translation", "distill", "attentionless", config["variant"]],
+        tags=["translation", "distill", *kind_tag(config), config["variant"]],
         datasets=[dataset] if dataset else None,
         metrics=["bleu", "chrf"],
         model_name=name,
         eval_results=results,
     )
     return data.to_yaml()
+
+
+def kind_tag(config: dict) -> list[str]:
+    """``attentionless`` when no teacher attention is left, ``hybrid`` when students replace some
+    of it, nothing for the teacher itself."""
+    if config["attentionless"]:
+        return ["attentionless"]
+    return ["hybrid"] if config["replacements"] else []
+
+
+def attention_text(config: dict) -> str:
+    """Whether the model is attentionless, and where the teacher's attention is left."""
+    if config["attentionless"]:
+        return "**Attentionless**: every attention site holds a student; no attention is left."
+    left = ", ".join(f"`{site}`" for site in config["teacher_attention"])
+    hybrid = config.get("hybrid")
+    if hybrid:
+        kept = ", ".join(f"`{site}`" for site in hybrid["kept"])
+        return (
+            f"**Hybrid, not attentionless**: the variant `{hybrid['base']}` with the teacher's own "
+            f"attention kept at {kept}. Teacher attention is left at: {left}."
+        )
+    return f"**Not attentionless**: teacher attention is left at: {left}."
 
 
 ARCHITECTURES = {
@@ -189,6 +213,7 @@ def model_card(config: dict, row: dict, note: str, name: str, whole: dict | None
     return CARD.format(
         front_matter=front_matter(config, row, name),
         stage_text=stage_text,
+        attention_text=attention_text(config),
         name=name,
         src=src,
         tgt=tgt,

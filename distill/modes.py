@@ -3,11 +3,16 @@
 A *mode* names which attention site a student replaces and how that student is shaped; a
 *variant* is a set of modes spliced in together (one row of the results table). Code that needs
 to know whether a mode is causal, reads the encoder memory, can learn a residual or start from
-the least-squares init reads it from ``MODES`` here and nowhere else.
+the least-squares init reads it from ``MODES`` here and nowhere else. A *hybrid*
+(``<base>+keep<i>[_<j>...]``) is a variant that leaves the teacher's cross-attention at some
+decoder layers: every stage turns a variant name into modes and kept sites with
+``resolve_variant``.
 """
 
 from __future__ import annotations
 
+import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -174,3 +179,83 @@ def recorded_sites(names: list[str], cfg: ModelConfig) -> list[str]:
     for name in names:
         sites += [s for s in mode_sites(name, cfg) if s not in sites]
     return sites
+
+
+# --- hybrids: a variant that keeps the teacher's cross-attention at some decoder layers -------
+
+CROSS_SITE = "decoder.{i}.cross_attn"  # the site a hybrid may leave to the teacher
+_KEEP = re.compile(r"keep((?:0|[1-9]\d*)(?:_(?:0|[1-9]\d*))*)")  # keep1, keep0_2: no leading 0s
+HYBRID_FORM = "<base>+keep<i>[_<j>...]"
+
+
+@dataclass(frozen=True)
+class Variant:
+    """A variant name resolved: the modes spliced in together and, for a hybrid, the decoder
+    cross-attention sites that keep the teacher's own attention instead of a student."""
+
+    name: str
+    base: str  # the VARIANTS entry (the name itself for a plain variant)
+    modes: tuple[str, ...]
+    kept: tuple[str, ...] = ()
+
+    @property
+    def hybrid(self) -> bool:
+        return bool(self.kept)
+
+
+def cross_modes(names: Iterable[str]) -> list[str]:
+    """Those of ``names`` whose students replace decoder cross-attention (what a hybrid keeps)."""
+    return [n for n in names if mode(n).site == CROSS_SITE]
+
+
+def hybrid_name(base: str, layers: Iterable[int]) -> str:
+    """``attentionless_pw+keep0_2``: the hybrid of ``base`` keeping the decoder ``layers``."""
+    return f"{base}+keep{'_'.join(str(i) for i in sorted(layers))}"
+
+
+def resolve_variant(name: str, cfg: ModelConfig | None = None) -> Variant:
+    """The modes and kept sites of a variant name: a ``VARIANTS`` entry or a hybrid
+    ``<base>+keep<i>[_<j>...]`` whose base replaces decoder cross-attention. ValueError says what
+    is wrong; the layer indices are checked against the teacher when ``cfg`` is given (the
+    number of decoder layers is known only then)."""
+    if "+" not in name:
+        if name not in VARIANTS:
+            known = ", ".join(VARIANTS)
+            raise ValueError(f"unknown variant '{name}' (known: {known}, or {HYBRID_FORM})")
+        return Variant(name, name, tuple(VARIANTS[name]))
+    base, _, keep = name.partition("+")
+    found = _KEEP.fullmatch(keep)
+    if found is None:
+        raise ValueError(f"variant '{name}': expected {HYBRID_FORM}, e.g. attentionless_pw+keep1")
+    if base not in VARIANTS:
+        raise ValueError(f"variant '{name}': unknown base '{base}' (known: {', '.join(VARIANTS)})")
+    if not cross_modes(VARIANTS[base]):
+        bases = ", ".join(v for v, modes in VARIANTS.items() if cross_modes(modes))
+        raise ValueError(
+            f"variant '{name}': base '{base}' replaces no decoder cross-attention, so there is "
+            f"none to keep (bases that do: {bases})"
+        )
+    layers = [int(i) for i in found.group(1).split("_")]
+    if layers != sorted(set(layers)):
+        raise ValueError(
+            f"variant '{name}': list each kept decoder layer once, in increasing order "
+            f"(e.g. {hybrid_name(base, set(layers))})"
+        )
+    if cfg is not None and layers[-1] >= cfg.n_dec:
+        raise ValueError(
+            f"variant '{name}': the teacher has no decoder layer {layers[-1]} "
+            f"({cfg.n_dec} decoder layers: 0..{cfg.n_dec - 1})"
+        )
+    kept = tuple(CROSS_SITE.format(i=i) for i in layers)
+    return Variant(name, base, tuple(VARIANTS[base]), kept)
+
+
+def resolve_variants(
+    names: Iterable[str], cfg: ModelConfig, key: str = "variants"
+) -> list[Variant]:
+    """``resolve_variant`` of each name for a teacher of ``cfg``; ConfigError (config key
+    ``key``) for the first bad one: what the recipes check before any data loads."""
+    try:
+        return [resolve_variant(name, cfg) for name in names]
+    except ValueError as err:
+        raise ConfigError(f"{key}: {err}") from None

@@ -2,7 +2,10 @@
 
 An export directory (written by ``distill.export.export``) holds:
     config.json             teacher dimensions, tokenizer, ``replacements`` {site: {mode, size,
-                            activation}} and the keys transformers reads (model_type, auto_map, ids)
+                            activation}} and the keys transformers reads (model_type, auto_map,
+                            ids); for people, not read back: ``attentionless``,
+                            ``teacher_attention`` (the sites that keep the teacher's attention)
+                            and ``hybrid`` ({base, kept} or null)
     model.safetensors       state dict of the spliced model: replaced attention has no weights here
     spm.model               the SentencePiece tokenizer (a Marian teacher's export: its renumbered
                             MarianTokenizer files instead, see distill.marian)

@@ -8,9 +8,10 @@ RUN_DIR/students/<mode>/       config.yaml, metrics.jsonl, init.json (least-squa
                                students.safetensors, spec.json (written last: mode, size, sites,
                                activation, residual, init, local_units)
 RUN_DIR/finetune/<variant>/    config.yaml, metrics.jsonl, model.safetensors, spec.json
-                               (written last: variant, modes, sites, replacements, settings,
-                               final validation losses)
-RUN_DIR/eval/                  results.{json,md,png} (test split), results-valid.* (valid)
+                               (written last: variant, modes, kept (a hybrid's teacher sites),
+                               sites, replacements, settings, final validation losses)
+RUN_DIR/eval/                  results.{json,md,png} (test split), results-valid.* (valid),
+                               hybrid-frontier.json (bench/hybrid_frontier.py, valid)
 Every stage skips what a finished spec.json / manifest.json / bleu.json marks as done and
 resumes the rest from its checkpoint/.
 """
@@ -18,6 +19,7 @@ resumes the rest from its checkpoint/.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -127,12 +129,18 @@ def load_students(run_dir: str | Path, mode: str, model_cfg: ModelConfig) -> dic
     return {s: students[s.replace(".", "/")].eval() for s in spec["sites"]}
 
 
-def variant_spec(run_dir: str | Path, modes: list[str]) -> dict[str, str]:
-    """{site: mode} of the trained students of ``modes`` (a variant's sites)."""
+def variant_spec(
+    run_dir: str | Path, modes: Sequence[str], kept: Sequence[str] = ()
+) -> dict[str, str]:
+    """{site: mode} of the trained students of ``modes`` (a variant's sites), less the ``kept``
+    sites (a hybrid's: they keep the teacher's attention, ``modes.resolve_variant``)."""
     spec: dict[str, str] = {}
     for mode in modes:
         spec.update(dict.fromkeys(student_spec(run_dir, mode)["sites"], mode))
-    return spec
+    unknown = [s for s in kept if s not in spec]
+    if unknown:
+        raise ConfigError(f"kept site '{unknown[0]}' is not one that {', '.join(modes)} replace")
+    return {site: mode for site, mode in spec.items() if site not in kept}
 
 
 def splice_spec(model, run_dir: str | Path, spec: dict[str, str], fresh: bool = False) -> dict:
@@ -177,13 +185,16 @@ def tuned_spec(run_dir: str | Path, variant: str) -> dict | None:
     return read_json(path) if path.is_file() else None
 
 
-def load_variant(run_dir: str | Path, modes: list[str], tuned: str | None = None):
-    """(teacher with the students of ``modes`` spliced in, tokenizer, splice info).
+def load_variant(
+    run_dir: str | Path, modes: Sequence[str], tuned: str | None = None, kept: Sequence[str] = ()
+):
+    """(teacher with the students of ``modes`` spliced in, tokenizer, splice info); the ``kept``
+    sites (a hybrid's) keep the teacher's own attention module.
 
     With ``tuned`` (a variant name), the weights are those RUN_DIR/finetune/<tuned>/ trained
     end to end (the students, and the teacher's own weights if the stage trained them)."""
     model, tok = load_teacher(run_dir)
-    spec = variant_spec(run_dir, modes)
+    spec = variant_spec(run_dir, modes, kept)
     if tuned is None:
         return model, tok, splice_spec(model, run_dir, spec)
     found = tuned_spec(run_dir, tuned)

@@ -15,10 +15,15 @@ def write_markdown(results: dict) -> str:
         "| student params | sentences/s |",
         "|---|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
+    hybrids = {}
     for r in results["rows"]:
         ratio = "" if r.get("bleu_ratio") is None else f"{r['bleu_ratio']:.3f}"
+        name = r["variant"]
+        if r.get("kept"):
+            hybrids[name] = r["kept"]
+            name += " (hybrid)"
         lines.append(
-            f"| {r['variant']} | {r.get('stage', '')} | {r.get('students', '')} "
+            f"| {name} | {r.get('stage', '')} | {r.get('students', '')} "
             f"| {r['bleu']:.2f} | {r['chrf']:.2f} "
             f"| {ratio} | {len(r['sites'])} "
             f"| {format_count(r['params_replaced'])} | {format_count(r['params_student'])} "
@@ -31,13 +36,26 @@ def write_markdown(results: dict) -> str:
         f"{'greedy' if results['beam'] == 1 else 'beam ' + str(results['beam'])}. Stage: "
         "layer-wise = students trained one site at a time and spliced in with no fine-tuning (the "
         "paper's protocol); tuned = the same students after the end-to-end finetune stage.",
+        *(
+            f"{name}: hybrid, not attentionless: keeps the teacher's attention at "
+            + ", ".join(f"`{site}`" for site in kept)
+            + "."
+            for name, kept in hybrids.items()
+        ),
         f"sacreBLEU signature: `{sig}`",
     ]
     return "\n".join(lines) + "\n"
 
 
+def _colour(row: dict) -> str:
+    if row["variant"] == "teacher":
+        return "#444"
+    return "#3b7dd8" if row.get("attentionless") else "#e08a2c"  # orange: teacher attention left
+
+
 def write_chart(results: dict, path: str | Path) -> None:
-    """Bars of BLEU per variant, annotated with student parameters and speed (atomic PNG)."""
+    """Bars of BLEU per variant, annotated with student parameters and speed (atomic PNG);
+    the teacher grey, attentionless variants blue, the rest (teacher attention kept) orange."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -49,7 +67,7 @@ def write_chart(results: dict, path: str | Path) -> None:
     bars = ax.bar(
         names,
         [r["bleu"] for r in rows],
-        color=["#444" if r["variant"] == "teacher" else "#3b7dd8" for r in rows],
+        color=[_colour(r) for r in rows],
     )
     for bar, r in zip(bars, rows):
         ax.annotate(
@@ -60,7 +78,11 @@ def write_chart(results: dict, path: str | Path) -> None:
             fontsize=7,
         )
     ax.set_ylabel("sacreBLEU")
-    ax.set_title("BLEU per variant (labels: student parameters, sentences/s)")
+    ax.set_title(
+        "BLEU per variant (labels: student parameters, sentences/s; "
+        "blue: attentionless, orange: keeps teacher attention)",
+        fontsize=9,
+    )
     ax.tick_params(axis="x", rotation=30)
     fig.tight_layout()
     with atomic_file(path) as tmp:

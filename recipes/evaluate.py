@@ -8,9 +8,12 @@
 A variant splices the students of one or more modes into a fresh copy of the teacher (all layers
 of each mode at once, no fine-tuning: the paper's protocol, the "layer-wise" row) and decodes the
 test split; a variant the finetune stage trained end to end gets a second, "tuned" row beside it.
-Variants whose students are not trained yet are skipped. ``split=valid`` scores the validation
-split instead (where settings are chosen). The split is length-filtered like the training data
-(the count is in the table's notes); ``--source FILE`` scores every line, truncating long sources.
+Variants whose students are not trained yet are skipped. Hybrids (``attentionless_pw+keep1``:
+the teacher's cross-attention kept at decoder layer 1) are scored when named in ``variants``;
+every row says whether the model is attentionless and which sites a hybrid keeps.
+``split=valid`` scores the validation split instead (where settings are chosen). The split is
+length-filtered like the training data (the count is in the table's notes); ``--source FILE``
+scores every line, truncating long sources.
 """
 
 from __future__ import annotations
@@ -23,7 +26,8 @@ from distill.bleu import evaluate_model
 from distill.checkpoint import atomic_write_json, atomic_write_text, read_json
 from distill.data import DataConfig, scored_pairs
 from distill.errors import ConfigError
-from distill.modes import MODES, VARIANTS
+from distill.model import teacher_attention
+from distill.modes import MODES, VARIANTS, resolve_variant, resolve_variants
 from distill.runs import (
     load_teacher,
     load_variant,
@@ -40,7 +44,7 @@ log = logging.getLogger("recipes.evaluate")
 @dataclass
 class Config:
     run_dir: str = ""
-    variants: list[str] = field(default_factory=lambda: list(VARIANTS))
+    variants: list[str] = field(default_factory=lambda: list(VARIANTS))  # hybrids: name them
     beam: int = 1
     batch_size: int = 64
     max_sentences: int = 0  # 0 = the whole (length-filtered) test split
@@ -54,8 +58,7 @@ class Config:
         if self.split not in ("test", "valid"):
             raise ValueError(f"split must be test or valid, got '{self.split}'")
         for v in self.variants:
-            if v not in VARIANTS:
-                raise ValueError(f"unknown variant '{v}' (known: {', '.join(VARIANTS)})")
+            resolve_variant(v)
         if self.beam < 1:
             raise ValueError(f"beam must be >= 1, got {self.beam}")
 
@@ -79,17 +82,19 @@ def available_modes(run_dir: str) -> set[str]:
 
 def evaluate_run(cfg: Config) -> dict:
     teacher, tok = load_teacher(cfg.run_dir)
+    variants = resolve_variants(cfg.variants, teacher.cfg)  # a hybrid's layers: before any data
     pairs, note = test_pairs(cfg, tok, teacher.cfg.max_len)
     trained = available_modes(cfg.run_dir)
     rows = []
-    for name in cfg.variants:
-        modes = VARIANTS[name]
+    for variant in variants:
+        name, modes = variant.name, list(variant.modes)
         if not set(modes) <= trained:
             log.info("skipping %s: students for %s not trained", name, sorted(set(modes) - trained))
             continue
         stages = ["layer-wise"] + (["tuned"] if modes and tuned_spec(cfg.run_dir, name) else [])
         for stage in stages:
-            model, _, info = load_variant(cfg.run_dir, modes, name if stage == "tuned" else None)
+            tuned = name if stage == "tuned" else None
+            model, _, info = load_variant(cfg.run_dir, modes, tuned, variant.kept)
             kinds = [student_kind(mode, student_spec(cfg.run_dir, mode)) for mode in modes]
             sites = list(info["replacements"])
             log.info("evaluating %s, %s (%d sites replaced)", name, stage, len(sites))
@@ -105,6 +110,8 @@ def evaluate_run(cfg: Config) -> dict:
                     "sites": sites,
                     "params_replaced": info["replaced"],
                     "params_student": info["student"],
+                    "attentionless": not teacher_attention(model),
+                    "kept": list(variant.kept),
                     **result,
                 }
             )
@@ -149,6 +156,8 @@ def evaluate_export(cfg: Config) -> dict:
         "sites": list(reps),
         "params_replaced": config.get("parameters", {}).get("replaced", 0),
         "params_student": config.get("parameters", {}).get("student", 0),
+        "attentionless": not teacher_attention(model),
+        "kept": (config.get("hybrid") or {}).get("kept", []),
         **result,
     }
     return {"note": note, "beam": cfg.beam, "rows": [row]}

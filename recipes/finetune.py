@@ -2,6 +2,7 @@
 
     distill run finetune --config demo                  # after `distill run students`
     distill run finetune --config demo variants=[cross] trainable=students+norms
+    distill run finetune --config demo variants=[attentionless_pw+keep1]   # a hybrid
     distill run finetune --config tiny
 
 The layer-wise stage trains each student alone on the teacher's own inputs; spliced together they
@@ -35,7 +36,7 @@ from distill.checkpoint import atomic_write_json, save_tensors
 from distill.data import encode_pairs, load_pairs, spread, token_batches
 from distill.losses import distill_kl, output_at_real_tokens, smoothed_cross_entropy
 from distill.model import PAD_ID, site_path, site_stack
-from distill.modes import VARIANTS
+from distill.modes import VARIANTS, Variant, resolve_variant, resolve_variants
 from distill.prefixes import TARGETS, teacher_targets
 from distill.runs import (
     finetune_dir,
@@ -80,7 +81,11 @@ class Config:
 
     def __post_init__(self) -> None:
         for v in self.variants:
-            if v not in VARIANTS or not VARIANTS[v]:
+            try:
+                modes = resolve_variant(v).modes
+            except ValueError as err:
+                raise ValueError(f"variants: {err}") from None
+            if not modes:
                 known = ", ".join(k for k, modes in VARIANTS.items() if modes)
                 raise ValueError(f"variants: unknown or empty variant '{v}' (known: {known})")
         for key, value, allowed in (
@@ -184,8 +189,10 @@ def _examples(cfg: Config, teacher, tok, split: str, limit: int):
     return ex
 
 
-def tune_variant(cfg: Config, variant: str, teacher, tok, train, valid) -> Path:
-    """Train (or resume) one variant end to end; a finished one is skipped."""
+def tune_variant(cfg: Config, resolved: Variant, teacher, tok, train, valid) -> Path:
+    """Train (or resume) one variant end to end; a finished one is skipped. A hybrid's kept
+    sites are the teacher's own attention: they train only under ``trainable: all``."""
+    variant = resolved.name
     out = finetune_dir(cfg.run_dir, variant)
     if tuned_spec(cfg.run_dir, variant) is not None:
         log.info("%s already tuned: %s", variant, out)
@@ -194,7 +201,7 @@ def tune_variant(cfg: Config, variant: str, teacher, tok, train, valid) -> Path:
     proc = process_state()  # under several processes, only the main one writes files
     if proc.is_main_process:
         write_config(out, dataclasses.replace(cfg, variants=[variant]))
-    spec = variant_spec(cfg.run_dir, VARIANTS[variant])
+    spec = variant_spec(cfg.run_dir, resolved.modes, resolved.kept)
     model, _ = load_teacher(cfg.run_dir)
     torch.manual_seed(cfg.train.seed)
     info = splice_spec(model, cfg.run_dir, spec, fresh=cfg.init == "random")
@@ -250,7 +257,8 @@ def tune_variant(cfg: Config, variant: str, teacher, tok, train, valid) -> Path:
             out / "spec.json",
             {
                 "variant": variant,
-                "modes": VARIANTS[variant],
+                "modes": list(resolved.modes),
+                "kept": list(resolved.kept),
                 "sites": spec,
                 "replacements": info["replacements"],
                 "settings": settings,
@@ -268,9 +276,10 @@ def main(cfg: Config) -> Path:
     teacher, tok = load_teacher(cfg.run_dir)
     for p in teacher.parameters():
         p.requires_grad_(False)
-    todo = [v for v in cfg.variants if tuned_spec(cfg.run_dir, v) is None]
+    variants = resolve_variants(cfg.variants, teacher.cfg)  # e.g. a hybrid's layer index
+    todo = [v for v in variants if tuned_spec(cfg.run_dir, v.name) is None]
     for v in todo:  # a missing layer-wise student fails now, before any data loads
-        variant_spec(cfg.run_dir, VARIANTS[v])
+        variant_spec(cfg.run_dir, v.modes, v.kept)
     if todo:
         train = _examples(cfg, teacher, tok, "train", cfg.max_sentences)
         valid = _examples(cfg, teacher, tok, "valid", cfg.valid_sentences)

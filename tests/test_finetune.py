@@ -1,5 +1,6 @@
 """The end-to-end finetune stage: what it trains, what it leaves alone, resumption, export."""
 
+import importlib.util
 import json
 import re
 import shutil
@@ -177,3 +178,90 @@ def test_a_variant_without_layer_wise_students_fails_before_training(layerwise, 
     assert main(["-q", *argv]) == 2
     assert "students/elr/spec.json: not found" in capsys.readouterr().err
     assert not (layerwise / "finetune" / "elr").exists()
+
+
+HYBRID = "attentionless+keep1"  # the teacher's cross-attention at decoder layer 1
+KEPT = ["decoder.1.cross_attn"]
+
+
+def test_a_hybrid_is_tuned_evaluated_and_exported_end_to_end(layerwise, tmp_path, monkeypatch):
+    run = Path(shutil.copytree(layerwise, tmp_path / "run"))
+    argv = [f"run_dir={run}", f"variants=[{HYBRID}]", "train.max_steps=4"]
+    assert main(["-q", *FINETUNE, *argv]) == 0
+    spec = json.loads((run / "finetune" / HYBRID / "spec.json").read_text())
+    assert spec["kept"] == KEPT and set(spec["sites"]).isdisjoint(KEPT) and len(spec["sites"]) == 5
+    teacher = load_file(layerwise / "teacher" / "model.safetensors")
+    tuned = load_file(run / "finetune" / HYBRID / "model.safetensors")
+    kept = [k for k in teacher if k.startswith(site_path(KEPT[0]) + ".")]
+    assert kept and all(torch.equal(teacher[k], tuned[k]) for k in kept)  # students only train
+    argv = ["run", "evaluate", "--config", "tiny", f"run_dir={run}"]
+    assert main(["-q", *argv, f"variants=[teacher,alr,cross,attentionless,{HYBRID}]"]) == 0
+    rows = json.loads((run / "eval" / "results.json").read_text())["rows"]
+    assert [(r["variant"], r["stage"], r["attentionless"], r["kept"]) for r in rows] == [
+        ("teacher", "", False, []),
+        ("alr", "layer-wise", False, []),
+        ("cross", "layer-wise", False, []),
+        ("attentionless", "layer-wise", True, []),
+        (HYBRID, "layer-wise", False, KEPT),
+        (HYBRID, "tuned", False, KEPT),
+    ]
+    table = (run / "eval" / "results.md").read_text()
+    assert f"| {HYBRID} (hybrid) | tuned |" in table and "| attentionless | layer-wise |" in table
+    assert (
+        f"{HYBRID}: hybrid, not attentionless: keeps the teacher's attention at `{KEPT[0]}`"
+        in table
+    )
+    # The card's whole-test-split row (2451 pairs, tested in test_export.py) is not at stake here.
+    monkeypatch.setattr("distill.export._whole_split", lambda *args: None)
+    out = export(run, HYBRID, tmp_path / "export")
+    config = json.loads((out / "config.json").read_text())
+    assert config["stage"] == "tuned" and config["attentionless"] is False
+    assert config["hybrid"] == {"base": "attentionless", "kept": KEPT}
+    in_memory, _, _ = load_variant(run, VARIANTS["attentionless"], tuned=HYBRID, kept=KEPT)
+    batch = _batch(run)
+    with torch.no_grad():
+        want = in_memory(batch.src, batch.tgt_in)
+        assert torch.equal(from_pretrained(out)[0](batch.src, batch.tgt_in), want)
+
+
+def test_a_hybrid_keeping_a_layer_the_teacher_lacks_fails_before_training(layerwise, capsys):
+    argv = [*FINETUNE, f"run_dir={layerwise}", "variants=[attentionless+keep2]"]
+    assert main(["-q", *argv]) == 2
+    assert "the teacher has no decoder layer 2" in capsys.readouterr().err
+    assert not (layerwise / "finetune").exists()
+
+
+def _frontier_module():
+    path = Path(__file__).resolve().parent.parent / "bench" / "hybrid_frontier.py"
+    spec = importlib.util.spec_from_file_location("hybrid_frontier", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_hybrid_frontier_scores_every_keep_set_on_the_validation_split(layerwise, tmp_path):
+    run = Path(shutil.copytree(layerwise, tmp_path / "run"))
+    frontier = _frontier_module()
+    assert (
+        frontier.main(
+            [str(run), "--base", "attentionless", "--k", "1,2", "--valid-sentences", "20"]
+        )
+        == 0
+    )
+    found = json.loads((run / "eval" / "hybrid-frontier.json").read_text())
+    rows = {r["variant"]: r for r in found["rows"]}
+    keep = ["attentionless+keep0", "attentionless+keep1", "attentionless+keep0_1"]
+    assert list(rows) == ["teacher", "attentionless", *keep]
+    assert rows["attentionless+keep0_1"]["kept"] == ["decoder.0.cross_attn", "decoder.1.cross_attn"]
+    for k, names in (("1", keep[:2]), ("2", keep[2:])):
+        assert found["best"][k] == max(names, key=lambda n: rows[n]["bleu"])
+    # The same pairs and scores as `distill run evaluate ... split=valid max_sentences=20`.
+    argv = ["run", "evaluate", "--config", "tiny", f"run_dir={run}", "split=valid"]
+    argv += ["max_sentences=20", f"variants=[teacher,{','.join(keep)}]"]
+    assert main(["-q", *argv]) == 0
+    valid = json.loads((run / "eval" / "results-valid.json").read_text())
+    assert valid["note"] == found["note"] and "20 of them evenly spread" in found["note"]
+    scores = {r["variant"]: (r["bleu"], r["chrf"]) for r in valid["rows"]}
+    assert scores == {n: (rows[n]["bleu"], rows[n]["chrf"]) for n in ["teacher", *keep]}
+    assert frontier.main([str(run), "--base", "attentionless", "--k", "3"]) == 2
+    assert frontier.main([str(run), "--base", "alr", "--k", "1"]) == 2
