@@ -22,6 +22,7 @@ from pathlib import Path
 from distill.bleu import evaluate_model
 from distill.checkpoint import atomic_write_json, atomic_write_text, read_json
 from distill.data import DataConfig, scored_pairs
+from distill.device import resolve_device
 from distill.errors import ConfigError
 from distill.modes import MODES, VARIANTS
 from distill.runs import (
@@ -49,8 +50,12 @@ class Config:
     # "valid" scores the validation split instead: where settings are chosen (the test split is
     # only reported).
     split: str = "test"
+    # Where models decode: auto (the stage's device: a GPU if torch sees one), cpu, cuda, cuda:N.
+    device: str = "auto"
 
     def __post_init__(self) -> None:
+        if self.device != "auto":
+            resolve_device(self.device)  # a bad name or a missing GPU fails before any data loads
         if self.split not in ("test", "valid"):
             raise ValueError(f"split must be test or valid, got '{self.split}'")
         for v in self.variants:
@@ -78,6 +83,7 @@ def available_modes(run_dir: str) -> set[str]:
 
 
 def evaluate_run(cfg: Config) -> dict:
+    device = resolve_device(cfg.device)
     teacher, tok = load_teacher(cfg.run_dir)
     pairs, note = test_pairs(cfg, tok, teacher.cfg.max_len)
     trained = available_modes(cfg.run_dir)
@@ -89,7 +95,8 @@ def evaluate_run(cfg: Config) -> dict:
             continue
         stages = ["layer-wise"] + (["tuned"] if modes and tuned_spec(cfg.run_dir, name) else [])
         for stage in stages:
-            model, _, info = load_variant(cfg.run_dir, modes, name if stage == "tuned" else None)
+            tuned = name if stage == "tuned" else None
+            model, _, info = load_variant(cfg.run_dir, modes, tuned, device=device)
             kinds = [student_kind(mode, student_spec(cfg.run_dir, mode)) for mode in modes]
             sites = list(info["replacements"])
             log.info("evaluating %s, %s (%d sites replaced)", name, stage, len(sites))
@@ -126,7 +133,7 @@ def evaluate_export(cfg: Config) -> dict:
     """The one model of an export directory, scored like a run's variants."""
     from distill.pretrained import from_pretrained
 
-    model, tok = from_pretrained(cfg.run_dir)
+    model, tok = from_pretrained(cfg.run_dir, device=cfg.device)
     config = read_json(Path(cfg.run_dir) / "config.json")
     trained_on = config.get("data", {})
     if not cfg.source and trained_on.get("source") not in ("demo", "iwslt2017"):
@@ -173,6 +180,7 @@ def evaluate_path(
     pair: str = "",
     batch_size: int = 64,
     max_sentences: int = 0,
+    device: str = "auto",
 ) -> dict:
     """``distill evaluate PATH``: the table of a run dir or an export dir, printed, not written."""
     from distill.pretrained import is_export
@@ -184,6 +192,7 @@ def evaluate_path(
         max_sentences=max_sentences,
         source="" if source in ("", "default") else source,
         pair=pair,
+        device=device,
     )
     results = evaluate_export(cfg) if is_export(path) else evaluate_run(cfg)
     print(write_markdown(results))

@@ -35,6 +35,7 @@ from torch import nn
 
 from distill.checkpoint import atomic_write_json, resolve_checkpoint, save_tensors
 from distill.data import encode_pairs, load_pairs, spread
+from distill.device import stage_device
 from distill.errors import ConfigError
 from distill.losses import mode_loss, site_loss, student_key
 from distill.lstsq import (
@@ -301,7 +302,7 @@ def train_mode(cfg: Config, mode: str, teacher, examples, recording, cache=None)
             )
             for s in sites
         }
-    )
+    ).to(stage_device())  # the least-squares init runs there too, before fit
     train_cfg = cfg.train_of(mode)
     proc = process_state()  # under several processes, only the main one writes files
     if proc.is_main_process:
@@ -361,7 +362,7 @@ def train_mode(cfg: Config, mode: str, teacher, examples, recording, cache=None)
 
 
 def main(cfg: Config) -> Path:
-    teacher, tok = load_teacher(cfg.run_dir)
+    teacher, tok = load_teacher(cfg.run_dir, device=stage_device())
     for p in teacher.parameters():
         p.requires_grad_(False)
     check_modes(cfg.modes, teacher.cfg)
