@@ -195,7 +195,9 @@ def load_checkpoint(
         rng = load_tensors(path / "rng.safetensors")
         torch.set_rng_state(rng["torch"])
         if torch.cuda.is_available():
-            cuda = [rng[k] for k in sorted(rng) if k.startswith("cuda.")]
+            # Written on a machine with other GPUs (or none): restore the ones both have.
+            keys = [f"cuda.{i}" for i in range(torch.cuda.device_count())]
+            cuda = [rng[k] for k in keys if k in rng]
             if cuda:
                 torch.cuda.set_rng_state_all(cuda)
     return read_json(path / "state.json")

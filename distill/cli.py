@@ -2,9 +2,9 @@
 
     distill ls                                       recipes and their configs
     distill run RECIPE --config NAME [key=value ...] run a recipe (NAME or a path to a YAML file)
-    distill evaluate RUN_OR_EXPORT_DIR [--source demo|iwslt2017|FILE] [--beam N]
+    distill evaluate RUN_OR_EXPORT_DIR [--source demo|iwslt2017|FILE] [--beam N] [--device D]
     distill export RUN_DIR [--variant NAME | --spec SITE=MODE,...] --out DIR
-    distill translate EXPORT_DIR [--beam N] [--batch-size B] [--strict] [FILE]  (or stdin)
+    distill translate EXPORT_DIR [--beam N] [--batch-size B] [--strict] [--device D] [FILE|stdin]
 
 Bad input (configs, files, arguments) prints one line and exits with code 2; ``--debug`` shows
 the traceback instead.
@@ -57,6 +57,7 @@ def cmd_evaluate(args) -> int:
         pair=args.pair,
         batch_size=args.batch_size,
         max_sentences=args.max_sentences,
+        device=args.device,
     )
     return 0
 
@@ -97,7 +98,7 @@ def cmd_translate(args) -> int:
 
     if args.beam < 1 or args.batch_size < 1:
         raise ConfigError("--beam and --batch-size must be >= 1")
-    model, tok = from_pretrained(args.path)
+    model, tok = from_pretrained(args.path, device=args.device)
     lines = read_lines(args.file)
     long = model.too_long(lines)
     if long:
@@ -115,6 +116,9 @@ def cmd_translate(args) -> int:
     elapsed = time.perf_counter() - started
     print(f"distill: translated {len(lines)} lines in {elapsed:.1f}s", file=sys.stderr)
     return 0
+
+
+DEVICE_HELP = "where to decode: auto (a GPU if torch sees one, else the CPU), cpu, cuda, cuda:N"
 
 
 class _Parser(argparse.ArgumentParser):
@@ -146,6 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--beam", type=int, default=1)
     ev.add_argument("--batch-size", type=int, default=64)
     ev.add_argument("--max-sentences", type=int, default=0)
+    ev.add_argument("--device", default="auto", help=DEVICE_HELP)
     ev.set_defaults(func=cmd_evaluate)
     ex = sub.add_parser("export", help="write one variant of a run as a loadable model dir")
     ex.add_argument("run_dir")
@@ -164,6 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--beam", type=int, default=1)
     tr.add_argument("--batch-size", type=int, default=64)
     tr.add_argument("--strict", action="store_true", help="refuse sources longer than max_len")
+    tr.add_argument("--device", default="auto", help=DEVICE_HELP)
     tr.set_defaults(func=cmd_translate)
     return parser
 

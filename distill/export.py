@@ -29,6 +29,7 @@ from distill.checkpoint import (
     save_tensors,
 )
 from distill.data import load_pairs, scored_pairs
+from distill.device import stage_device
 from distill.errors import CheckpointError, ConfigError, DistillError
 from distill.marian import MarianVocab
 from distill.model import ModelConfig, count_parameters, teacher_attention
@@ -168,6 +169,7 @@ def export(
     else:
         info = splice_spec(model, run_dir, spec)
     replacements, replaced, student_params = info["replacements"], info["replaced"], info["student"]
+    model = model.to(stage_device())  # scored where the stages run; saved from the CPU
     stage = "tuned" if tuned is not None else "layer-wise"
     row, note = _scores(run_dir, name, stage, spec, model, tok)
     data = teacher_data(run_dir)

@@ -60,9 +60,11 @@ def _with_bias(x: torch.Tensor) -> torch.Tensor:
 
 
 def _site_rows(mlp: FlatMLP, batch, site: str, residual: bool):
-    """Normalised flat input (N, P+1), flat target (N, M, Dout_all) and mask (N, M) of a batch."""
-    x, y = batch[f"{site}.x"], batch[f"{site}.y"]
-    mask = batch["src_mask"] if site_stack(site) == "encoder" else batch["tgt_mask"]
+    """Normalised flat input (N, P+1), flat target (N, M, Dout_all) and mask (N, M) of a batch,
+    on the student's device (a recording's batches arrive on the CPU)."""
+    device = mlp.fc1.weight.device
+    x, y = batch[f"{site}.x"].to(device), batch[f"{site}.y"].to(device)
+    mask = (batch["src_mask"] if site_stack(site) == "encoder" else batch["tgt_mask"]).to(device)
     target = (y - x) if residual else y
     pad = mlp.max_len - x.size(1)
     xp = mlp._pad(x, mask).flatten(1)
@@ -77,7 +79,7 @@ def _ridge(gram: torch.Tensor, cross: torch.Tensor, predict_valid) -> tuple[torc
     # Strengths are relative to the features' variance (a feature's constant part is the
     # unshrunk bias's business): the centred diagonal, sum(f^2) - sum(f)^2 / N.
     scale = (torch.diagonal(g)[:-1] - g[:-1, -1] ** 2 / g[-1, -1]).mean()
-    eye = torch.eye(g.size(0), dtype=g.dtype)
+    eye = torch.eye(g.size(0), dtype=g.dtype, device=g.device)
     eye[-1, -1] = 0
     best = None
     for r in RIDGE:
@@ -117,13 +119,14 @@ def _fit_local(x: torch.Tensor, e: torch.Tensor, local: int, activation: str, se
     with torch.random.fork_rng(devices=[]):  # the caller's random stream stays as it was
         torch.manual_seed(seed)
         fc_in, fc_out = nn.Linear(x.size(1), local), nn.Linear(local, e.size(1))
+    fc_in, fc_out = fc_in.to(x.device), fc_out.to(x.device)
     opt = torch.optim.Adam([*fc_in.parameters(), *fc_out.parameters()], lr=LOCAL_LR)
     order = torch.empty(0, dtype=torch.long)
     with torch.enable_grad():
         for _ in progress_bar(range(LOCAL_STEPS), desc=desc, show=desc is not None, leave=False):
             if order.numel() < LOCAL_BATCH:  # a new epoch (the last partial batch is dropped)
                 order = torch.randperm(x.size(0), generator=gen)
-            idx, order = order[:LOCAL_BATCH], order[LOCAL_BATCH:]
+            idx, order = order[:LOCAL_BATCH].to(x.device), order[LOCAL_BATCH:]
             pred = fc_out(apply_activation(activation, fc_in(x[idx])))
             loss = (pred - e[idx]).square().mean()
             opt.zero_grad(set_to_none=True)
@@ -247,7 +250,7 @@ def least_squares_init(
             # LayerNorm and the ridge on fc2 see them as small; each unit is shifted by SHIFT of
             # its own std into the linear part of the activation.
             scale = sd.square().mean().sqrt()
-            spread = SPREAD * (torch.arange(r) % 2)
+            spread = SPREAD * (torch.arange(r, device=proj.device) % 2)
             mlp.fc1.weight[:r] = (proj[:-1] / scale).T
             mlp.fc1.bias[:r] = (proj[-1] - mu + SHIFT * sd) / scale + spread
         if local:
@@ -274,7 +277,7 @@ def least_squares_init(
                     feats[key][1] += h.T @ tu
     scores = {}
     for site, student in students.items():
-        total = torch.zeros(2)
+        errors = []  # (squared error, count) per unit and validation batch
         for i, (mlp, dims) in enumerate(least_squares_units(student, d_model)):
             vrows = [
                 (_with_bias(mlp.activate(mlp.fc1(f[:, :-1]))), t[:, :, dims], m)
@@ -288,8 +291,8 @@ def least_squares_init(
             w2, _ = _ridge(*feats.pop((site, i)), unit_mse)
             mlp.fc2.weight.copy_(w2[:-1].T)
             mlp.fc2.bias.copy_(w2[-1])
-            for h, t, m in vrows:
-                total += _masked_mse((h @ w2).view_as(t), t, m)
+            errors += [_masked_mse((h @ w2).view_as(t), t, m) for h, t, m in vrows]
+        total = sum(errors)
         scores[site] = (total[0] / total[1]).item()
         log.info("%s: student after least-squares init, validation MSE %.4f", site, scores[site])
     return scores

@@ -199,11 +199,15 @@ def is_export(path: str | Path) -> bool:
 
 
 def from_pretrained(
-    path: str | Path, device: str | torch.device = "cpu"
+    path: str | Path, device: str | torch.device = "auto"
 ) -> tuple[TranslationModel, object]:
-    """(model in eval mode with ``.translate``, tokenizer) from an export directory."""
+    """(model in eval mode with ``.translate``, tokenizer) from an export directory, on
+    ``device``: ``auto`` (a GPU when torch sees one, else the CPU), ``cpu``, ``cuda``, ``cuda:N``.
+    """
+    from distill.device import resolve_device
     from distill.marian import load_tokenizer
 
+    device = resolve_device(device)  # a bad name fails before anything loads
     path = Path(path)
     if not path.is_dir():
         raise CheckpointError(f"{path}: not an export directory")

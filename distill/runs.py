@@ -186,17 +186,22 @@ def tuned_spec(run_dir: str | Path, variant: str) -> dict | None:
 
 
 def load_variant(
-    run_dir: str | Path, modes: Sequence[str], tuned: str | None = None, kept: Sequence[str] = ()
+    run_dir: str | Path,
+    modes: Sequence[str],
+    tuned: str | None = None,
+    kept: Sequence[str] = (),
+    device: str | torch.device = "cpu",
 ):
-    """(teacher with the students of ``modes`` spliced in, tokenizer, splice info); the ``kept``
-    sites (a hybrid's) keep the teacher's own attention module.
+    """(teacher with the students of ``modes`` spliced in, on ``device``, tokenizer, splice
+    info); the ``kept`` sites (a hybrid's) keep the teacher's own attention module.
 
     With ``tuned`` (a variant name), the weights are those RUN_DIR/finetune/<tuned>/ trained
     end to end (the students, and the teacher's own weights if the stage trained them)."""
     model, tok = load_teacher(run_dir)
     spec = variant_spec(run_dir, modes, kept)
     if tuned is None:
-        return model, tok, splice_spec(model, run_dir, spec)
+        info = splice_spec(model, run_dir, spec)
+        return model.to(device), tok, info
     found = tuned_spec(run_dir, tuned)
     if found is None:
         raise CheckpointError(
@@ -210,4 +215,4 @@ def load_variant(
         )
     path = finetune_dir(run_dir, tuned) / "model.safetensors"
     load_state_dict(model, load_tensors(path), path)
-    return model.eval(), tok, info
+    return model.to(device).eval(), tok, info

@@ -162,17 +162,14 @@ def resolve_precision(name: str) -> str:
     """accelerate's precision for a config's ``mixed_precision`` ("auto" decided here)."""
     if name != "auto":
         return name
-    if torch.cuda.is_available() and not parse_flag("ACCELERATE_USE_CPU"):
-        return "bf16" if torch.cuda.is_bf16_supported() else "no"
+    device = process_state().device  # the stage's (distill.device)
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported(including_emulation=False) else "no"
+    if device.type != "cpu":
+        return "no"
     from distill.hardware import native_bf16
 
     return "bf16" if native_bf16() else "no"
-
-
-def parse_flag(name: str) -> bool:
-    from accelerate.utils import parse_flag_from_env
-
-    return parse_flag_from_env(name)
 
 
 def adam(params, cfg: TrainConfig, lr: float, device: torch.device) -> torch.optim.Adam:

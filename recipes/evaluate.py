@@ -25,6 +25,7 @@ from pathlib import Path
 from distill.bleu import evaluate_model
 from distill.checkpoint import atomic_write_json, atomic_write_text, read_json
 from distill.data import DataConfig, scored_pairs
+from distill.device import resolve_device
 from distill.errors import ConfigError
 from distill.model import teacher_attention
 from distill.modes import MODES, VARIANTS, resolve_variant, resolve_variants
@@ -53,8 +54,12 @@ class Config:
     # "valid" scores the validation split instead: where settings are chosen (the test split is
     # only reported).
     split: str = "test"
+    # Where models decode: auto (the stage's device: a GPU if torch sees one), cpu, cuda, cuda:N.
+    device: str = "auto"
 
     def __post_init__(self) -> None:
+        if self.device != "auto":
+            resolve_device(self.device)  # a bad name or a missing GPU fails before any data loads
         if self.split not in ("test", "valid"):
             raise ValueError(f"split must be test or valid, got '{self.split}'")
         for v in self.variants:
@@ -81,6 +86,7 @@ def available_modes(run_dir: str) -> set[str]:
 
 
 def evaluate_run(cfg: Config) -> dict:
+    device = resolve_device(cfg.device)
     teacher, tok = load_teacher(cfg.run_dir)
     variants = resolve_variants(cfg.variants, teacher.cfg)  # a hybrid's layers: before any data
     pairs, note = test_pairs(cfg, tok, teacher.cfg.max_len)
@@ -94,7 +100,7 @@ def evaluate_run(cfg: Config) -> dict:
         stages = ["layer-wise"] + (["tuned"] if modes and tuned_spec(cfg.run_dir, name) else [])
         for stage in stages:
             tuned = name if stage == "tuned" else None
-            model, _, info = load_variant(cfg.run_dir, modes, tuned, variant.kept)
+            model, _, info = load_variant(cfg.run_dir, modes, tuned, variant.kept, device=device)
             kinds = [student_kind(mode, student_spec(cfg.run_dir, mode)) for mode in modes]
             sites = list(info["replacements"])
             log.info("evaluating %s, %s (%d sites replaced)", name, stage, len(sites))
@@ -133,7 +139,7 @@ def evaluate_export(cfg: Config) -> dict:
     """The one model of an export directory, scored like a run's variants."""
     from distill.pretrained import from_pretrained
 
-    model, tok = from_pretrained(cfg.run_dir)
+    model, tok = from_pretrained(cfg.run_dir, device=cfg.device)
     config = read_json(Path(cfg.run_dir) / "config.json")
     trained_on = config.get("data", {})
     if not cfg.source and trained_on.get("source") not in ("demo", "iwslt2017"):
@@ -182,6 +188,7 @@ def evaluate_path(
     pair: str = "",
     batch_size: int = 64,
     max_sentences: int = 0,
+    device: str = "auto",
 ) -> dict:
     """``distill evaluate PATH``: the table of a run dir or an export dir, printed, not written."""
     from distill.pretrained import is_export
@@ -193,6 +200,7 @@ def evaluate_path(
         max_sentences=max_sentences,
         source="" if source in ("", "default") else source,
         pair=pair,
+        device=device,
     )
     results = evaluate_export(cfg) if is_export(path) else evaluate_run(cfg)
     print(write_markdown(results))

@@ -34,6 +34,7 @@ from torch import nn
 
 from distill.checkpoint import atomic_write_json, save_tensors
 from distill.data import encode_pairs, load_pairs, spread, token_batches
+from distill.device import stage_device
 from distill.losses import distill_kl, output_at_real_tokens, smoothed_cross_entropy
 from distill.model import PAD_ID, site_path, site_stack
 from distill.modes import VARIANTS, Variant, resolve_variant, resolve_variants
@@ -219,8 +220,9 @@ def tune_variant(cfg: Config, resolved: Variant, teacher, tok, train, valid) -> 
 
     def validate(m) -> dict[str, float]:
         totals: dict[str, float] = {}
+        device = next(m.parameters()).device
         for b in valid_batches:
-            loss, terms = finetune_loss(m, teacher, b, cfg, sites)
+            loss, terms = finetune_loss(m, teacher, b.to(device), cfg, sites)
             for k, v in {"loss": loss, **terms}.items():
                 totals[f"valid_{k}"] = totals.get(f"valid_{k}", 0.0) + float(v) / len(valid_batches)
         return totals
@@ -273,7 +275,9 @@ def tune_variant(cfg: Config, resolved: Variant, teacher, tok, train, valid) -> 
 
 
 def main(cfg: Config) -> Path:
-    teacher, tok = load_teacher(cfg.run_dir)
+    # The frozen teacher lives on the stage's device: fit moves the spliced model and every
+    # batch there, and the teacher's forward in finetune_loss reads the same batches.
+    teacher, tok = load_teacher(cfg.run_dir, device=stage_device())
     for p in teacher.parameters():
         p.requires_grad_(False)
     variants = resolve_variants(cfg.variants, teacher.cfg)  # e.g. a hybrid's layer index

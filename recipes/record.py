@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from distill.data import encode_pairs, load_pairs, spread
+from distill.device import stage_device
 from distill.modes import DEFAULT_MODES, MODES, check_modes, recorded_sites
 from distill.prefixes import TARGETS, teacher_targets
 from distill.record import Recording, record
@@ -62,7 +63,7 @@ def main(cfg: Config) -> Path:
     ):
         log.info("recording already complete: %s", out)
         return out
-    model, tok = load_teacher(cfg.run_dir)
+    model, tok = load_teacher(cfg.run_dir, device=stage_device())
     check_modes(cfg.modes, model.cfg)
     data_cfg = teacher_data(cfg.run_dir)
     sites = recorded_sites(cfg.modes, model.cfg)

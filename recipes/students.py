@@ -51,6 +51,7 @@ from distill.checkpoint import (
     save_tensors,
 )
 from distill.data import encode_pairs, load_pairs, spread
+from distill.device import stage_device
 from distill.errors import ConfigError
 from distill.losses import mode_loss, site_loss, student_key
 from distill.lstsq import (
@@ -347,7 +348,7 @@ def _build(cfg: Config, mode: str, teacher) -> nn.ModuleDict:
         student = build_student(mode, model_cfg, size, cfg.activation_of(mode), residual)
         init_from_teacher(student, teacher.get_submodule(site_path(s, model_cfg)))
         students[student_key(s)] = student
-    return students
+    return students.to(stage_device())  # the least-squares init runs there too, before fit
 
 
 def _init_of(cfg: Config, mode: str) -> tuple[str, int]:
@@ -557,7 +558,7 @@ def train_progressive(cfg: Config, teacher, examples) -> None:
 
 
 def main(cfg: Config) -> Path:
-    teacher, tok = load_teacher(cfg.run_dir)
+    teacher, tok = load_teacher(cfg.run_dir, device=stage_device())
     for p in teacher.parameters():
         p.requires_grad_(False)
     check_modes(cfg.modes, teacher.cfg)

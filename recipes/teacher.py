@@ -23,6 +23,7 @@ import torch
 from distill.bleu import evaluate_model
 from distill.checkpoint import atomic_dir, atomic_write_json, atomic_write_text, read_json
 from distill.data import DataConfig, Tokenizer, encode_pairs, load_pairs, spread, token_batches
+from distill.device import stage_device
 from distill.errors import DataError
 from distill.losses import teacher_loss
 from distill.marian import (
@@ -142,7 +143,7 @@ def import_teacher(cfg: Config, out: Path, test_pairs) -> Path:
         raise DataError(f"{cfg.data.path or cfg.data.source}: no test pair fits max_len: {report}")
     log.info("imported %s: %d parameters", cfg.pretrained, count_parameters(model))
     save_model(out, model)
-    score_teacher(cfg, out, model, tok, test_pairs, report)
+    score_teacher(cfg, out, model.to(stage_device()), tok, test_pairs, report)
     return out
 
 

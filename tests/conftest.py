@@ -1,5 +1,6 @@
 """Shared fixtures: tiny seeded stand-ins for downloads and trained artifacts."""
 
+import os
 import random
 from pathlib import Path
 
@@ -7,6 +8,10 @@ import pytest
 
 from distill.cli import main
 from distill.data import Tokenizer
+
+# Every stage runs on accelerate's device, a GPU where torch sees one; the suite's equivalences
+# are CPU results (tests/test_device.py checks the device placement with a pretend one).
+os.environ.setdefault("ACCELERATE_USE_CPU", "1")
 
 # (German, English) lexicon of a toy grammar: enough variety for a tokenizer, no downloads.
 _SUBJECTS = [
