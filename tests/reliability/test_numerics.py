@@ -27,7 +27,7 @@ def test_student_nan_names_site_and_step_and_keeps_the_last_checkpoint(
     monkeypatch.setattr(
         distill.losses,
         "site_loss",
-        nan_at(distill.losses.site_loss, 5, only=lambda student, s, batch: s == site),
+        nan_at(distill.losses.site_loss, 5, only=lambda student, s, batch, *rest: s == site),
     )
     assert main(["-q", *STUDENTS, f"run_dir={run_copy}"]) == 2
     err = capsys.readouterr().err
