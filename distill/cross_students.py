@@ -4,9 +4,8 @@
 memory: the decoder never meets a single source position, the bottleneck of the encoder-decoders
 before attention. The two students here give every (target position, source position) pair its
 own say, inside the line every student stays in (README, "What a student may be"): linear maps,
-elementwise
-activations and gates, weights shared over (query, key) pairs, and sums over positions whose
-weights are never normalised by data-dependent scores.
+elementwise activations and gates, weights shared over (query, key) pairs, and sums over
+positions whose weights are never normalised by data-dependent scores.
 
 Dimension letters: B batch, T target length, S source length, M max_len, D d_model, H heads,
 K head dim, P pair hidden width, W pre-activation width (2P for gated activations).
