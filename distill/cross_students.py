@@ -86,8 +86,7 @@ class PairGateStudent(nn.Module):
         return out * mask[..., None].to(out.dtype)
 
     def forward(self, x, mask, memory, memory_mask) -> torch.Tensor:
-        term, v = self.memory_side(memory, memory_mask)
-        return self._combine(self.gate_logits(x, term), v, mask)
+        return self.forward_with_gates(x, mask, memory, memory_mask)[0]
 
     def forward_with_gates(self, x, mask, memory, memory_mask):
         """(output, gate logits (B, T, S, H)): the layer-wise stage's alignment loss reads both."""
