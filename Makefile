@@ -3,14 +3,18 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+TORCH_INDEX ?=
 
 .PHONY: setup demo test lint bench clean
 
 $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	# Pinned: a bare `torch` would pull a multi-GB CUDA build.
-	$(BIN)/pip install -q torch==2.13.0
+	# torch first, at the one version the tests ran on (pyproject.toml allows 2.13.x). A version
+	# pin does not choose the build: pip takes what its index serves for it. This machine's pip
+	# finds a local CPU wheel; on PyPI the Linux wheel is the CUDA one (several GB). For a CPU
+	# build elsewhere: make setup TORCH_INDEX=https://download.pytorch.org/whl/cpu
+	$(BIN)/pip install -q torch==2.13.0 $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
 	$(BIN)/pip install -q -e '.[dev]'
 	touch $(STAMP)
 

@@ -42,6 +42,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from distill_eval.budget import extrapolate, write_curve_chart
+from distill_recipes import finetune
 
 from distill.bleu import evaluate_model
 from distill.budget import BudgetPlan, horizon, plan_budget, replay, training_tokens
@@ -59,8 +61,6 @@ from distill.runs import (
     tuned_spec,
     variant_spec,
 )
-from eval.budget import extrapolate, write_curve_chart
-from recipes import finetune
 
 PLANNED = ("run_dir", "variants", "targets", "max_sentences", "train.epochs", "train.max_steps")
 PLANNED += ("train.warmup",)  # set per arm: --extra may not

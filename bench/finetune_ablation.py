@@ -45,14 +45,15 @@ def arm_dir(run: Path, arm: str, tag: str) -> Path:
 
 
 def run_arm(run: Path, arm: str, args) -> tuple[Path, float]:
+    from distill_recipes import evaluate, finetune, students
+
     from distill.cli import load_recipe_config
-    from recipes import evaluate, finetune, students
 
     out = arm_dir(run, arm, args.tag)
     link(run / "teacher", out / "teacher")
     t0 = time.perf_counter()
     if args.record:  # its own recording (e.g. targets=teacher), so its own students too
-        from recipes import record
+        from distill_recipes import record
 
         over = [f"run_dir={out}", *args.record]
         record.main(load_recipe_config("record", args.config, over)[1])

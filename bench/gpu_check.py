@@ -34,6 +34,7 @@ from pathlib import Path
 sys.modules["datasets"] = None  # any `import datasets` on this path now fails
 
 import torch  # noqa: E402
+from distill_recipes.evaluate import evaluate_run  # noqa: E402
 
 from distill import progress  # noqa: E402
 from distill.checkpoint import atomic_write_json, read_json  # noqa: E402
@@ -44,7 +45,6 @@ from distill.modes import VARIANTS  # noqa: E402
 from distill.pretrained import from_pretrained  # noqa: E402
 from distill.record import Recording, epoch_plan  # noqa: E402
 from distill.runs import load_teacher, load_variant, teacher_data  # noqa: E402
-from recipes.evaluate import evaluate_run  # noqa: E402
 
 log = logging.getLogger("gpu_check")
 TOL_BLEU, TOL_CHRF = 1.0, 2.0  # GPU vs CPU runs of the tiny pipeline: float noise, trained in

@@ -27,7 +27,7 @@ def load_recipe_config(recipe: str, name: str, overrides: list[str]):
     """(recipe module, its resolved Config); ``run_dir`` defaults to runs/<config name>."""
     if recipe not in available():
         raise ConfigError(f"unknown recipe '{recipe}' (known: {', '.join(available())})")
-    module = importlib.import_module(f"recipes.{recipe}")
+    module = importlib.import_module(f"distill_recipes.{recipe}")
     path = config_path(recipe, name)
     cfg = build(module.Config, path, overrides)
     if hasattr(cfg, "run_dir") and not cfg.run_dir:
@@ -48,7 +48,7 @@ def cmd_run(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
-    from recipes.evaluate import evaluate_path
+    from distill_recipes.evaluate import evaluate_path
 
     evaluate_path(
         args.path,

@@ -8,6 +8,7 @@ any data loads. Each dataclass validates its own values in ``__post_init__``.
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import types
 import typing
 from pathlib import Path
@@ -201,8 +202,17 @@ def build(
     return from_dict(cls, data)
 
 
+def _recipes_dir() -> Path:
+    """The folder of the ``distill_recipes`` package (``recipes/`` in a checkout), found without
+    importing it."""
+    spec = importlib.util.find_spec("distill_recipes")
+    if spec is None or not spec.submodule_search_locations:
+        return Path(__file__).resolve().parent.parent / "recipes"
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
 # The recipes' YAML configs. The library only reads these files: it never imports a recipe.
-RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
+RECIPES_DIR = _recipes_dir()
 CONFIG_ROOT = RECIPES_DIR / "configs"
 RECIPES = ("teacher", "record", "students", "finetune", "evaluate", "pipeline")
 

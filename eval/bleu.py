@@ -1,6 +1,6 @@
 """Score a file of translations against a file of references (one sentence per line).
 
-    python -m eval.bleu HYPOTHESES REFERENCES     # prints BLEU, chrF and their signatures
+    python -m distill_eval.bleu HYPOTHESES REFERENCES     # prints BLEU, chrF and their signatures
 
 The same sacreBLEU settings (13a, cased, detokenized) as every table this project writes; the
 scoring itself is the library's (``distill.bleu``), so this folder imports the library only.

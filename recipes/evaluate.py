@@ -22,6 +22,8 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from distill_eval.report import write_chart, write_markdown
+
 from distill.bleu import evaluate_model
 from distill.checkpoint import atomic_write_json, atomic_write_text, read_json
 from distill.data import DataConfig, scored_pairs
@@ -37,7 +39,6 @@ from distill.runs import (
     teacher_data,
     tuned_spec,
 )
-from eval.report import write_chart, write_markdown
 
 log = logging.getLogger("recipes.evaluate")
 

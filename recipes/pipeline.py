@@ -30,7 +30,7 @@ def stage_config(stage: str, base: str, delta: dict[str, Any], run_dir: str):
 
     from distill.config import build, config_path
 
-    module = importlib.import_module(f"recipes.{stage}")
+    module = importlib.import_module(f"distill_recipes.{stage}")
     try:
         return build(module.Config, config_path(stage, base), delta={**delta, "run_dir": run_dir})
     except ConfigError as err:
@@ -68,7 +68,7 @@ def main(cfg: Config) -> Path:
             continue
         t0 = time.perf_counter()
         log.info("=== stage %s ===", name)
-        importlib.import_module(f"recipes.{name}").main(stages[name])
+        importlib.import_module(f"distill_recipes.{name}").main(stages[name])
         log.info("stage %s: %.1f s", name, time.perf_counter() - t0)
     log.info(
         "pipeline finished in %.1f min: %s",

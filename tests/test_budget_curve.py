@@ -9,12 +9,12 @@ import sys
 from pathlib import Path
 
 import pytest
+from distill_eval.budget import extrapolate, write_curve_chart
+from distill_recipes import finetune
 
 from distill.budget import training_tokens
 from distill.data import encode_pairs, load_pairs
 from distill.runs import load_teacher, teacher_data
-from eval.budget import extrapolate, write_curve_chart
-from recipes import finetune
 
 SCRIPT = Path(__file__).resolve().parents[1] / "bench" / "budget_curve.py"
 TINY = ["--variant", "attentionless", "--config", "tiny", "--valid-sentences", "4"]

@@ -37,7 +37,7 @@ def test_config_folders_and_runnable_recipes_are_the_same_set():
 def test_a_section_delta_keeps_the_fields_own_defaults():
     # The students' `train` section defaults to a constant rate, not TrainConfig's Noam factor:
     # a YAML or override that sets only `train.epochs` must not bring the class defaults back.
-    from recipes.students import Config, _student_train_defaults
+    from distill_recipes.students import Config, _student_train_defaults
 
     own = _student_train_defaults()
     _, cfg = load_recipe_config("students", "tiny", ["train.epochs=3"])
@@ -86,8 +86,9 @@ def test_a_list_of_modes_selects_from_the_mapping_and_old_flat_keys_still_apply(
 
 
 def test_local_units_are_checked_before_anything_runs():
+    from distill_recipes.students import check_widths
+
     from distill.model import PRESETS, ModelConfig
-    from recipes.students import check_widths
 
     over = ["modes.elr.local_units=2", "modes.elr.size=l"]
     _, cfg = load_recipe_config("students", "tiny", over)

@@ -18,6 +18,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from distill_recipes import evaluate
 from safetensors.torch import load_file
 
 import distill
@@ -28,7 +29,6 @@ from distill.device import resolve_device
 from distill.errors import ConfigError
 from distill.runs import load_teacher
 from distill.train import TrainConfig, fit, resolve_precision
-from recipes import evaluate
 from tests.helpers import random_src, tiny_teacher
 from tests.pretend_device import DEVICE, DeviceMismatch, OnDevice, pretend_device
 from tests.reliability.helpers import fails

@@ -48,7 +48,7 @@ TEST_PAIRS = [  # in the tiny tokenizer's pieces: the first source is too long f
 
 def write_run(root: Path, tok, seed: int = 0) -> Path:
     """A run dir with a random tiny teacher, random students of every mode and a results table."""
-    from recipes.teacher import Config
+    from distill_recipes.teacher import Config
 
     torch.manual_seed(seed)
     cfg = ModelConfig(**{**PRESETS["unit"], "vocab_size": tok.vocab_size})

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from distill_recipes import finetune
 from safetensors.torch import load_file
 
 from distill.cli import load_recipe_config, main
@@ -20,7 +21,6 @@ from distill.pretrained import from_pretrained
 from distill.runs import load_teacher, load_variant, teacher_data, variant_spec
 from distill.students import splice
 from distill.train import TrainingDiverged
-from recipes import finetune
 from tests.helpers import PassThrough
 from tests.reliability.helpers import run_and_kill
 

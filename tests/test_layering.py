@@ -10,11 +10,12 @@ import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-PACKAGES = ("distill", "eval", "recipes")
+# importable package name -> its folder in the checkout (pyproject.toml's package-dir)
+PACKAGES = {"distill": "distill", "distill_eval": "eval", "distill_recipes": "recipes"}
 # Lower layers never import higher ones. The command line lives in the distill package but is
 # the top layer: it runs the recipes.
 TOP = ("distill.cli", "distill.__main__")
-RANKS = {"distill": 0, "eval": 1, "recipes": 2, "cli": 3}
+RANKS = {"distill": 0, "distill_eval": 1, "distill_recipes": 2, "cli": 3}
 
 
 def layer(module: str) -> str:
@@ -26,9 +27,9 @@ def layer(module: str) -> str:
 def modules(root: Path) -> dict[str, Path]:
     """Dotted name -> file of every module of the project's packages under ``root``."""
     found = {}
-    for package in PACKAGES:
-        for path in sorted((root / package).rglob("*.py")):
-            parts = list(path.relative_to(root).with_suffix("").parts)
+    for package, folder in PACKAGES.items():
+        for path in sorted((root / folder).rglob("*.py")):
+            parts = [package, *path.relative_to(root / folder).with_suffix("").parts]
             if parts[-1] == "__init__":
                 parts.pop()
             found[".".join(parts)] = path
@@ -116,13 +117,16 @@ def test_an_upward_import_inside_a_function_is_found(tmp_path):
     root = _tree(
         tmp_path,
         {
-            "distill/runs.py": "import os\n\ndef f():\n    from recipes.teacher import Config\n",
+            "distill/runs.py": (
+                "import os\n\ndef f():\n    from distill_recipes.teacher import Config\n"
+            ),
             "recipes/teacher.py": "from distill.runs import f\n",
         },
     )
     assert violations(root) == [
-        "distill/runs.py:4: distill.runs imports recipes.teacher (layer recipes is above distill)",
-        "import cycle: distill.runs -> recipes.teacher -> distill.runs",
+        "distill/runs.py:4: distill.runs imports distill_recipes.teacher "
+        "(layer distill_recipes is above distill)",
+        "import cycle: distill.runs -> distill_recipes.teacher -> distill.runs",
     ]
 
 
@@ -130,13 +134,14 @@ def test_the_command_line_may_import_recipes_but_not_the_reverse(tmp_path):
     root = _tree(
         tmp_path,
         {
-            "distill/cli.py": "import recipes.pipeline\n",
+            "distill/cli.py": "import distill_recipes.pipeline\n",
             "recipes/pipeline.py": "def f():\n    from distill import cli\n",
         },
     )
     assert violations(root) == [
-        "recipes/pipeline.py:2: recipes.pipeline imports distill.cli (layer cli is above recipes)",
-        "import cycle: distill.cli -> recipes.pipeline -> distill.cli",
+        "recipes/pipeline.py:2: distill_recipes.pipeline imports distill.cli "
+        "(layer cli is above distill_recipes)",
+        "import cycle: distill.cli -> distill_recipes.pipeline -> distill.cli",
     ]
 
 

@@ -88,7 +88,7 @@ RUN_CFG = ModelConfig(**{**PRESETS["unit"], "max_len": 24})  # the toy pairs fit
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory, tiny_pairs, tiny_tokenizer):
     """RUN_DIR/teacher/ as the teacher stage leaves it, on a TSV of the toy pairs."""
-    from recipes.teacher import Config as TeacherConfig
+    from distill_recipes.teacher import Config as TeacherConfig
 
     root = tmp_path_factory.mktemp("prefixes")
     corpus = root / "corpus"
@@ -121,7 +121,7 @@ def recorded_tgt_len(path) -> dict[int, int]:
 
 
 def record_cfg(run, targets: str):
-    from recipes.record import Config
+    from distill_recipes.record import Config
 
     return Config(
         run_dir=str(run),
@@ -137,7 +137,7 @@ def record_cfg(run, targets: str):
 
 @pytest.fixture(scope="module")
 def teacher_recording(run_dir):
-    from recipes.record import main
+    from distill_recipes.record import main
 
     main(record_cfg(run_dir, "teacher"))
     return run_dir
@@ -160,7 +160,7 @@ def test_record_with_teacher_targets_records_the_teachers_decodes(
 def test_record_again_with_reference_targets_records_again(
     teacher_recording, tiny_tokenizer, tmp_path
 ):
-    from recipes.record import main
+    from distill_recipes.record import main
 
     run = tmp_path / "run"
     shutil.copytree(teacher_recording, run)
@@ -172,14 +172,14 @@ def test_record_again_with_reference_targets_records_again(
 
 
 def test_students_refuse_an_unknown_targets_value():
-    from recipes.students import Config
+    from distill_recipes.students import Config
 
     with pytest.raises(ValueError, match="targets must be one of reference, teacher, got 'bad'"):
         Config(targets="bad")
 
 
 def test_students_on_disk_refuse_a_recording_made_with_other_targets(teacher_recording):
-    from recipes.students import Config, main
+    from distill_recipes.students import Config, main
 
     cfg = Config(run_dir=str(teacher_recording), modes=["dec_self"], size="xs", source="disk")
     with pytest.raises(ConfigError, match="targets=reference but .*record/train was recorded"):
@@ -188,13 +188,13 @@ def test_students_on_disk_refuse_a_recording_made_with_other_targets(teacher_rec
 
 
 def test_online_students_train_on_teacher_targets(run_dir, tiny_tokenizer, tmp_path, monkeypatch):
-    import recipes.students
-    from recipes.students import Config
+    import distill_recipes.students
+    from distill_recipes.students import Config
 
     shutil.copytree(run_dir / "teacher", tmp_path / "teacher")
     run_dir, seen = tmp_path, {}
     monkeypatch.setattr(
-        recipes.students, "train_mode", lambda cfg, mode, t, ex, *a: seen.update(ex)
+        distill_recipes.students, "train_mode", lambda cfg, mode, t, ex, *a: seen.update(ex)
     )
     cfg = Config(
         run_dir=str(run_dir),
@@ -205,7 +205,7 @@ def test_online_students_train_on_teacher_targets(run_dir, tiny_tokenizer, tmp_p
         valid_sentences=10,
         targets="teacher",
     )
-    recipes.students.main(cfg)
+    distill_recipes.students.main(cfg)
     model = tiny_teacher(max_len=RUN_CFG.max_len)
     for split, limit in (("train", 30), ("valid", 10)):
         want = one_by_one(model, split_examples(run_dir, tiny_tokenizer, split, limit))

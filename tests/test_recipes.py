@@ -186,8 +186,9 @@ UNSHIFTED = {"encoder.0.self_attn", "decoder.0.self_attn"}
 def _progressive_students(run: Path, monkeypatch, fail_at: int | None = None) -> dict:
     """Run the students stage with PROGRESSIVE on ``run``; {site: (sentences, first batch)} of
     every site that trained; ``fail_at``: raise when the site of that index would start."""
+    from distill_recipes import students
+
     from distill.train import fit
-    from recipes import students
 
     trained = {}
 

@@ -51,9 +51,11 @@ def test_student_nan_names_site_and_step_and_keeps_the_last_checkpoint(
 def test_teacher_nan_names_the_step_exits_2_and_keeps_the_last_checkpoint(
     tmp_path, capsys, monkeypatch
 ):
-    import recipes.teacher
+    import distill_recipes.teacher
 
-    monkeypatch.setattr(recipes.teacher, "teacher_loss", nan_at(recipes.teacher.teacher_loss, 4))
+    monkeypatch.setattr(
+        distill_recipes.teacher, "teacher_loss", nan_at(distill_recipes.teacher.teacher_loss, 4)
+    )
     run = tmp_path / "run"
     argv = [*TEACHER, f"run_dir={run}", "train.epochs=1", "train.ckpt_every=2"]
     assert main(argv) == 2
