@@ -2,6 +2,7 @@
 
     distill ls                                       recipes and their configs
     distill run RECIPE --config NAME [key=value ...] run a recipe (NAME or a path to a YAML file)
+          [--redo STAGE]                             first delete STAGE's output and what follows
     distill evaluate RUN_OR_EXPORT_DIR [--source demo|iwslt2017|FILE] [--beam N] [--device D]
     distill export RUN_DIR [--variant NAME | --spec SITE=MODE,...] --out DIR
     distill translate EXPORT_DIR [--beam N] [--batch-size B] [--strict] [--device D] [FILE|stdin]
@@ -41,8 +42,24 @@ def cmd_ls(args) -> int:
     return 0
 
 
+def split_redo(args) -> tuple[str, list[str]]:
+    """(the --redo target or a ``redo=`` override, the other overrides)."""
+    redo = [o.partition("=")[2] for o in args.overrides if o.startswith("redo=")]
+    if args.redo and redo and redo != [args.redo]:
+        raise ConfigError(f"--redo {args.redo} and redo={redo[-1]} disagree")
+    return args.redo or (redo[-1] if redo else ""), [
+        o for o in args.overrides if not o.startswith("redo=")
+    ]
+
+
 def cmd_run(args) -> int:
-    module, cfg = load_recipe_config(args.recipe, args.config, args.overrides)
+    from distill import stages
+
+    target, overrides = split_redo(args)
+    module, cfg = load_recipe_config(args.recipe, args.config, overrides)
+    if target:  # after the config is known to be good, before anything runs
+        allowed = stages.ORDER if args.recipe == "pipeline" else (args.recipe,)
+        stages.redo(cfg.run_dir, target, allowed)
     module.main(cfg)
     return 0
 
@@ -138,6 +155,13 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("recipe")
     run.add_argument("--config", "-c", required=True, help="config name or YAML path")
     run.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.epochs=3")
+    run.add_argument(
+        "--redo",
+        default="",
+        metavar="STAGE",
+        help="delete STAGE's output (or students/MODE, finetune/VARIANT) and every later one "
+        "built on it, then run (also: redo=STAGE)",
+    )
     run.set_defaults(func=cmd_run)
     ev = sub.add_parser("evaluate", help="BLEU/chrF of a run dir (every variant) or an export")
     ev.add_argument("path")

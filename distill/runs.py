@@ -12,8 +12,9 @@ RUN_DIR/finetune/<variant>/    config.yaml, metrics.jsonl, model.safetensors, sp
                                sites, replacements, settings, final validation losses)
 RUN_DIR/eval/                  results.{json,md,png} (test split), results-valid.* (valid),
                                hybrid-frontier.json (bench/hybrid_frontier.py, valid)
-Every stage skips what a finished spec.json / manifest.json / bleu.json marks as done and
-resumes the rest from its checkpoint/.
+Every output also holds settings.json (distill/stages.py): the settings that made it. A stage
+skips what a finished spec.json / manifest.json / bleu.json marks as done and resumes the rest
+from its checkpoint/, both only when the stored settings match the ones asked for.
 """
 
 from __future__ import annotations

@@ -33,6 +33,7 @@ import torch
 from torch import nn
 
 from distill.checkpoint import atomic_write_json, save_tensors
+from distill.config import to_dict
 from distill.data import encode_pairs, load_pairs, spread, token_batches
 from distill.device import stage_device
 from distill.losses import distill_kl, output_at_real_tokens, smoothed_cross_entropy
@@ -43,11 +44,14 @@ from distill.runs import (
     finetune_dir,
     load_teacher,
     splice_spec,
+    students_dir,
     teacher_data,
+    teacher_dir,
     tuned_spec,
     variant_spec,
     write_config,
 )
+from distill.stages import Claim, begin, result_settings
 from distill.train import TrainConfig, TrainingDiverged, fit, masked_mean, process_state
 
 log = logging.getLogger("recipes.finetune")
@@ -190,17 +194,32 @@ def _examples(cfg: Config, teacher, tok, split: str, limit: int):
     return ex
 
 
-def tune_variant(cfg: Config, resolved: Variant, teacher, tok, train, valid) -> Path:
-    """Train (or resume) one variant end to end; a finished one is skipped. A hybrid's kept
-    sites are the teacher's own attention: they train only under ``trainable: all``."""
+def claim_variant(cfg: Config, resolved: Variant, report: bool = True) -> Claim:
+    """``distill.stages.begin`` for finetune/<variant>: the config with this variant alone,
+    built on the teacher and the students of the variant's modes."""
+    out = finetune_dir(cfg.run_dir, resolved.name)
+    tree = to_dict(dataclasses.replace(cfg, variants=[resolved.name]))
+    after = [teacher_dir(cfg.run_dir)] + [students_dir(cfg.run_dir) / m for m in resolved.modes]
+    finished = tuned_spec(cfg.run_dir, resolved.name) is not None
+    settings = result_settings(tree)
+    return begin(out, cfg.run_dir, settings, finished=finished, after=after, report=report)
+
+
+def tune_variant(
+    cfg: Config, resolved: Variant, teacher, tok, train, valid, claim: Claim | None = None
+) -> Path:
+    """Train (or resume) one variant end to end; a finished one is skipped (``claim``: its
+    ``claim_variant``, when already made). A hybrid's kept sites are the teacher's own
+    attention: they train only under ``trainable: all``."""
     variant = resolved.name
     out = finetune_dir(cfg.run_dir, variant)
-    if tuned_spec(cfg.run_dir, variant) is not None:
-        log.info("%s already tuned: %s", variant, out)
+    claim = claim or claim_variant(cfg, resolved)
+    if claim.status == "skip":
         return out
     out.mkdir(parents=True, exist_ok=True)
     proc = process_state()  # under several processes, only the main one writes files
     if proc.is_main_process:
+        claim.store()
         write_config(out, dataclasses.replace(cfg, variants=[variant]))
     spec = variant_spec(cfg.run_dir, resolved.modes, resolved.kept)
     model, _ = load_teacher(cfg.run_dir)
@@ -281,12 +300,14 @@ def main(cfg: Config) -> Path:
     for p in teacher.parameters():
         p.requires_grad_(False)
     variants = resolve_variants(cfg.variants, teacher.cfg)  # e.g. a hybrid's layer index
-    todo = [v for v in variants if tuned_spec(cfg.run_dir, v.name) is None]
+    # changed settings of a finished variant fail now, before data loads
+    claims = {v.name: claim_variant(cfg, v) for v in variants}
+    todo = [v for v in variants if claims[v.name].status != "skip"]
     for v in todo:  # a missing layer-wise student fails now, before any data loads
         variant_spec(cfg.run_dir, v.modes, v.kept)
     if todo:
         train = _examples(cfg, teacher, tok, "train", cfg.max_sentences)
         valid = _examples(cfg, teacher, tok, "valid", cfg.valid_sentences)
         for v in todo:
-            tune_variant(cfg, v, teacher, tok, train, valid)
+            tune_variant(cfg, v, teacher, tok, train, valid, claims[v.name])
     return Path(cfg.run_dir) / "finetune"

@@ -8,6 +8,10 @@
 Each stage starts from its own named config (recipes/configs/<stage>/<stages>.yaml); the
 pipeline's sections hold deltas on top of it. Everything lands in RUN_DIR (default runs/<config>):
 teacher/, record/, students/<mode>/, finetune/<variant>/, eval/results.{json,md,png}.
+
+Each output stores the settings that made it (distill/stages.py): a finished one is skipped only
+when they match, a changed key is an error naming it, and `--redo STAGE` (or `redo=STAGE`)
+deletes that stage's output and every later one first. The log ends with what each stage did.
 """
 
 from __future__ import annotations
@@ -52,24 +56,31 @@ class Config:
         self.resolved()  # a bad key in any section fails here, before any data loads
 
     def resolved(self) -> dict[str, Any]:
-        cfgs = {s: stage_config(s, self.stages, getattr(self, s), self.run_dir) for s in STAGES}
+        deltas = {s: getattr(self, s) for s in STAGES}
         if self.online:
-            cfgs["students"].source = "online"
-        return cfgs
+            deltas["students"] = {**deltas["students"], "source": "online"}
+        return {s: stage_config(s, self.stages, deltas[s], self.run_dir) for s in STAGES}
 
 
 def main(cfg: Config) -> Path:
     import importlib
 
+    from distill.stages import REPORT
+
     stages = cfg.resolved()
     started = time.perf_counter()
+    REPORT.clear()
     for name in STAGES:
         if name == "record" and cfg.online:
             continue
         t0 = time.perf_counter()
         log.info("=== stage %s ===", name)
         importlib.import_module(f"distill_recipes.{name}").main(stages[name])
+        if name == "evaluate":
+            REPORT.append("eval: scored again (evaluation is never skipped)")
         log.info("stage %s: %.1f s", name, time.perf_counter() - t0)
+    for line in REPORT:  # what each stage did with each of its outputs, and why
+        log.info("pipeline: %s", line)
     log.info(
         "pipeline finished in %.1f min: %s",
         (time.perf_counter() - started) / 60,

@@ -17,12 +17,14 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from distill.config import to_dict
 from distill.data import encode_pairs, load_pairs, spread
 from distill.device import stage_device
 from distill.modes import DEFAULT_MODES, MODES, check_modes, recorded_sites
 from distill.prefixes import TARGETS, teacher_targets
 from distill.record import Recording, record
-from distill.runs import load_teacher, teacher_data, write_config
+from distill.runs import load_teacher, teacher_data, teacher_dir, write_config
+from distill.stages import begin, result_settings
 from distill.train import process_state
 
 log = logging.getLogger("recipes.record")
@@ -57,11 +59,15 @@ class Config:
 def main(cfg: Config) -> Path:
     out = Path(cfg.run_dir) / "record"
     splits = ("train", "valid")
-    # A recording on other targets is redone (record() sees its header differ), not skipped.
-    if all((out / s / "manifest.json").exists() for s in splits) and all(
+    # batch_size: sentences per teacher pass, which do not change what is recorded
+    settings = result_settings(to_dict(cfg), free=("batch_size",))
+    # An older recording (no stored settings) on other targets is redone (record() sees its
+    # header differ), not skipped.
+    finished = all((out / s / "manifest.json").exists() for s in splits) and all(
         Recording(out / s).targets == cfg.targets for s in splits
-    ):
-        log.info("recording already complete: %s", out)
+    )
+    claim = begin(out, cfg.run_dir, settings, finished=finished, after=[teacher_dir(cfg.run_dir)])
+    if claim.status == "skip":
         return out
     model, tok = load_teacher(cfg.run_dir, device=stage_device())
     check_modes(cfg.modes, model.cfg)
@@ -75,6 +81,7 @@ def main(cfg: Config) -> Path:
         log.info("%s: %s; recording %d sentences", split, report, len(examples[split]))
     out.mkdir(parents=True, exist_ok=True)
     if process_state().is_main_process:  # several processes share the shards (record())
+        claim.store()
         write_config(out, cfg)
     if cfg.targets == "teacher":
         # Valid too: students' validation MSE then measures the distribution they train on.

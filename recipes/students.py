@@ -50,6 +50,7 @@ from distill.checkpoint import (
     resolve_checkpoint,
     save_tensors,
 )
+from distill.config import to_dict
 from distill.data import encode_pairs, load_pairs, spread
 from distill.device import stage_device
 from distill.errors import ConfigError
@@ -72,7 +73,15 @@ from distill.modes import (
 )
 from distill.prefixes import TARGETS, teacher_targets
 from distill.record import DiskBatches, OnlineBatches, Recording, sites_overlap
-from distill.runs import load_students, load_teacher, students_dir, teacher_data, write_config
+from distill.runs import (
+    load_students,
+    load_teacher,
+    students_dir,
+    teacher_data,
+    teacher_dir,
+    write_config,
+)
+from distill.stages import Claim, begin, result_settings
 from distill.students import build_student, init_from_teacher
 from distill.train import SCHEDULES, TrainConfig, fit, process_state
 
@@ -395,12 +404,45 @@ def _finish(cfg: Config, mode: str, students: nn.ModuleDict, model_cfg, **extra)
         shutil.rmtree(leftover, ignore_errors=True)
 
 
+def mode_config(cfg: Config, mode: str) -> Config:
+    """``cfg`` for ``mode`` alone, with its own rate, epochs and schedule (its config.yaml)."""
+    progressive = cfg.progressive if mode in cfg.progressive else []
+    alone = {m: cfg.modes[m] for m in (progressive or [mode])}
+    return dataclasses.replace(cfg, modes=alone, train=cfg.train_of(mode), progressive=progressive)
+
+
+def claim_mode(cfg: Config, mode: str, model_cfg, report: bool = True) -> Claim:
+    """``distill.stages.begin`` for students/<mode>: its settings are the mode's resolved ones
+    (size, activation, residual, rate, epochs, ...; a progressive mode's chain too) and the
+    shared keys that reach it; it is built on the teacher and, from disk, the recording."""
+    one = mode_config(cfg, mode)  # a progressive mode: with the modes of its chain
+    own = {
+        m: dataclasses.replace(
+            cfg.modes[m],
+            size=cfg.size_of(m),
+            activation=cfg.activation_of(m),
+            residual=cfg.residual_of(m, model_cfg.residual_sites),
+        )
+        for m in one.modes
+    }
+    tree = to_dict(dataclasses.replace(one, modes=own))
+    for key in (*ALIASES, "residual", "size", "activation"):  # folded into modes.<mode>
+        tree.pop(key)
+    online = cfg.source == "online"
+    free = () if online else ("shard_size", "max_sentences")  # online-only keys
+    after = [teacher_dir(cfg.run_dir)] + ([] if online else [Path(cfg.run_dir) / "record"])
+    out = students_dir(cfg.run_dir) / mode
+    finished = (out / "spec.json").exists()
+    settings = result_settings(tree, free)
+    return begin(out, cfg.run_dir, settings, finished=finished, after=after, report=report)
+
+
 def train_mode(cfg: Config, mode: str, teacher, examples, recording, cache=None) -> Path:
     """Train (or resume) one mode's students; ``cache`` carries normal equations between modes."""
     cache = {} if cache is None else cache
     out = students_dir(cfg.run_dir) / mode
-    if (out / "spec.json").exists():
-        log.info("%s students already trained: %s", mode, out)
+    claim = claim_mode(cfg, mode, teacher.cfg)
+    if claim.status == "skip":
         return out
     out.mkdir(parents=True, exist_ok=True)
     sites = mode_sites(mode, teacher.cfg)
@@ -409,8 +451,8 @@ def train_mode(cfg: Config, mode: str, teacher, examples, recording, cache=None)
     train_cfg = cfg.train_of(mode)
     proc = process_state()  # under several processes, only the main one writes files
     if proc.is_main_process:
-        alone = {mode: cfg.modes[mode]}
-        write_config(out, dataclasses.replace(cfg, modes=alone, train=train_cfg, progressive=[]))
+        claim.store()
+        write_config(out, mode_config(cfg, mode))
     valid = _batches(cfg, sites, "valid", teacher, examples, recording, 0)
     validate = _validator(sites, valid)
     init, local = _init_of(cfg, mode)
@@ -522,7 +564,8 @@ def train_progressive(cfg: Config, teacher, examples) -> None:
     done = set()
     for mode in cfg.progressive:
         out = students_dir(cfg.run_dir) / mode
-        if (out / "spec.json").exists():
+        claim = claim_mode(cfg, mode, teacher.cfg)
+        if claim.status == "skip":
             found = read_json(out / "spec.json").get("progressive", [])
             if found != cfg.progressive:
                 raise ConfigError(
@@ -531,13 +574,12 @@ def train_progressive(cfg: Config, teacher, examples) -> None:
                 )
             loaded = load_students(cfg.run_dir, mode, teacher.cfg)
             students[mode] = nn.ModuleDict({student_key(s): m for s, m in loaded.items()})
-            log.info("%s students already trained: %s", mode, out)
             done.add(mode)
             continue
         students[mode] = _build(cfg, mode, teacher)
         if proc.is_main_process:
-            chained = {m: cfg.modes[m] for m in cfg.progressive}
-            write_config(out, dataclasses.replace(cfg, modes=chained))
+            claim.store()
+            write_config(out, mode_config(cfg, mode))
     device = next(teacher.parameters()).device
     spliced: dict[str, nn.Module] = {}
     for site, mode in chain(cfg, teacher.cfg):
@@ -574,6 +616,9 @@ def main(cfg: Config) -> Path:
                 f"modes: {mode}: residual: the {why}, its sites do not add their input "
                 "(set residual: false)"
             )
+    check_widths(cfg, teacher.cfg)
+    for mode in cfg.modes:  # changed settings of a finished mode fail now, before data loads
+        claim_mode(cfg, mode, teacher.cfg, report=False)
     examples, recording = {}, {}
     if cfg.source == "disk":
         for split in ("train", "valid"):
@@ -595,7 +640,6 @@ def main(cfg: Config) -> Path:
             if cfg.targets == "teacher":
                 cache = Path(cfg.run_dir) / "students" / f"{split}.targets.json"
                 examples[split] = teacher_targets(teacher, examples[split], cache=cache)
-    check_widths(cfg, teacher.cfg)
     local = {m: s.local_units for m, s in cfg.modes.items() if s.local_units}
     if cfg.init != "lstsq" and local:
         log.warning("local_units %s unused: they are part of init=lstsq", local)

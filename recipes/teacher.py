@@ -22,6 +22,7 @@ import torch
 
 from distill.bleu import evaluate_model
 from distill.checkpoint import atomic_dir, atomic_write_json, atomic_write_text, read_json
+from distill.config import to_dict
 from distill.data import DataConfig, Tokenizer, encode_pairs, load_pairs, spread, token_batches
 from distill.device import stage_device
 from distill.errors import DataError
@@ -37,6 +38,7 @@ from distill.marian import (
 )
 from distill.model import ModelConfig, Seq2SeqTransformer, count_parameters
 from distill.runs import save_model, teacher_dir, write_config
+from distill.stages import Claim, begin, result_settings
 from distill.train import TrainConfig, fit, process_state
 
 log = logging.getLogger("recipes.teacher")
@@ -129,12 +131,13 @@ def score_teacher(cfg: Config, out: Path, model, tok, test_pairs, report) -> dic
     return result
 
 
-def import_teacher(cfg: Config, out: Path, test_pairs) -> Path:
+def import_teacher(cfg: Config, out: Path, test_pairs, claim: Claim) -> Path:
     """Make the MarianMTModel checkpoint ``cfg.pretrained`` the run's teacher: check it, convert
     it (``distill.marian``), save it with its renumbered tokenizer, score it. A directory that is
     not a usable checkpoint fails before anything is written."""
     model, _, order, vocab = load_checkpoint(cfg.pretrained, cfg.data.max_len)
     out.mkdir(parents=True, exist_ok=True)
+    claim.store()
     write_config(out, cfg)
     write_tokenizer(cfg.pretrained, order, vocab, out / "tokenizer", cfg.data.max_len)
     tok = MarianVocab(out / "tokenizer")
@@ -196,7 +199,9 @@ def train_marian(cfg: Config, train_pairs, valid_pairs) -> Path:
 
 def main(cfg: Config) -> Path:
     out = teacher_dir(cfg.run_dir)
-    if (out / "bleu.json").exists():
+    settings = result_settings(to_dict(cfg))
+    claim = begin(out, cfg.run_dir, settings, finished=(out / "bleu.json").exists())
+    if claim.status == "skip":
         log.info("teacher already trained: %s (BLEU %s)", out, read_json(out / "bleu.json")["bleu"])
         return out
     # Read every split before writing anything: a bad file fails here, not after training, and
@@ -207,10 +212,12 @@ def main(cfg: Config) -> Path:
     if not any(s.strip() and t.strip() for s, t in train_pairs):
         raise DataError(f"{cfg.data.path or cfg.data.source}: every train pair has an empty side")
     if not cfg.pretrained and cfg.model.family == "marian":
+        if process_state().is_main_process:
+            claim.store()  # before its training dirs, which belong to this stage
         checkpoint = train_marian(cfg, train_pairs, valid_pairs)
         cfg = dataclasses.replace(cfg, pretrained=str(checkpoint))
     if cfg.pretrained:
-        return import_teacher(cfg, out, test_pairs)
+        return import_teacher(cfg, out, test_pairs, claim)
     out.mkdir(parents=True, exist_ok=True)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -227,7 +234,8 @@ def main(cfg: Config) -> Path:
                 f"{cfg.data.path or cfg.data.source}: no {split} pair is left after the length "
                 f"filter (max_len {cfg.data.max_len}): {report}"
             )
-    if state.is_main_process:
+    if state.is_main_process:  # the input is good: the settings are the ones training starts on
+        claim.store()
         counts = {"train": train_report.counts(), "valid": valid_report.counts()}
         atomic_write_json(out / "data.json", counts)
     log.info("train: %s", train_report)

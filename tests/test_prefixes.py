@@ -157,14 +157,20 @@ def test_record_with_teacher_targets_records_the_teachers_decodes(
         assert (teacher_recording / "record" / f"{split}.targets.json").is_file()
 
 
-def test_record_again_with_reference_targets_records_again(
+def test_record_again_with_reference_targets_needs_redo_and_then_records_again(
     teacher_recording, tiny_tokenizer, tmp_path
 ):
     from distill_recipes.record import main
 
+    from distill.stages import redo
+
     run = tmp_path / "run"
     shutil.copytree(teacher_recording, run)
-    main(record_cfg(run, "reference"))  # not skipped as "already complete"
+    with pytest.raises(ConfigError, match=r'record: targets was "teacher", now "reference"; .*'):
+        main(record_cfg(run, "reference"))  # not skipped as "already complete"
+    assert Recording(run / "record" / "train").targets == "teacher"
+    redo(run, "record")
+    main(record_cfg(run, "reference"))
     path = run / "record" / "train"
     assert Recording(path).targets == "reference"
     ex = split_examples(run, tiny_tokenizer, "train", 30)

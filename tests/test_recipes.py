@@ -1,6 +1,7 @@
 """Every recipe's tiny config end to end, and resumption after SIGKILL."""
 
 import json
+import logging
 import os
 import shutil
 import signal
@@ -315,3 +316,88 @@ def test_bad_progressive_settings_fail_in_one_line(tmp_path, capsys, override, s
     assert main(["-q", *argv, "modes=[alr,aslr,elr,dec_self,cross_pw]", override]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("distill: error: progressive: ") and says in err and "\n" not in err
+
+
+# --- stored settings: a finished output is reused only under the settings that made it ---------
+
+
+def _copy_run(tiny_run: Path, tmp_path: Path) -> Path:
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    return run
+
+
+def _stamps(run: Path, under: str = "") -> dict[str, int]:
+    """{file: mtime} of every file under RUN_DIR/``under``."""
+    return {
+        p.relative_to(run).as_posix(): p.stat().st_mtime_ns
+        for p in (run / under).rglob("*")
+        if p.is_file()
+    }
+
+
+def _outside_eval(stamps: dict[str, int]) -> dict[str, int]:
+    return {k: v for k, v in stamps.items() if not k.startswith("eval/")}
+
+
+def test_a_finished_stage_rerun_with_a_changed_setting_fails_naming_the_key(
+    tiny_run, tmp_path, capsys
+):
+    run = _copy_run(tiny_run, tmp_path)
+    before = _stamps(run)
+    argv = ["-q", "run", "pipeline", "--config", "tiny", f"run_dir={run}"]
+    assert main([*argv, "students.modes.dec_self.epochs=3"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err
+    assert err.startswith(f"distill: error: {run}/students/dec_self: modes.dec_self.epochs was 0,")
+    assert "new run_dir=" in err and err.endswith("--redo students/dec_self")
+    assert _stamps(run) == before  # nothing ran, nothing was written
+
+
+def test_a_changed_logging_key_reuses_every_finished_stage(tiny_run, tmp_path, caplog):
+    run = _copy_run(tiny_run, tmp_path)
+    before = _stamps(run)
+    free = ["teacher.train.log_every=7", "students.train.ckpt_every=3"]
+    free += ["finetune.train.log_every=1"]
+    with caplog.at_level(logging.INFO):
+        assert main(["run", "pipeline", "--config", "tiny", f"run_dir={run}", *free]) == 0
+    assert _outside_eval(_stamps(run)) == _outside_eval(before)
+    report = [r.getMessage() for r in caplog.records if r.getMessage().startswith("pipeline: ")]
+    assert "pipeline: teacher: skipped: finished with the same settings" in report
+    assert "pipeline: students/dec_self: skipped: finished with the same settings" in report
+    assert "pipeline: finetune/attentionless: skipped: finished with the same settings" in report
+
+
+def test_redo_removes_and_retrains_that_output_and_what_was_built_on_it(tiny_run, tmp_path):
+    run = _copy_run(tiny_run, tmp_path)
+    before = _stamps(run)
+    argv = ["-q", "run", "students", "--config", "tiny", f"run_dir={run}", "modes=[dec_self, alr]"]
+    assert main([*argv, "--redo", "students/dec_self"]) == 0
+    after = _stamps(run)
+    # the mode and the variant tuned from it (attentionless) were removed; the mode trained again
+    assert not (run / "finetune" / "attentionless").exists() and not (run / "eval").exists()
+    assert after["students/dec_self/spec.json"] != before["students/dec_self/spec.json"]
+    kept = [k for k in before if not k.startswith(("students/dec_self/", "finetune/", "eval/"))]
+    assert {k: after.get(k) for k in kept} == {k: before[k] for k in kept}
+    # a whole stage and every later one: the students recipe may only redo its own stage
+    assert main([*argv, "redo=finetune"]) == 2
+    assert main([*argv, "--redo", "students"]) == 0
+    assert not (run / "finetune").exists()
+    assert sorted(p.name for p in (run / "students").iterdir() if p.is_dir()) == ["alr", "dec_self"]
+
+
+def test_a_run_dir_from_before_stored_settings_is_trusted_and_still_exports(
+    tiny_run, tmp_path, caplog
+):
+    run = _copy_run(tiny_run, tmp_path)
+    for old in run.rglob("settings.json"):
+        old.unlink()
+    before = _stamps(run)
+    argv = ["run", "pipeline", "--config", "tiny", f"run_dir={run}", "students.train.lr=0.5"]
+    with caplog.at_level(logging.WARNING):
+        assert main(argv) == 0  # a changed key cannot be noticed: the old output is trusted
+    assert _outside_eval(_stamps(run)) == _outside_eval(before)
+    assert any("no stored settings" in r.getMessage() for r in caplog.records)
+    out = tmp_path / "export"
+    assert main(["-q", "export", str(run), "--variant", "attentionless", "--out", str(out)]) == 0
+    assert (out / "model.safetensors").is_file()
