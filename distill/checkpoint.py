@@ -136,6 +136,13 @@ def resolve_checkpoint(path: str | Path) -> Path | None:
     return None
 
 
+def drop_checkpoint(out: str | Path, *more: str | Path) -> None:
+    """Remove ``out``'s resume state (checkpoint/ and its .old twin) and ``more``: called once a
+    finished mark is written, since a finished output is skipped, never resumed."""
+    for path in (Path(out) / "checkpoint", Path(out) / "checkpoint.old", *map(Path, more)):
+        shutil.rmtree(path, ignore_errors=True)
+
+
 def _optimizer_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
     sd = opt.state_dict()
     tensors, scalars = {}, {}

@@ -79,6 +79,35 @@ def load_teacher(path: str | Path, device: str | torch.device = "cpu"):
     return model.to(device).eval(), tok
 
 
+def split_examples(
+    run_dir: str | Path,
+    teacher,
+    tok,
+    split: str,
+    limit: int = 0,
+    targets: str = "reference",
+    cache_dir: Path | None = None,
+):
+    """(examples, FilterReport) of the run's ``split``, filtered at the teacher's max_len like
+    its data, ``limit`` of them evenly spread (0 = all). ``targets="teacher"``: each target is
+    the teacher's greedy decode instead (cached in ``cache_dir``/<split>-<n>.targets.json)."""
+    from distill.data import encode_pairs, load_pairs, spread
+
+    found, report = encode_pairs(load_pairs(teacher_data(run_dir), split), tok, teacher.cfg.max_len)
+    return on_targets(spread(found, limit), teacher, split, targets, cache_dir), report
+
+
+def on_targets(examples, teacher, split: str, targets: str, cache_dir: Path | None = None):
+    """``examples`` as they are (``targets="reference"``), or with each target replaced by the
+    teacher's greedy decode (``"teacher"``), cached in ``cache_dir``/<split>-<n>.targets.json."""
+    from distill.prefixes import teacher_targets
+
+    if targets != "teacher":
+        return examples
+    cache = None if cache_dir is None else cache_dir / f"{split}-{len(examples)}.targets.json"
+    return teacher_targets(teacher, examples, cache=cache)
+
+
 def teacher_data(run_dir: str | Path) -> DataConfig:
     """The corpus settings (the ``data`` section of its config) the teacher of ``run_dir`` was
     trained on: every later stage reads the same corpus, splits and filters."""

@@ -25,27 +25,26 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from distill.checkpoint import atomic_write_json, save_tensors
+from distill.checkpoint import atomic_write_json, drop_checkpoint, save_tensors
 from distill.config import to_dict
-from distill.data import encode_pairs, load_pairs, spread, token_batches
+from distill.data import token_batches
 from distill.device import stage_device
 from distill.losses import distill_kl, output_at_real_tokens, smoothed_cross_entropy
 from distill.model import PAD_ID, site_path, site_stack
 from distill.modes import VARIANTS, Variant, resolve_variant, resolve_variants
-from distill.prefixes import TARGETS, teacher_targets
+from distill.prefixes import TARGETS
 from distill.runs import (
     finetune_dir,
     load_teacher,
     splice_spec,
+    split_examples,
     students_dir,
-    teacher_data,
     teacher_dir,
     tuned_spec,
     variant_spec,
@@ -186,12 +185,8 @@ def trainable_parameters(
 
 
 def _examples(cfg: Config, teacher, tok, split: str, limit: int):
-    ex, _ = encode_pairs(load_pairs(teacher_data(cfg.run_dir), split), tok, teacher.cfg.max_len)
-    ex = spread(ex, limit)
-    if cfg.targets == "teacher":
-        cache = Path(cfg.run_dir) / "finetune" / f"{split}-{len(ex)}.targets.json"
-        ex = teacher_targets(teacher, ex, cache=cache)
-    return ex
+    cache = Path(cfg.run_dir) / "finetune"
+    return split_examples(cfg.run_dir, teacher, tok, split, limit, cfg.targets, cache)[0]
 
 
 def claim_variant(cfg: Config, resolved: Variant, report: bool = True) -> Claim:
@@ -286,8 +281,7 @@ def tune_variant(
                 **scores,
             },
         )
-        for ckpt in (out / "checkpoint", out / "checkpoint.old"):  # finished: never resumed
-            shutil.rmtree(ckpt, ignore_errors=True)
+        drop_checkpoint(out)
     proc.wait_for_everyone()
     log.info("%s tuned in %d steps: %s", variant, state["step"], scores)
     return out

@@ -5,7 +5,7 @@
 
 Writes RUN_DIR/record/{train,valid}/: shard-*.safetensors + manifest.json (sites, dims, dtype,
 sentence counts, sha256 per shard, targets). With ``targets=teacher`` the decoder is
-teacher-forced on the teacher's greedy decodes (cached in RUN_DIR/record/{split}.targets.json),
+teacher-forced on the teacher's greedy decodes (cached in RUN_DIR/record/{split}-{n}.targets.json),
 so decoder students learn on the prefixes they meet at inference. Prints the disk estimate
 first and refuses when the disk is short. Interrupted? Run it again: it continues after the last
 complete shard.
@@ -18,12 +18,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from distill.config import to_dict
-from distill.data import encode_pairs, load_pairs, spread
 from distill.device import stage_device
 from distill.modes import DEFAULT_MODES, MODES, check_modes, recorded_sites
-from distill.prefixes import TARGETS, teacher_targets
+from distill.prefixes import TARGETS
 from distill.record import Recording, record
-from distill.runs import load_teacher, teacher_data, teacher_dir, write_config
+from distill.runs import load_teacher, on_targets, split_examples, teacher_dir, write_config
 from distill.stages import begin, result_settings
 from distill.train import process_state
 
@@ -71,23 +70,19 @@ def main(cfg: Config) -> Path:
         return out
     model, tok = load_teacher(cfg.run_dir, device=stage_device())
     check_modes(cfg.modes, model.cfg)
-    data_cfg = teacher_data(cfg.run_dir)
     sites = recorded_sites(cfg.modes, model.cfg)
     # Read both splits before writing anything: a corpus that moved fails with a clean run dir.
     examples = {}
     for split, limit in (("train", cfg.max_sentences), ("valid", cfg.valid_sentences)):
-        ex, report = encode_pairs(load_pairs(data_cfg, split), tok, model.cfg.max_len)
-        examples[split] = spread(ex, limit)
+        examples[split], report = split_examples(cfg.run_dir, model, tok, split, limit)
         log.info("%s: %s; recording %d sentences", split, report, len(examples[split]))
     out.mkdir(parents=True, exist_ok=True)
     if process_state().is_main_process:  # several processes share the shards (record())
         claim.store()
         write_config(out, cfg)
-    if cfg.targets == "teacher":
-        # Valid too: students' validation MSE then measures the distribution they train on.
-        for split in ("train", "valid"):
-            cache = out / f"{split}.targets.json"
-            examples[split] = teacher_targets(model, examples[split], cache=cache)
+    # Teacher targets on valid too: students' validation MSE then measures what they train on.
+    for split in ("train", "valid"):
+        examples[split] = on_targets(examples[split], model, split, cfg.targets, out)
     for split in ("train", "valid"):
         manifest = record(
             model,

@@ -34,7 +34,6 @@ import dataclasses
 import json
 import logging
 import math
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -44,6 +43,7 @@ from torch import nn
 from distill.checkpoint import (
     atomic_write_json,
     atomic_write_text,
+    drop_checkpoint,
     load_state_dict,
     load_tensors,
     read_json,
@@ -51,7 +51,6 @@ from distill.checkpoint import (
     save_tensors,
 )
 from distill.config import to_dict
-from distill.data import encode_pairs, load_pairs, spread
 from distill.device import stage_device
 from distill.errors import ConfigError
 from distill.losses import mode_loss, site_loss, student_key
@@ -71,13 +70,13 @@ from distill.modes import (
     check_modes,
     mode_sites,
 )
-from distill.prefixes import TARGETS, teacher_targets
+from distill.prefixes import TARGETS
 from distill.record import DiskBatches, OnlineBatches, Recording, sites_overlap
 from distill.runs import (
     load_students,
     load_teacher,
+    split_examples,
     students_dir,
-    teacher_data,
     teacher_dir,
     write_config,
 )
@@ -400,8 +399,7 @@ def _finish(cfg: Config, mode: str, students: nn.ModuleDict, model_cfg, **extra)
         "align": cfg.modes[mode].align,
     }
     atomic_write_json(out / "spec.json", {**spec, **extra})
-    for leftover in (out / "checkpoint", out / "checkpoint.old", out / PARTIAL):
-        shutil.rmtree(leftover, ignore_errors=True)
+    drop_checkpoint(out, out / PARTIAL)
 
 
 def mode_config(cfg: Config, mode: str) -> Config:
@@ -530,8 +528,7 @@ def train_site(cfg: Config, mode: str, site: str, student, teacher, examples, sp
     )
     if proc.is_main_process:
         save_tensors(weights, student.state_dict())
-        for ckpt in (out / "checkpoint", out / "checkpoint.old"):
-            shutil.rmtree(ckpt, ignore_errors=True)
+        drop_checkpoint(out)
     proc.wait_for_everyone()
 
 
@@ -633,13 +630,11 @@ def main(cfg: Config) -> Path:
             recording[split].check_compatible(teacher.cfg, wanted)
             recording[split].verify()  # a bad shard fails now, before anything is written
     else:
-        data_cfg = teacher_data(cfg.run_dir)
+        cache = Path(cfg.run_dir) / "students"
         for split, limit in (("train", cfg.max_sentences), ("valid", cfg.valid_sentences)):
-            ex, _ = encode_pairs(load_pairs(data_cfg, split), tok, teacher.cfg.max_len)
-            examples[split] = spread(ex, limit)
-            if cfg.targets == "teacher":
-                cache = Path(cfg.run_dir) / "students" / f"{split}.targets.json"
-                examples[split] = teacher_targets(teacher, examples[split], cache=cache)
+            examples[split], _ = split_examples(
+                cfg.run_dir, teacher, tok, split, limit, cfg.targets, cache
+            )
     local = {m: s.local_units for m, s in cfg.modes.items() if s.local_units}
     if cfg.init != "lstsq" and local:
         log.warning("local_units %s unused: they are part of init=lstsq", local)

@@ -154,7 +154,7 @@ def test_record_with_teacher_targets_records_the_teachers_decodes(
         path = teacher_recording / "record" / split
         assert Recording(path).targets == "teacher"
         assert recorded_tgt_len(path) == {i: len(t) + 1 for i, (_, t) in enumerate(want)}
-        assert (teacher_recording / "record" / f"{split}.targets.json").is_file()
+        assert (teacher_recording / "record" / f"{split}-{limit}.targets.json").is_file()
 
 
 def test_record_again_with_reference_targets_needs_redo_and_then_records_again(
@@ -216,4 +216,4 @@ def test_online_students_train_on_teacher_targets(run_dir, tiny_tokenizer, tmp_p
     for split, limit in (("train", 30), ("valid", 10)):
         want = one_by_one(model, split_examples(run_dir, tiny_tokenizer, split, limit))
         assert seen[split] == want
-        assert (run_dir / "students" / f"{split}.targets.json").is_file()
+        assert (run_dir / "students" / f"{split}-{limit}.targets.json").is_file()
