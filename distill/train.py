@@ -209,64 +209,14 @@ def fit(
         learning_rate(cfg, 1, d_model),
         acc.device,
     )
-    ckpt_dir = out_dir / "checkpoint"
-    state: dict[str, Any] = {"step": 0, "epoch": 0, "batch": 0, "done": False}
-    found = resolve_checkpoint(ckpt_dir)
-    if found is not None:
-        try:
-            state = load_checkpoint(found, model, optimizer)
-        except CheckpointError as err:
-            raise CheckpointError(
-                f"{err}; the checkpoint is from a run with other settings: delete {found} "
-                "(or use another run_dir) to start over"
-            ) from None
-        log.info("%s: resuming from %s at step %d", desc, found, state["step"])
-    metrics = MetricsLog(
-        out_dir / "metrics.jsonl", state["step"] if found else None, acc.is_main_process
-    )
-    plain = model
+    loop = _Loop(cfg, acc, model, optimizer, out_dir, desc, d_model, validate)
     # DDP syncs gradients only for what runs inside its forward: the loss is that forward, so a
     # loss_fn may call any part of the model (a student of a ModuleDict, a method of it).
-    step_module, optimizer = acc.prepare(_LossStep(plain, loss_fn), optimizer)
-
-    def diverged(what: str) -> TrainingDiverged:
-        bar.close()
-        return TrainingDiverged(f"{desc}: {what}; stopped, last good checkpoint kept at {ckpt_dir}")
-
-    def checkpoint() -> None:
-        # A finite loss can still come with inf gradients; never save the weights they broke.
-        if not torch.stack([p.detach().isfinite().all() for p in plain.parameters()]).all():
-            raise diverged(f"weights became non-finite by step {state['step']}")
-        acc.wait_for_everyone()
-        if acc.is_main_process:
-            save_checkpoint(ckpt_dir, plain, optimizer, state)
-
-    def run_validation() -> None:
-        if validate is None:
-            return
-        plain.eval()
-        with torch.no_grad():
-            scores = validate(plain)
-        plain.train()
-        metrics.write(step=state["step"], epoch=state["epoch"], **scores)
-        log.info("%s step %d: %s", desc, state["step"], scores)
-
+    loop.step_module, loop.optimizer = acc.prepare(_LossStep(model, loss_fn), optimizer)
     first = batches_for_epoch(0)
-    # Resumed under another process count, the schedule's length is that count's.
-    total = cfg.epochs * (len(first) // acc.num_processes)
-    if cfg.max_steps:
-        total = min(total, cfg.max_steps)
-    bar = progress_bar(
-        total=total,
-        initial=min(state["step"], total),
-        desc=desc,
-        unit="step",
-        show=acc.is_local_main_process,
-        dynamic_ncols=True,
-    )
-    plain.train()
-    started, seen = time.perf_counter(), 0
-    world, rank = acc.num_processes, acc.process_index
+    loop.open_bar(len(first))
+    state, world, rank = loop.state, acc.num_processes, acc.process_index
+    model.train()
     while not state["done"] and state["epoch"] < cfg.epochs:
         batches = first if state["epoch"] == 0 else batches_for_epoch(state["epoch"])
         # state["batch"] counts the epoch's batches taken by all processes together, so a run
@@ -274,59 +224,132 @@ def fit(
         # each (indices: batches load lazily); a remainder smaller than `world` is dropped.
         start = state["batch"]
         for g in range(start, start + (len(batches) - start) // world * world, world):
-            batch = batches[g + rank]
-            batch = batch.to(acc.device) if hasattr(batch, "to") else batch
-            lr = learning_rate(cfg, state["step"] + 1, d_model, total)
-            for group in optimizer.param_groups:
-                group["lr"] = lr * group.get("lr_scale", 1.0)
-            try:
-                with acc.autocast():
-                    loss = step_module(batch)
-                loss, terms = loss if isinstance(loss, tuple) else (loss, {})
-            except TrainingDiverged as err:
-                raise diverged(f"{err} at step {state['step'] + 1}") from None
-            if not torch.isfinite(loss.detach()):
-                raise diverged(f"loss is {loss.item()} at step {state['step'] + 1}")
-            optimizer.zero_grad(set_to_none=True)
-            acc.backward(loss)
-            if cfg.grad_clip:
-                acc.clip_grad_norm_(plain.parameters(), cfg.grad_clip)
-            optimizer.step()
-            state["step"] += 1
+            loop.train_step(batches[g + rank])
             state["batch"] = g + world
-            seen += 1
-            bar.update(1)
-            if state["step"] % cfg.log_every == 0:
-                elapsed = time.perf_counter() - started
-                # With several processes: the mean of their losses (each saw its own batch).
-                logged = acc.reduce(loss.detach(), "mean") if acc.num_processes > 1 else loss
-                metrics.write(
-                    step=state["step"],
-                    epoch=state["epoch"],
-                    loss=logged.item(),
-                    **{name: float(value) for name, value in terms.items()},
-                    lr=lr,
-                    steps_per_s=seen / elapsed,
-                )
-                bar.set_postfix(loss=f"{logged.item():.4f}", epoch=state["epoch"])
             if cfg.eval_every and state["step"] % cfg.eval_every == 0:
-                run_validation()
+                loop.validation()
             if cfg.max_steps and state["step"] >= cfg.max_steps:
                 state["done"] = True
                 break
             if state["step"] % cfg.ckpt_every == 0:
-                checkpoint()
+                loop.checkpoint()
         else:
             state["epoch"] += 1
             state["batch"] = 0
             if not cfg.eval_every:
-                run_validation()
-        checkpoint()
+                loop.validation()
+        loop.checkpoint()
     if not state["done"]:
         state["done"] = True
-        checkpoint()
-    bar.close()
+        loop.checkpoint()
+    loop.bar.close()
     return state
+
+
+class _Loop:
+    """The moving parts of one ``fit`` call, each step of the loop a method: resuming, one
+    optimizer step, its log line, validation, checkpoints."""
+
+    def __init__(self, cfg, acc, model, optimizer, out_dir: Path, desc: str, d_model, validate):
+        self.cfg, self.acc, self.plain, self.optimizer = cfg, acc, model, optimizer
+        self.desc, self.d_model, self.validate = desc, d_model, validate
+        self.ckpt_dir = out_dir / "checkpoint"
+        self.state: dict[str, Any] = {"step": 0, "epoch": 0, "batch": 0, "done": False}
+        found = resolve_checkpoint(self.ckpt_dir)
+        if found is not None:
+            try:
+                self.state = load_checkpoint(found, model, optimizer)
+            except CheckpointError as err:
+                raise CheckpointError(
+                    f"{err}; the checkpoint is from a run with other settings: delete {found} "
+                    "(or use another run_dir) to start over"
+                ) from None
+            log.info("%s: resuming from %s at step %d", desc, found, self.state["step"])
+        resumed_at = self.state["step"] if found else None
+        self.metrics = MetricsLog(out_dir / "metrics.jsonl", resumed_at, acc.is_main_process)
+        self.step_module: torch.nn.Module = model
+        self.total, self.bar = 0, None
+        self.started, self.seen = time.perf_counter(), 0
+
+    def open_bar(self, first_epoch_batches: int) -> None:
+        """The schedule's length and the progress bar. Resumed under another process count,
+        the schedule's length is that count's."""
+        self.total = self.cfg.epochs * (first_epoch_batches // self.acc.num_processes)
+        if self.cfg.max_steps:
+            self.total = min(self.total, self.cfg.max_steps)
+        self.bar = progress_bar(
+            total=self.total,
+            initial=min(self.state["step"], self.total),
+            desc=self.desc,
+            unit="step",
+            show=self.acc.is_local_main_process,
+            dynamic_ncols=True,
+        )
+        self.started, self.seen = time.perf_counter(), 0
+
+    def diverged(self, what: str) -> TrainingDiverged:
+        self.bar.close()
+        return TrainingDiverged(
+            f"{self.desc}: {what}; stopped, last good checkpoint kept at {self.ckpt_dir}"
+        )
+
+    def train_step(self, batch) -> None:
+        """One optimizer step on ``batch`` at the schedule's rate, then its log line."""
+        acc, state = self.acc, self.state
+        batch = batch.to(acc.device) if hasattr(batch, "to") else batch
+        lr = learning_rate(self.cfg, state["step"] + 1, self.d_model, self.total)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr * group.get("lr_scale", 1.0)
+        try:
+            with acc.autocast():
+                loss = self.step_module(batch)
+            loss, terms = loss if isinstance(loss, tuple) else (loss, {})
+        except TrainingDiverged as err:
+            raise self.diverged(f"{err} at step {state['step'] + 1}") from None
+        if not torch.isfinite(loss.detach()):
+            raise self.diverged(f"loss is {loss.item()} at step {state['step'] + 1}")
+        self.optimizer.zero_grad(set_to_none=True)
+        acc.backward(loss)
+        if self.cfg.grad_clip:
+            acc.clip_grad_norm_(self.plain.parameters(), self.cfg.grad_clip)
+        self.optimizer.step()
+        state["step"] += 1
+        self.seen += 1
+        self.bar.update(1)
+        if state["step"] % self.cfg.log_every == 0:
+            self.log_step(loss, terms, lr)
+
+    def log_step(self, loss: torch.Tensor, terms: dict, lr: float) -> None:
+        acc = self.acc
+        # With several processes: the mean of their losses (each saw its own batch).
+        logged = acc.reduce(loss.detach(), "mean") if acc.num_processes > 1 else loss
+        self.metrics.write(
+            step=self.state["step"],
+            epoch=self.state["epoch"],
+            loss=logged.item(),
+            **{name: float(value) for name, value in terms.items()},
+            lr=lr,
+            steps_per_s=self.seen / (time.perf_counter() - self.started),
+        )
+        self.bar.set_postfix(loss=f"{logged.item():.4f}", epoch=self.state["epoch"])
+
+    def validation(self) -> None:
+        if self.validate is None:
+            return
+        self.plain.eval()
+        with torch.no_grad():
+            scores = self.validate(self.plain)
+        self.plain.train()
+        self.metrics.write(step=self.state["step"], epoch=self.state["epoch"], **scores)
+        log.info("%s step %d: %s", self.desc, self.state["step"], scores)
+
+    def checkpoint(self) -> None:
+        # A finite loss can still come with inf gradients; never save the weights they broke.
+        if not torch.stack([p.detach().isfinite().all() for p in self.plain.parameters()]).all():
+            raise self.diverged(f"weights became non-finite by step {self.state['step']}")
+        self.acc.wait_for_everyone()
+        if self.acc.is_main_process:
+            save_checkpoint(self.ckpt_dir, self.plain, self.optimizer, self.state)
 
 
 class _LossStep(torch.nn.Module):
