@@ -1,6 +1,6 @@
 """Train the teacher Transformer, then score it with sacreBLEU on the test split.
 
-    distill run teacher --config demo            # embedded corpus, ~15 min on 2 CPU cores
+    distill run teacher --config demo            # embedded corpus, ~10 min on 2 CPU cores
     distill run teacher --config tiny            # seconds; what the tests run
     distill run teacher --config demo pretrained=PATH run_dir=runs/mine   # your MarianMTModel
 
