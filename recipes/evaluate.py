@@ -157,7 +157,7 @@ def evaluate_export(cfg: Config) -> dict:
     reps = config["replacements"]
     row = {
         "variant": config.get("variant", Path(cfg.run_dir).name),
-        "stage": config.get("stage", "layer-wise"),
+        "stage": config.get("stage", "layer-wise") if reps else "",  # the teacher has none
         "modes": sorted({r["mode"] for r in reps.values()}),
         "students": ", ".join(sorted({student_kind(r["mode"], r) for r in reps.values()})),
         "sites": list(reps),

@@ -387,7 +387,7 @@ def test_redo_removes_and_retrains_that_output_and_what_was_built_on_it(tiny_run
 
 
 def test_a_run_dir_from_before_stored_settings_is_trusted_and_still_exports(
-    tiny_run, tmp_path, caplog
+    tiny_run, tmp_path, caplog, capsys
 ):
     run = _copy_run(tiny_run, tmp_path)
     for old in run.rglob("settings.json"):
@@ -401,3 +401,8 @@ def test_a_run_dir_from_before_stored_settings_is_trusted_and_still_exports(
     out = tmp_path / "export"
     assert main(["-q", "export", str(run), "--variant", "attentionless", "--out", str(out)]) == 0
     assert (out / "model.safetensors").is_file()
+    assert main(["-q", "export", str(run), "--variant", "teacher", "--out", str(out)]) == 0
+    capsys.readouterr()
+    assert main(["-q", "evaluate", str(out), "--source", "demo", "--max-sentences", "3"]) == 0
+    row = capsys.readouterr().out.splitlines()[2]
+    assert row.startswith("| teacher |  |")  # no stage: nothing was replaced
