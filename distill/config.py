@@ -99,7 +99,10 @@ def from_dict(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     kwargs = {}
+    removed = getattr(cls, "REMOVED_KEYS", {})  # a class's retired keys -> what replaced them
     for key, value in data.items():
+        if key in removed and key not in fields:
+            raise ConfigError(f"config key {_quote(f'{prefix}{key}')} was removed: {removed[key]}")
         if key not in fields:
             known = ", ".join(sorted(fields))
             raise ConfigError(f"unknown config key {_quote(f'{prefix}{key}')} (known: {known})")
@@ -144,20 +147,30 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     return key.split("."), value
 
 
+def _entry(item: Any) -> bool:
+    """A name, or a one-key mapping {name: settings}: an item of a list that selects."""
+    if isinstance(item, dict):
+        return len(item) == 1 and isinstance(next(iter(item)), str)
+    return isinstance(item, str)
+
+
 def merge(base: dict[str, Any], delta: dict[str, Any]) -> dict[str, Any]:
     """Recursive dict merge; ``delta`` wins. A list of names over a mapping selects (and orders)
     its entries, keeping their settings: ``modes=[alr, cross]`` over ``modes: {alr: {lr: 1e-4},
-    dec_self: {...}, cross: {...}}`` keeps alr's and cross's settings; a new name gets none."""
+    dec_self: {...}, cross: {...}}`` keeps alr's and cross's settings; a new name gets none. An
+    item may also be ``{name: {settings}}``, merged over that entry's: ``[alr, {cross: {epochs:
+    8}}]``."""
     out = dict(base)
     for key, value in delta.items():
         if isinstance(value, dict) and isinstance(out.get(key), dict):
             out[key] = merge(out[key], value)
-        elif (
-            isinstance(value, list)
-            and isinstance(out.get(key), dict)
-            and all(isinstance(v, str) for v in value)
-        ):
-            out[key] = {name: out[key].get(name, {}) for name in value}
+        elif isinstance(value, list) and isinstance(out.get(key), dict) and all(map(_entry, value)):
+            picked = [item if isinstance(item, dict) else {item: {}} for item in value]
+            out[key] = {
+                name: merge(out[key].get(name) or {}, own or {})
+                for item in picked
+                for name, own in item.items()
+            }
         else:
             out[key] = value
     return out

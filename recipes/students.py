@@ -36,6 +36,7 @@ import logging
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 import torch
 from torch import nn
@@ -98,16 +99,6 @@ def _student_train_defaults() -> TrainConfig:
     )
 
 
-ALIASES = {  # the flat per-mode keys of older configs -> the ModeSettings field they set
-    "sizes": "size",
-    "activations": "activation",
-    "lrs": "lr",
-    "epochs": "epochs",
-    "schedules": "schedule",
-    "local_units": "local_units",
-}
-
-
 @dataclass
 class ModeSettings:
     """One mode's settings in ``modes: {alr: {size: m, lr: 1e-4, epochs: 5}, ...}``; an unset
@@ -167,19 +158,23 @@ class Config:
     # online mode decodes them, disk mode needs a recording made with the same targets.
     targets: str = "reference"
     train: TrainConfig = field(default_factory=_student_train_defaults)
-    # Older flat per-mode keys, still accepted (empty unless given): each sets that field of the
-    # modes it names, over `modes` (`sizes: {elr: l}` is `modes: {elr: {size: l}}`);
-    # `residual: [alrr]` lists the modes that learn output - input ([] = none).
-    sizes: dict[str, str] = field(default_factory=dict)
-    activations: dict[str, str] = field(default_factory=dict)
-    lrs: dict[str, float] = field(default_factory=dict)
-    epochs: dict[str, int] = field(default_factory=dict)
-    schedules: dict[str, str] = field(default_factory=dict)
-    local_units: dict[str, int] = field(default_factory=dict)
-    residual: list[str] | None = None
     # Modes trained site by site in model order, each site on teacher passes with the students
     # of every earlier listed site spliced in (source=online; no two may share a site).
     progressive: list[str] = field(default_factory=list)
+
+    # The flat per-mode keys of older configs: each is now a field of ``modes: {MODE: {...}}``.
+    REMOVED_KEYS: ClassVar[dict[str, str]] = {
+        old: f"use modes: {{MODE: {{{new}: ...}}}} (e.g. modes.elr.{new}=...)"
+        for old, new in (
+            ("sizes", "size"),
+            ("activations", "activation"),
+            ("lrs", "lr"),
+            ("epochs", "epochs"),
+            ("schedules", "schedule"),
+            ("local_units", "local_units"),
+            ("residual", "residual"),
+        )
+    }
 
     def __post_init__(self) -> None:
         if isinstance(self.modes, list):
@@ -187,25 +182,6 @@ class Config:
         for mode in self.modes:
             if mode not in MODES:
                 raise ValueError(f"unknown mode '{mode}' (known: {', '.join(MODES)})")
-        for key, name in ALIASES.items():
-            for mode, value in getattr(self, key).items():
-                if mode not in MODES:
-                    known = ", ".join(MODES)
-                    raise ValueError(f"unknown mode '{mode}' in {key} (known: {known})")
-                if mode in self.modes:
-                    try:
-                        self.modes[mode] = dataclasses.replace(self.modes[mode], **{name: value})
-                    except (TypeError, ValueError) as err:
-                        raise ValueError(f"{key}: {mode}: {err}") from None
-        if self.residual is not None:
-            for mode in self.residual:
-                if mode not in MODES or not MODES[mode].residual:
-                    raise ValueError(
-                        f"residual: mode '{mode}' has no residual variant "
-                        f"(only {', '.join(RESIDUAL_MODES)})"
-                    )
-            for mode, settings in self.modes.items():
-                settings.residual = mode in self.residual
         ModeSettings(size=self.size, activation=self.activation)  # checks the config-wide two
         if self.init not in INITS:
             raise ValueError(f"init must be one of {', '.join(INITS)}, got '{self.init}'")
@@ -424,7 +400,7 @@ def claim_mode(cfg: Config, mode: str, model_cfg, report: bool = True) -> Claim:
         for m in one.modes
     }
     tree = to_dict(dataclasses.replace(one, modes=own))
-    for key in (*ALIASES, "residual", "size", "activation"):  # folded into modes.<mode>
+    for key in ("size", "activation"):  # folded into modes.<mode>
         tree.pop(key)
     online = cfg.source == "online"
     free = () if online else ("shard_size", "max_sentences")  # online-only keys

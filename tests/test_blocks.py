@@ -154,7 +154,7 @@ def test_alrr_and_residual_students_on_a_simplified_teacher_are_one_line_errors(
     assert "\n" not in err and "mode 'alrr'" in err and f"'{block}' teacher" in err
     # residual students (output - input) need a skip to learn the change of
     argv = ["run", "students", "--config", "tiny", f"run_dir={run_dir}", "modes=[elr]"]
-    assert main(["-q", *argv, "residual=[elr]"]) == 2
+    assert main(["-q", *argv, "modes.elr.residual=true"]) == 2
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and f"the {block} teacher has no skip" in err
     assert sorted(p.name for p in (run_dir / "students").iterdir()) == before

@@ -189,7 +189,7 @@ def test_a_marian_teacher_runs_the_pipeline_and_its_export_works_through_transfo
 
 def test_residual_students_are_refused_on_a_post_ln_teacher(marian_run, capsys):
     args = ["-q", "run", "students", "--config", "tiny", f"run_dir={marian_run}"]
-    assert main(args + ["modes=[alrr]", "residual=[alrr]"]) == 2
+    assert main(args + ["modes=[alrr]", "modes.alrr.residual=true"]) == 2
     assert "post-LN" in capsys.readouterr().err
 
 

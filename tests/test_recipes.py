@@ -59,7 +59,7 @@ def test_record_and_student_stages_cover_every_mode(tiny_run):
 def test_local_units_that_fill_a_students_hidden_layer_fail_before_training(tiny_run, capsys):
     before = sorted(p.stat().st_mtime_ns for p in (tiny_run / "students").rglob("*"))
     argv = ["run", "students", "--config", "tiny", f"run_dir={tiny_run}", "modes=[elr]"]
-    assert main(["-q", *argv, "local_units={elr: 7}", "sizes={elr: s}"]) == 2
+    assert main(["-q", *argv, "modes.elr.local_units=7", "modes.elr.size=s"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("distill: error: local_units: elr") and "\n" not in err
     assert sorted(p.stat().st_mtime_ns for p in (tiny_run / "students").rglob("*")) == before
