@@ -34,7 +34,7 @@ def _config_body(ns: dict) -> None:
     """DistillConfig's fields: every ``ModelConfig`` field with its default, then the export's."""
     fields = {f.name: (f.type, f.default) for f in dataclasses.fields(ModelConfig)}
     fields.update(
-        replacements=("dict | None", None),  # {site: {mode, size, activation}}; None = the teacher
+        replacements=("dict | None", None),  # {site: StudentSpec dict}; None = the teacher
         tokenizer=("dict | None", None),
         is_encoder_decoder=("bool", True),
         use_cache=("bool", True),

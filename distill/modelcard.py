@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 from distill.model import format_count
+from distill.students import StudentSpec
 
 CARD = """---
 {front_matter}
@@ -17,8 +20,6 @@ at most {max_len} tokens per side) distilled with `distill` on the `{corpus}` co
 
 ## Replaced sites
 
-| site | mode | size | activation |
-|---|---|---|---|
 {sites}
 
 ## Scores
@@ -188,14 +189,24 @@ TOKENIZER_TEXT = {
 }
 
 
+def student_table(replacements: dict[str, dict]) -> str:
+    """The markdown table of the replaced sites, one column per ``StudentSpec`` field."""
+    names = [f.name for f in dataclasses.fields(StudentSpec)]
+    rows = [f"| site | {' | '.join(names)} |", "|---" * (len(names) + 1) + "|"]
+    for site, spec in replacements.items():
+        values = StudentSpec.from_dict(spec).to_dict()
+        rows.append(f"| `{site}` | {' | '.join(str(values[n]) for n in names)} |")
+    if not replacements:
+        rows.append("| (none: this is the teacher) |" + " |" * len(names))
+    return "\n".join(rows)
+
+
 def model_card(config: dict, row: dict, note: str, name: str, whole: dict | None = None) -> str:
     """README.md for the export ``name`` described by ``config``, scored by ``row`` on ``note``
     and, when given, by ``whole`` on every pair of the test split."""
     src, _, tgt = config["data"]["pair"].partition("-")
     reps, params = config["replacements"], config["parameters"]
-    sites = "\n".join(
-        f"| `{site}` | {r['mode']} | {r['size']} | {r['activation']} |" for site, r in reps.items()
-    )
+    sites = student_table(reps)
     beam = row.get("beam", 1)
     tuned = config.get("finetune")
     if config.get("stage") == "tuned" and tuned:
@@ -220,7 +231,7 @@ def model_card(config: dict, row: dict, note: str, name: str, whole: dict | None
         variant=config["variant"],
         corpus=config["data"]["source"],
         n_sites=len(reps),
-        sites=sites or "| (none: this is the teacher) | | | |",
+        sites=sites,
         bleu=row["bleu"],
         chrf=row["chrf"],
         speed=row["sentences_per_s"],

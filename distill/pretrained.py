@@ -1,11 +1,11 @@
 """Export directories: the ``config.json`` schema, rebuilding the spliced model, loading it.
 
 An export directory (written by ``distill.export.export``) holds:
-    config.json             teacher dimensions, tokenizer, ``replacements`` {site: {mode, size,
-                            activation}} and the keys transformers reads (model_type, auto_map,
-                            ids); for people, not read back: ``attentionless``,
-                            ``teacher_attention`` (the sites that keep the teacher's attention)
-                            and ``hybrid`` ({base, kept} or null)
+    config.json             teacher dimensions, tokenizer, ``replacements`` {site: a
+                            ``StudentSpec``'s dict} and the keys transformers reads
+                            (model_type, auto_map, ids); for people, not read back:
+                            ``attentionless``, ``teacher_attention`` (the sites that keep the
+                            teacher's attention) and ``hybrid`` ({base, kept} or null)
     model.safetensors       state dict of the spliced model: replaced attention has no weights here
     spm.model               the SentencePiece tokenizer (a Marian teacher's export: its renumbered
                             MarianTokenizer files instead, see distill.marian)
@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 from distill.checkpoint import load_state_dict, load_tensors, read_json
-from distill.errors import CheckpointError, DataError
+from distill.errors import CheckpointError, ConfigError, DataError
 from distill.model import (
     BOS_ID,
     EOS_ID,
@@ -36,8 +36,8 @@ from distill.model import (
     Seq2SeqTransformer,
     site_path,
 )
-from distill.modes import ACTIVATIONS, MODES, SIZES, mode_sites
-from distill.students import build_student, splice
+from distill.modes import MODES, mode_sites
+from distill.students import StudentSpec, build_student, splice
 
 log = logging.getLogger(__name__)
 
@@ -108,9 +108,6 @@ def generation_config(cfg: ModelConfig) -> dict:
     }
 
 
-REQUIRED = {"mode", "size", "activation"}  # per replaced site; "residual" is optional
-
-
 def parse_config(config: dict, source: Path | str) -> tuple[ModelConfig, dict[str, dict]]:
     """(ModelConfig, replacements) from a ``config.json`` dict; CheckpointError names the key."""
     missing = [k for k in MODEL_KEYS + ("replacements",) if k not in config]
@@ -135,15 +132,12 @@ def parse_config(config: dict, source: Path | str) -> tuple[ModelConfig, dict[st
     if not isinstance(replacements, dict):
         raise CheckpointError(f"{source}: 'replacements' must be a mapping site -> spec")
     for site, spec in replacements.items():
-        where = f"{source}: 'replacements.{site}'"
-        if not isinstance(spec, dict) or not (REQUIRED <= set(spec) <= REQUIRED | {"residual"}):
-            raise CheckpointError(f"{where} must hold mode, size, activation (and residual)")
-        if not isinstance(spec.get("residual", False), bool):
-            raise CheckpointError(f"{where}: residual must be true or false")
-        if spec["size"] not in SIZES:
-            raise CheckpointError(f"{where}: unknown size {spec['size']!r}")
-        if spec["activation"] not in ACTIVATIONS:
-            raise CheckpointError(f"{where}: unknown activation {spec['activation']!r}")
+        if not isinstance(spec, dict):
+            raise CheckpointError(f"{source}: 'replacements.{site}' must be a mapping")
+        try:
+            StudentSpec.from_dict(spec, f"replacements.{site}", strict=True)
+        except ConfigError as err:
+            raise CheckpointError(f"{source}: {err}") from None
     try:
         check_spec({s: r["mode"] for s, r in replacements.items()}, cfg)
     except ValueError as err:
@@ -157,8 +151,7 @@ def build_model(
     """A freshly initialised model of the exported architecture (teacher + spliced students)."""
     model = (cls or Seq2SeqTransformer)(cfg)
     students = {
-        site: build_student(r["mode"], cfg, r["size"], r["activation"], r.get("residual", False))
-        for site, r in replacements.items()
+        site: build_student(StudentSpec.from_dict(r), cfg) for site, r in replacements.items()
     }
     splice(model, students)
     return model.eval()

@@ -129,8 +129,8 @@ def students_dir(run_dir: str | Path) -> Path:
 
 
 def student_spec(run_dir: str | Path, mode: str) -> dict:
-    """RUN_DIR/students/<mode>/spec.json (mode, size, sites, activation, residual, init,
-    local_units)."""
+    """RUN_DIR/students/<mode>/spec.json: a ``StudentSpec``'s fields, the sites, the init and
+    the training settings that shaped them (local_units, align, progressive)."""
     path = students_dir(run_dir) / mode / "spec.json"
     if not path.is_file():
         raise CheckpointError(
@@ -139,24 +139,30 @@ def student_spec(run_dir: str | Path, mode: str) -> dict:
     return read_json(path)
 
 
+def trained_student(run_dir: str | Path, mode: str):
+    """The ``StudentSpec`` of ``mode``'s trained students (CheckpointError names the file)."""
+    from distill.students import StudentSpec
+
+    path = students_dir(run_dir) / mode / "spec.json"
+    try:
+        return StudentSpec.from_dict(student_spec(run_dir, mode))
+    except ConfigError as err:
+        raise CheckpointError(f"{path}: {err}") from None
+
+
 def load_students(run_dir: str | Path, mode: str, model_cfg: ModelConfig) -> dict:
     """{site: trained student} of ``mode`` from RUN_DIR/students/<mode>/."""
     from distill.students import build_student
 
     path = students_dir(run_dir) / mode
-    spec = student_spec(run_dir, mode)
+    sites, spec = student_spec(run_dir, mode)["sites"], trained_student(run_dir, mode)
     students = torch.nn.ModuleDict(
-        {
-            s.replace(".", "/"): build_student(
-                mode, model_cfg, spec["size"], spec["activation"], spec.get("residual", False)
-            )
-            for s in spec["sites"]
-        }
+        {s.replace(".", "/"): build_student(spec, model_cfg) for s in sites}
     )
     load_state_dict(
         students, load_tensors(path / "students.safetensors"), path / "students.safetensors"
     )
-    return {s: students[s.replace(".", "/")].eval() for s in spec["sites"]}
+    return {s: students[s.replace(".", "/")].eval() for s in sites}
 
 
 def variant_spec(
@@ -176,16 +182,16 @@ def variant_spec(
 def splice_spec(model, run_dir: str | Path, spec: dict[str, str], fresh: bool = False) -> dict:
     """Splice the students of ``spec`` ({site: mode}) from RUN_DIR/students into ``model``;
     ``fresh``: the same architectures, randomly initialised. Returns the export's
-    ``replacements`` ({site: {mode, size, activation, residual}}) and the parameter counts."""
+    ``replacements`` ({site: StudentSpec dict}) and the parameter counts."""
     from distill.model import count_parameters, site_path
     from distill.students import build_student, effective_parameters, splice
 
     replacements, chosen, replaced, student = {}, {}, 0, 0
     for mode in dict.fromkeys(spec.values()):
-        trained = student_spec(run_dir, mode)
+        trained = trained_student(run_dir, mode)
         if fresh:
-            size, act, res = trained["size"], trained["activation"], trained.get("residual", False)
-            students = {s: build_student(mode, model.cfg, size, act, res) for s in trained["sites"]}
+            sites = student_spec(run_dir, mode)["sites"]
+            students = {s: build_student(trained, model.cfg) for s in sites}
         else:
             students = load_students(run_dir, mode, model.cfg)
         for site in [s for s in spec if spec[s] == mode]:
@@ -194,12 +200,7 @@ def splice_spec(model, run_dir: str | Path, spec: dict[str, str], fresh: bool = 
             chosen[site] = students[site]
             replaced += count_parameters(model.get_submodule(site_path(site, model.cfg)))
             student += effective_parameters(students[site])
-            replacements[site] = {
-                "mode": mode,
-                "size": trained["size"],
-                "activation": trained["activation"],
-                "residual": trained.get("residual", False),
-            }
+            replacements[site] = trained.to_dict()
     splice(model, chosen)
     return {"replacements": replacements, "replaced": replaced, "student": student}
 

@@ -16,7 +16,10 @@ Dimension letters: B batch, L actual length, M max_len, D d_model, K head dim, H
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import dataclasses
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -24,7 +27,7 @@ from torch import nn
 
 from distill.cross_students import PairGateStudent, SlotStudent, alignment_loss
 from distill.model import ModelConfig, recompute_step, site_path
-from distill.modes import ACTIVATIONS, GATED, RESIDUAL_MODES, apply_activation, mode
+from distill.modes import ACTIVATIONS, GATED, MODES, RESIDUAL_MODES, SIZES, apply_activation, mode
 
 
 class MaskedLinear(nn.Linear):
@@ -381,23 +384,71 @@ def least_squares_units(student: nn.Module, d_out: int) -> list[tuple[FlatMLP, s
     raise ValueError(f"least-squares init needs a non-causal student, got {type(student).__name__}")
 
 
-def build_student(
-    name: str,
-    cfg: ModelConfig,
-    size: str = "m",
-    activation: str = "leaky_relu",
-    residual: bool = False,
-) -> nn.Module:
-    """A fresh student for one site of mode ``name`` with the paper's width for ``size``; with
-    ``residual`` (modes whose site returns input + change) it learns output - input.
+@dataclass(frozen=True)
+class StudentSpec:
+    """What one site's student is: the one record of a student's settings.
+
+    Checked here, built by ``build_student``, written as its dict (``to_dict``) into
+    students/<mode>/spec.json, an export's ``replacements``, the model card's rows and the
+    results table, and read back with the config loader (``from_dict``). A new student setting is
+    a field here, read by the student class it concerns in ``build_student``."""
+
+    mode: str
+    size: str = "m"
+    activation: str = "leaky_relu"
+    residual: bool = False  # learns output - input (modes whose site returns input + change)
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ValueError(f"unknown mode '{self.mode}' (known: {', '.join(MODES)})")
+        if self.size not in SIZES:
+            raise ValueError(f"unknown size '{self.size}' (known: {', '.join(SIZES)})")
+        if self.activation not in ACTIVATIONS:
+            known = ", ".join(ACTIVATIONS)
+            raise ValueError(f"unknown activation '{self.activation}' (known: {known})")
+        if self.residual and not MODES[self.mode].residual:
+            only = ", ".join(RESIDUAL_MODES)
+            raise ValueError(f"mode '{self.mode}' has no residual variant (only {only})")
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], where: str = "", strict: bool = False):
+        """The spec in ``data`` (a spec.json, one of an export's ``replacements``); other keys
+        are ignored unless ``strict``. Bad values raise ConfigError naming ``where`` and the key."""
+        from distill.config import from_dict
+
+        names = {f.name for f in dataclasses.fields(cls)}
+        own = dict(data) if strict else {k: v for k, v in data.items() if k in names}
+        return from_dict(cls, own, f"{where}." if where else "")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def label(self) -> str:
+        """``"alrr m residual"``: the mode, its size (per head for per-head modes) and every
+        other setting that is not its default, as tables name a student."""
+        parts = [self.mode, f"{self.size}/head" if MODES[self.mode].per_head else self.size]
+        for f in dataclasses.fields(self)[2:]:
+            value = getattr(self, f.name)
+            if value == f.default:
+                continue
+            if isinstance(value, bool):
+                parts.append(f.name if value else f"no {f.name}")
+            else:
+                parts.append(str(value))
+        return " ".join(parts)
+
+
+def build_student(spec: StudentSpec | str, cfg: ModelConfig, *args, **kwargs) -> nn.Module:
+    """A fresh student of ``spec`` (or of ``StudentSpec(spec, *args, **kwargs)``, a mode name)
+    for one site of a teacher of ``cfg``, with the paper's width for its size.
 
     Every student is called as ``student(x, mask, memory, memory_mask)``; students of modes
     without memory ignore the last two."""
+    if isinstance(spec, str):
+        spec = StudentSpec(spec, *args, **kwargs)
+    name, size, activation, residual = spec.mode, spec.size, spec.activation, spec.residual
     spec = mode(name)
     width, m, d = spec.width(size), cfg.max_len, cfg.d_model
-    if residual and not spec.residual:
-        only = ", ".join(RESIDUAL_MODES)
-        raise ValueError(f"mode '{name}' has no residual variant (only {only})")
     if residual and not cfg.residual_sites:
         layout = f"{cfg.family}, post-LN" if not cfg.pre_norm else f"block {cfg.block}"
         raise ValueError(f"mode '{name}': residual students need a pre-LN teacher ({layout})")

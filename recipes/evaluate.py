@@ -30,7 +30,7 @@ from distill.data import DataConfig, scored_pairs
 from distill.device import resolve_device
 from distill.errors import ConfigError
 from distill.model import teacher_attention
-from distill.modes import MODES, VARIANTS, resolve_variant, resolve_variants
+from distill.modes import VARIANTS, resolve_variant, resolve_variants
 from distill.runs import (
     load_teacher,
     load_variant,
@@ -39,6 +39,7 @@ from distill.runs import (
     teacher_data,
     tuned_spec,
 )
+from distill.students import StudentSpec
 
 log = logging.getLogger("recipes.evaluate")
 
@@ -75,10 +76,9 @@ def test_pairs(cfg: Config, tok, max_len: int, data: DataConfig | None = None):
     return scored_pairs(data, cfg.split, tok, max_len, cfg.max_sentences, cfg.source, cfg.pair)
 
 
-def student_kind(mode: str, spec: dict) -> str:
+def student_kind(spec: dict) -> str:
     """``"alrr m residual"``: a mode's students as the results table names them."""
-    size = f"{spec['size']}/head" if MODES[mode].per_head else spec["size"]
-    return f"{mode} {size}" + (" residual" if spec.get("residual") else "")
+    return StudentSpec.from_dict(spec).label()
 
 
 def available_modes(run_dir: str) -> set[str]:
@@ -102,7 +102,7 @@ def evaluate_run(cfg: Config) -> dict:
         for stage in stages:
             tuned = name if stage == "tuned" else None
             model, _, info = load_variant(cfg.run_dir, modes, tuned, variant.kept, device=device)
-            kinds = [student_kind(mode, student_spec(cfg.run_dir, mode)) for mode in modes]
+            kinds = [student_kind(student_spec(cfg.run_dir, mode)) for mode in modes]
             sites = list(info["replacements"])
             log.info("evaluating %s, %s (%d sites replaced)", name, stage, len(sites))
             result, _ = evaluate_model(
@@ -159,7 +159,7 @@ def evaluate_export(cfg: Config) -> dict:
         "variant": config.get("variant", Path(cfg.run_dir).name),
         "stage": config.get("stage", "layer-wise") if reps else "",  # the teacher has none
         "modes": sorted({r["mode"] for r in reps.values()}),
-        "students": ", ".join(sorted({student_kind(r["mode"], r) for r in reps.values()})),
+        "students": ", ".join(sorted({student_kind(r) for r in reps.values()})),
         "sites": list(reps),
         "params_replaced": config.get("parameters", {}).get("replaced", 0),
         "params_student": config.get("parameters", {}).get("student", 0),

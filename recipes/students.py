@@ -82,7 +82,7 @@ from distill.runs import (
     write_config,
 )
 from distill.stages import Claim, begin, result_settings
-from distill.students import build_student, init_from_teacher
+from distill.students import StudentSpec, build_student, init_from_teacher
 from distill.train import SCHEDULES, TrainConfig, fit, process_state
 
 log = logging.getLogger("recipes.students")
@@ -238,6 +238,11 @@ class Config:
         found = self.modes[mode].residual
         return MODES[mode].residual and residual_sites if found is None else found
 
+    def student_of(self, mode: str, model_cfg) -> StudentSpec:
+        """The spec of ``mode``'s students for a teacher of ``model_cfg``."""
+        residual = self.residual_of(mode, model_cfg.residual_sites)
+        return StudentSpec(mode, self.size_of(mode), self.activation_of(mode), residual)
+
     def train_of(self, mode: str) -> TrainConfig:
         """``train`` with the mode's own rate, epochs and schedule."""
         s = self.modes[mode]
@@ -325,11 +330,11 @@ def _build(cfg: Config, mode: str, teacher) -> nn.ModuleDict:
     weights whichever way they train; a student with a teacher counterpart (cross_gate's
     values) starts from the teacher site's weights (``init_from_teacher``)."""
     model_cfg = teacher.cfg
-    size, residual = cfg.size_of(mode), cfg.residual_of(mode, model_cfg.residual_sites)
+    spec = cfg.student_of(mode, model_cfg)
     torch.manual_seed(cfg.train.seed)
     students = nn.ModuleDict()
     for s in mode_sites(mode, model_cfg):
-        student = build_student(mode, model_cfg, size, cfg.activation_of(mode), residual)
+        student = build_student(spec, model_cfg)
         init_from_teacher(student, teacher.get_submodule(site_path(s, model_cfg)))
         students[student_key(s)] = student
     return students.to(stage_device())  # the least-squares init runs there too, before fit
@@ -365,11 +370,8 @@ def _finish(cfg: Config, mode: str, students: nn.ModuleDict, model_cfg, **extra)
     init, local = _init_of(cfg, mode)
     save_tensors(out / "students.safetensors", students.state_dict())
     spec = {
-        "mode": mode,
-        "size": cfg.size_of(mode),
+        **cfg.student_of(mode, model_cfg).to_dict(),
         "sites": mode_sites(mode, model_cfg),
-        "activation": cfg.activation_of(mode),
-        "residual": cfg.residual_of(mode, model_cfg.residual_sites),
         "init": init,
         "local_units": local,
         "align": cfg.modes[mode].align,
@@ -565,9 +567,7 @@ def train_progressive(cfg: Config, teacher, examples) -> None:
         # A fresh copy: a student's no-grad tables (students.padded_norm_linear's memo) are keyed
         # by tensor versions, which torch's fused Adam steps leave unchanged, so the trained
         # module may hold tables of older weights; a copy computes them from its final ones.
-        residual = cfg.residual_of(mode, teacher.cfg.residual_sites)
-        act = cfg.activation_of(mode)
-        fresh = build_student(mode, teacher.cfg, cfg.size_of(mode), act, residual)
+        fresh = build_student(cfg.student_of(mode, teacher.cfg), teacher.cfg)
         fresh.load_state_dict(student.state_dict())
         spliced[site] = fresh.to(device).eval()
 
