@@ -58,6 +58,12 @@ class ModelConfig:
         return self.family == "distill"
 
     @property
+    def layout(self) -> str:
+        """The layer layout (one of ``LAYOUTS``): the block of the distill family, or Marian's
+        post-LN. Which sites a teacher has depends on it (``distill.model.SITES``)."""
+        return self.block if self.pre_norm else "post_ln"
+
+    @property
     def residual_sites(self) -> bool:
         """Whether the attention sublayers and layers return their input plus a change: pre-LN
         blocks only (post-LN normalises the sum; SAS and SAS-P have no attention skip)."""
@@ -72,6 +78,7 @@ FAMILIES = ("distill", "marian")
 #   sas_p   A·LN(x) + g·MLP(LN x): both read one normalised input, no skip but A's alpha·I
 # Cross-attention stays the standard sublayer (W_Q, W_K, W_V, W_O) in both: see ShapedAttention.
 BLOCKS = ("pre_ln", "sas", "sas_p")
+LAYOUTS = (*BLOCKS, "post_ln")  # ModelConfig.layout: the blocks, and the marian family's post-LN
 FFN_ACTIVATIONS = {"relu": nn.ReLU, "swish": nn.SiLU, "gelu": nn.GELU}
 
 

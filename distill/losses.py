@@ -7,7 +7,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from distill.model import PAD_ID, site_path, site_stack
+from distill.activations import site_io
+from distill.model import PAD_ID, site_path
 from distill.students import training_pass
 from distill.train import TrainingDiverged, masked_mean
 
@@ -24,9 +25,7 @@ def site_loss(
     and the ``teacher`` a cross-attention student that makes gates (``cross_gate``) adds
     ``align`` x the alignment loss of its gates against the teacher site's attention weights on
     the same inputs (layer-wise training only: inference never reads them)."""
-    x, y = batch[f"{site}.x"], batch[f"{site}.y"]
-    mask = batch["src_mask"] if site_stack(site) == "encoder" else batch["tgt_mask"]
-    memory, memory_mask = batch.tensors.get("memory"), batch["src_mask"]
+    x, y, mask, memory, memory_mask = site_io(batch, site)
     probs = None
     if align and teacher is not None and memory is not None:
         with torch.no_grad():

@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from distill.model import site_stack
+from distill.activations import site_io
 from distill.progress import progress_bar
 from distill.students import FlatMLP, apply_activation, least_squares_units
 
@@ -63,8 +63,7 @@ def _site_rows(mlp: FlatMLP, batch, site: str, residual: bool):
     """Normalised flat input (N, P+1), flat target (N, M, Dout_all) and mask (N, M) of a batch,
     on the student's device (a recording's batches arrive on the CPU)."""
     device = mlp.fc1.weight.device
-    x, y = batch[f"{site}.x"].to(device), batch[f"{site}.y"].to(device)
-    mask = (batch["src_mask"] if site_stack(site) == "encoder" else batch["tgt_mask"]).to(device)
+    x, y, mask = (t.to(device) for t in site_io(batch, site)[:3])
     target = (y - x) if residual else y
     pad = mlp.max_len - x.size(1)
     xp = mlp._pad(x, mask).flatten(1)

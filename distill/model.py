@@ -7,7 +7,8 @@ The config, attention core and sublayers are in ``distill.blocks``, the layer la
 post-LN, SAS, SAS-P) in ``distill.layers``; here: presets, positions, the model, the sites.
 Attention is split into a *core* (per-head Q/K/V projections and softmax, output = concatenated
 heads before W_O) and the output projection W_O, so ALR/ASLR students can replace the core and keep
-W_O. Every module a student may replace is a *site* with a stable name (see ``list_sites``).
+W_O. Every module a student may replace is a *site* with a stable name, a row of ``SITES`` (its
+module, its positions' mask, whether it reads the memory, the layouts that have it).
 
 Call signatures shared by a site and any student that replaces it:
     encoder.{i}.self_attn   core(x, mask)                          x = LN(h) (pre-LN, SAS, SAS-P),
@@ -26,8 +27,10 @@ K head dim (D / H), V vocabulary.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import re
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -36,6 +39,7 @@ from distill.blocks import (  # noqa: F401 (ModelConfig and the blocks are re-ex
     BLOCKS,
     FAMILIES,
     FFN_ACTIVATIONS,
+    LAYOUTS,
     AttentionCore,
     Dropout,
     ModelConfig,
@@ -156,48 +160,98 @@ def _init_weights(module: nn.Module) -> None:
 
 # --- sites ---------------------------------------------------------------------------------------
 
-# The one table of replaceable sites: (stack, part) -> the module under layer i that a student
-# replaces ("" part: the whole layer; "" path: the layer itself). Site names are
-# "<stack>.<i>[.<part>]"; list_sites, site_path and the name check all read this table.
+MASKS = ("source", "target")
+
+
+@dataclass(frozen=True)
+class Site:
+    """One row of the site table: which module a student replaces and what that module reads.
+
+    path     the module under layer i ("" for the layer itself)
+    mask     "source" or "target": the padding mask of its positions (input and output alike)
+    memory   it also reads the encoder memory and its mask: called as (x, mask, memory,
+             memory_mask), so its recordings and batches carry the memory
+    layouts  the teacher layouts (``ModelConfig.layout``) that have it
+    what     what it is, in words (error messages)
+    """
+
+    path: str
+    mask: str
+    memory: bool = False
+    layouts: tuple[str, ...] = LAYOUTS
+    what: str = ""
+
+    def __post_init__(self) -> None:
+        if self.mask not in MASKS:
+            raise ValueError(f"site mask must be one of {', '.join(MASKS)}, got {self.mask!r}")
+
+
+# The one table of replaceable sites: (stack, part) -> its row. Site names are
+# "<stack>.<i>[.<part>]" ("" part: the whole layer i); list_sites, site_path, the name check, the
+# recorder and every reader of a site's tensors (distill.activations.site_io) read this table.
 SITES = {
-    ("encoder", "self_attn"): "sublayer0.attn",
-    ("encoder", "sublayer0"): "sublayer0",
-    ("encoder", ""): "",
-    ("decoder", "self_attn"): "sublayer0.attn",
-    ("decoder", "cross_attn"): "sublayer1.attn",
+    ("encoder", "self_attn"): Site("sublayer0.attn", "source", what="the self-attention core"),
+    # SAS's sublayer0 is A·LN(x), with no skip; SAS-P's layer calls the norm and the attention
+    # itself, so no module there is the sublayer.
+    ("encoder", "sublayer0"): Site(
+        "sublayer0",
+        "source",
+        layouts=("pre_ln", "post_ln"),
+        what="the attention sublayer with its skip",
+    ),
+    ("encoder", ""): Site("", "source", what="the whole encoder layer"),
+    ("decoder", "self_attn"): Site(
+        "sublayer0.attn", "target", what="the causal self-attention core"
+    ),
+    ("decoder", "cross_attn"): Site(
+        "sublayer1.attn", "target", memory=True, what="the cross-attention core"
+    ),
 }
 STACKS = ("encoder", "decoder")
-_SITE_RE = re.compile(
-    rf"^({'|'.join(STACKS)})\.(\d+)(?:\.({'|'.join(sorted({p for _, p in SITES if p}))}))?$"
-)
+_SITE_RE = re.compile(rf"^({'|'.join(STACKS)})\.(\d+)(?:\.(\w+))?$")
 
 
 def site_stack(site: str) -> str:
-    """The stack of a site name: "encoder" or "decoder" (whose padding mask applies)."""
+    """The stack of a site name: "encoder" or "decoder"."""
     return site.split(".", 1)[0]
 
 
+def site_info(site: str) -> Site:
+    """The table row of a site name (any layer index); ValueError names an unknown site."""
+    m = _SITE_RE.match(site)
+    row = m and SITES.get((m.group(1), m.group(3) or ""))
+    if not row:
+        raise ValueError(f"unknown site '{site}' (known: encoder.I.self_attn, ...)")
+    return row
+
+
 def list_sites(cfg: ModelConfig) -> list[str]:
-    """Every replaceable site name, encoder first, in layer order."""
+    """Every site a teacher of ``cfg`` has (its layout's), encoder first, in layer order."""
     sites = []
     for stack in STACKS:
         for i in range(cfg.n_enc if stack == "encoder" else cfg.n_dec):
-            sites += [f"{stack}.{i}" + (f".{p}" if p else "") for st, p in SITES if st == stack]
+            sites += [
+                f"{stack}.{i}" + (f".{part}" if part else "")
+                for (st, part), row in SITES.items()
+                if st == stack and cfg.layout in row.layouts
+            ]
     return sites
 
 
 def site_path(site: str, cfg: ModelConfig | None = None) -> str:
-    """Site name -> module path for ``get_submodule``; ValueError names an unknown site."""
-    m = _SITE_RE.match(site)
-    ok = m is not None and (m.group(1), m.group(3) or "") in SITES
-    if ok and cfg is not None:
-        ok = int(m.group(2)) < (cfg.n_enc if m.group(1) == "encoder" else cfg.n_dec)
-    if not ok:
-        known = ", ".join(list_sites(cfg)) if cfg else "encoder.I.self_attn, ..."
-        raise ValueError(f"unknown site '{site}' (known: {known})")
-    stack, idx, part = m.group(1), m.group(2), m.group(3) or ""
-    inner = SITES[(stack, part)]
-    return f"{stack}.{idx}" + (f".{inner}" if inner else "")
+    """Site name -> module path for ``get_submodule``; ValueError names an unknown site, and with
+    ``cfg`` one the teacher lacks (a layer it has not, a site its layout has not)."""
+    if cfg is not None and site not in list_sites(cfg):
+        why = ""
+        with contextlib.suppress(ValueError):
+            row = site_info(site)
+            if cfg.layout not in row.layouts:
+                only = " and ".join(row.layouts)
+                why = f" for a '{cfg.layout}' teacher ({row.what}: {only} teachers only)"
+        raise ValueError(f"unknown site '{site}'{why} (known: {', '.join(list_sites(cfg))})")
+    path = site_info(site).path
+    layer = ".".join(site.split(".")[:2])
+    return f"{layer}.{path}" if path else layer
 
 
 def teacher_attention(model: Seq2SeqTransformer) -> list[str]:

@@ -14,15 +14,12 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 
 from distill.errors import ConfigError
-
-if TYPE_CHECKING:
-    from distill.model import ModelConfig
+from distill.model import ModelConfig, list_sites, site_info, site_stack
 
 SIZES = {"xs": 25, "s": 50, "m": 800, "l": 3200}  # hidden width h per replaced layer
 HEAD_SIZES = {"xs": 200, "s": 400, "m": 800, "l": 800}  # per-head students: h per head
@@ -51,10 +48,15 @@ def apply_activation(name: str, h: torch.Tensor) -> torch.Tensor:
 class Mode:
     """One mode's abilities.
 
-    site           template of the sites it replaces ({i}: layer index)
-    stack          "encoder" or "decoder" (whose padding mask applies, how many layers)
+    site           template of the sites it replaces ({i}: layer index): a row of the site table
+                   (``distill.model.SITES``), which says the mask of its positions, whether it
+                   reads the encoder memory and which teacher layouts have it. The mode fits a
+                   teacher exactly when its sites are among the teacher's (``unsupported``):
+                   ALRR's site, the attention sublayer with its skip, is pre-LN's and post-LN's
+                   only (SAS's sublayer is A·LN(x), SAS-P's is no module of its own)
+    stack          "encoder" or "decoder": the site's stack (checked), how many layers
     causal         output t may read inputs <= t only (decoder students)
-    memory         the student also reads the encoder memory (cross-attention)
+    memory         the student also reads the encoder memory: only where its site does (checked)
     per_head       one student per attention head (ASLR); widths from HEAD_SIZES
     per_position   the paper's decoder student: one non-causal MLP run once per position
     position_wise  one MLP shared by every decoder position (reads position t and the memory)
@@ -66,10 +68,6 @@ class Mode:
                    true of pre-LN teachers (family "distill") only: a post-LN site (Marian's)
                    normalises after adding its input. Every other ability holds for both
                    families (``ModelConfig.family``).
-    blocks         the teacher layer layouts (``ModelConfig.block``) whose sites it can replace:
-                   ALRR's site is the attention sublayer with its skip, which SAS has not (its
-                   sublayer is A·LN(x)) and SAS-P has not as a module (one norm feeds both
-                   branches); every other mode's site exists in every block.
     """
 
     name: str
@@ -83,7 +81,13 @@ class Mode:
     pair: bool = False
     slots: bool = False
     residual: bool = False
-    blocks: tuple[str, ...] = ("pre_ln", "sas", "sas_p")
+
+    def __post_init__(self) -> None:
+        row, stack = site_info(self.site.format(i=0)), site_stack(self.site)
+        if stack != self.stack:
+            raise ValueError(f"mode '{self.name}': {self.site} is a {stack} site, not {self.stack}")
+        if self.memory and not row.memory:
+            raise ValueError(f"mode '{self.name}': {self.site} is given no encoder memory")
 
     @property
     def lstsq(self) -> bool:
@@ -109,7 +113,7 @@ def _table(*modes: Mode) -> dict[str, Mode]:
 
 MODES = _table(
     Mode("alr", "encoder.{i}.self_attn", "encoder"),
-    Mode("alrr", "encoder.{i}.sublayer0", "encoder", residual=True, blocks=("pre_ln",)),
+    Mode("alrr", "encoder.{i}.sublayer0", "encoder", residual=True),
     Mode("aslr", "encoder.{i}.self_attn", "encoder", per_head=True),
     Mode("elr", "encoder.{i}", "encoder", residual=True),
     Mode("dec_self", "decoder.{i}.self_attn", "decoder", causal=True),
@@ -144,14 +148,23 @@ def mode(name: str) -> Mode:
     return MODES[name]
 
 
+def _fits(name: str, cfg: ModelConfig) -> bool:
+    """Whether a teacher of ``cfg`` has every site mode ``name`` replaces."""
+    have = set(list_sites(cfg))
+    return all(s in have for s in mode(name).sites(cfg))
+
+
 def unsupported(name: str, cfg: ModelConfig) -> str:
-    """Why mode ``name`` cannot replace sites of a teacher of ``cfg`` ("" when it can)."""
-    if cfg.block in mode(name).blocks:
+    """Why mode ``name`` cannot replace sites of a teacher of ``cfg`` ("" when it can), in the
+    site table's words."""
+    if _fits(name, cfg):
         return ""
-    fit = ", ".join(n for n, m in MODES.items() if cfg.block in m.blocks)
+    site = mode(name).site
+    row, layout = site_info(site.format(i=0)), cfg.layout
     return (
-        f"mode '{name}' replaces the attention sublayer with its skip, which a '{cfg.block}' "
-        f"teacher does not have (modes for {cfg.block}: {fit})"
+        f"mode '{name}' replaces {site.format(i='I')}, {row.what}, which a '{layout}' teacher "
+        f"does not have (only {' and '.join(row.layouts)} teachers do; modes for {layout}: "
+        f"{', '.join(n for n in MODES if _fits(n, cfg))})"
     )
 
 
@@ -165,7 +178,7 @@ def check_modes(names, cfg: ModelConfig, key: str = "modes") -> None:
 
 
 def mode_sites(name: str, cfg: ModelConfig) -> list[str]:
-    """All sites a mode replaces (every layer of its stack); ValueError if the teacher's block
+    """All sites a mode replaces (every layer of its stack); ValueError if the teacher's layout
     has no such sites (``unsupported``)."""
     why = unsupported(name, cfg)
     if why:

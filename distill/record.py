@@ -9,7 +9,8 @@ shard in memory.
 
 A shard file holds, per site, ``{site}.x`` and ``{site}.y``: the site's input and output of every
 sentence, trimmed to its true length and concatenated along tokens (N_tokens, D); plus
-``src_len``/``tgt_len`` (n,) and, when a cross-attention site is recorded, the encoder ``memory``.
+``src_len``/``tgt_len`` (n,) and, when a recorded site reads it (its row in ``distill.model.SITES``
+says so), the encoder ``memory``.
 ``manifest.json`` (written last, atomically) lists sites, dims, dtype and each shard's sentence
 count and sha256.
 
@@ -22,35 +23,21 @@ import hashlib
 import logging
 import shutil
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError, safe_open
 
+from distill.activations import ActBatch, padding_masks, reads_memory, site_hooks, site_io
 from distill.checkpoint import atomic_write_json, load_tensors, read_json, save_tensors
 from distill.errors import DataError
-from distill.model import PAD_ID, Seq2SeqTransformer, site_path, site_stack
+from distill.model import Seq2SeqTransformer, site_info, site_path, site_stack
 from distill.students import splice, unsplice
 from distill.train import process_state
 
 log = logging.getLogger(__name__)
 DTYPES = {"fp16": torch.float16, "fp32": torch.float32}
 MANIFEST_VERSION = 1
-
-
-@dataclass
-class ActBatch:
-    """Recorded activations of a batch: ``{site}.x``/``{site}.y`` (B, L, D), masks (B, L),
-    ``memory`` (B, S, D) when needed."""
-
-    tensors: dict[str, torch.Tensor]
-
-    def to(self, device) -> ActBatch:
-        return ActBatch({k: v.to(device) for k, v in self.tensors.items()})
-
-    def __getitem__(self, key: str) -> torch.Tensor:
-        return self.tensors[key]
 
 
 def sentence_order(examples: Sequence[tuple[list[int], list[int]]]) -> list[int]:
@@ -76,24 +63,14 @@ def epoch_plan(shard_sizes: list[int], batch_size: int, seed: int, epoch: int) -
 def capture(
     model: Seq2SeqTransformer, sites: list[str], src: torch.Tensor, tgt_in: torch.Tensor
 ) -> ActBatch:
-    """One teacher-forced forward pass with hooks: what every site received and returned."""
-    got: dict[str, torch.Tensor] = {}
-    handles = []
-    for site in sites:
-
-        def hook(module, args, output, site=site):
-            got[f"{site}.x"], got[f"{site}.y"] = args[0], output
-
-        handles.append(model.get_submodule(site_path(site, model.cfg)).register_forward_hook(hook))
-    try:
+    """One teacher-forced forward pass with hooks: what every site received and returned, the
+    masks, and the encoder memory when a site reads it."""
+    with site_hooks(model, sites) as got:
         memory, memory_mask = model.encode(src)
         if any(site_stack(s) == "decoder" for s in sites):
             model.decode(tgt_in, memory, memory_mask)
-    finally:
-        for h in handles:
-            h.remove()
-    got["src_mask"], got["tgt_mask"] = src != PAD_ID, tgt_in != PAD_ID
-    if any(s.endswith("cross_attn") for s in sites):
+    got.update(padding_masks(src, tgt_in))
+    if reads_memory(sites):
         got["memory"] = memory
     return ActBatch(got)
 
@@ -110,10 +87,10 @@ def _trim(batch: ActBatch, sites: list[str], dtype) -> dict[str, torch.Tensor]:
     src_mask, tgt_mask = batch["src_mask"], batch["tgt_mask"]
     out = {"src_len": src_mask.sum(1).int(), "tgt_len": tgt_mask.sum(1).int()}
     for site in sites:
-        mask = src_mask if site_stack(site) == "encoder" else tgt_mask
-        for part, what in (("x", "input"), ("y", "output")):
-            values = batch[f"{site}.{part}"][mask]
-            out[f"{site}.{part}"] = _finite(values, dtype, f"site '{site}': the teacher's {what}")
+        io = site_io(batch, site)
+        for part, values, what in (("x", io.x, "input"), ("y", io.y, "output")):
+            where = f"site '{site}': the teacher's {what}"
+            out[f"{site}.{part}"] = _finite(values[io.mask], dtype, where)
     if "memory" in batch.tensors:
         out["memory"] = _finite(batch["memory"][src_mask], dtype, "the encoder memory")
     return out
@@ -140,9 +117,9 @@ def _pad(flat: torch.Tensor, lengths: list[int]) -> torch.Tensor:
 def bytes_per_sentence_token(sites: list[str], d_model: int, dtype: str) -> dict[str, int]:
     """Bytes written per source token and per target token."""
     size = torch.finfo(DTYPES[dtype]).bits // 8
-    enc = sum(site_stack(s) == "encoder" for s in sites) * 2
-    dec = sum(site_stack(s) == "decoder" for s in sites) * 2
-    mem = 1 if any(s.endswith("cross_attn") for s in sites) else 0
+    enc = sum(site_info(s).mask == "source" for s in sites) * 2
+    dec = sum(site_info(s).mask == "target" for s in sites) * 2
+    mem = 1 if reads_memory(sites) else 0
     return {"src": (enc + mem) * d_model * size, "tgt": dec * d_model * size}
 
 
@@ -410,11 +387,12 @@ class Recording:
             "src_mask": _pad(torch.ones(s1 - s0, 1), ls)[..., 0].bool(),
             "tgt_mask": _pad(torch.ones(t1 - t0, 1), lt)[..., 0].bool(),
         }
+        spans = {"source": (s0, s1, ls), "target": (t0, t1, lt)}
         for site in sites:
-            a, b, lens = (s0, s1, ls) if site_stack(site) == "encoder" else (t0, t1, lt)
+            a, b, lens = spans[site_info(site).mask]
             for part in ("x", "y"):
                 out[f"{site}.{part}"] = _pad(t[f"{site}.{part}"][a:b].float(), lens)
-        if "memory" in t and any(s.endswith("cross_attn") for s in sites):
+        if "memory" in t and reads_memory(sites):
             out["memory"] = _pad(t["memory"][s0:s1].float(), ls)
         return ActBatch(out)
 

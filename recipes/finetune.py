@@ -31,12 +31,13 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from distill.activations import ActBatch, padding_masks, site_hooks, site_io
 from distill.checkpoint import atomic_write_json, drop_checkpoint, save_tensors
 from distill.config import to_dict
 from distill.data import token_batches
 from distill.device import stage_device
 from distill.losses import distill_kl, output_at_real_tokens, smoothed_cross_entropy
-from distill.model import PAD_ID, site_path, site_stack
+from distill.model import PAD_ID, site_path
 from distill.modes import VARIANTS, Variant, resolve_variant, resolve_variants
 from distill.prefixes import TARGETS
 from distill.runs import (
@@ -114,21 +115,12 @@ class Config:
                 raise ValueError(f"{key} must be >= 1, got {getattr(self, key)}")
 
 
-def forward_with_sites(model, batch, sites: list[str]):
-    """(logits (N, V) at the real target tokens, {site: output}) of one teacher-forced pass."""
-    got: dict[str, torch.Tensor] = {}
-    handles = [
-        model.get_submodule(site_path(s, model.cfg)).register_forward_hook(
-            lambda module, args, out, s=s: got.__setitem__(s, out)
-        )
-        for s in sites
-    ]
-    try:
+def forward_with_sites(model, batch, sites: list[str]) -> tuple[torch.Tensor, ActBatch]:
+    """(logits (N, V) at the real target tokens, what ``sites`` received and returned) of one
+    teacher-forced pass."""
+    with site_hooks(model, sites) as got:
         logits, _ = output_at_real_tokens(model, batch)
-    finally:
-        for h in handles:
-            h.remove()
-    return logits, got
+    return logits, ActBatch({**got, **padding_masks(batch.src, batch.tgt_in)})
 
 
 def finetune_loss(model, teacher, batch, cfg: Config, sites: list[str]):
@@ -145,11 +137,10 @@ def finetune_loss(model, teacher, batch, cfg: Config, sites: list[str]):
         reference = batch.tgt_out[batch.tgt_out != PAD_ID]
         terms["ce"], weights["ce"] = smoothed_cross_entropy(logits, reference, 0.0), cfg.ce_weight
     if hidden_sites:
-        masks = {"encoder": batch.src != PAD_ID, "decoder": batch.tgt_in != PAD_ID}
-        per_site = [
-            masked_mean((s_sites[s].float() - t_sites[s].float()) ** 2, masks[site_stack(s)])
-            for s in hidden_sites
-        ]
+        per_site = []
+        for s in hidden_sites:
+            student, target = site_io(s_sites, s), site_io(t_sites, s)
+            per_site.append(masked_mean((student.y.float() - target.y.float()) ** 2, target.mask))
         terms["hidden"], weights["hidden"] = torch.stack(per_site).mean(), cfg.hidden_weight
     values = {k: v.detach() for k, v in terms.items()}
     for name, value in values.items():

@@ -8,6 +8,13 @@ from torch import nn
 from distill.model import EOS_ID, PAD_ID, PRESETS, ModelConfig, Seq2SeqTransformer, site_step
 
 UNIT = ModelConfig(**PRESETS["unit"])  # max_len 8, vocab 96: no corpus, milliseconds
+# ModelConfig overrides that make a teacher of each layer layout (ModelConfig.layout)
+LAYOUTS = {
+    "pre_ln": {},
+    "post_ln": {"family": "marian"},
+    "sas": {"block": "sas"},
+    "sas_p": {"block": "sas_p"},
+}
 
 
 def tiny_teacher(seed: int = 0, **overrides) -> Seq2SeqTransformer:

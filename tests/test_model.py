@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from distill.activations import site_hooks
 from distill.decode import beam_search, greedy
 from distill.model import (
     EOS_ID,
@@ -15,7 +16,7 @@ from distill.model import (
     list_sites,
     site_path,
 )
-from tests.helpers import random_src, tiny_teacher
+from tests.helpers import LAYOUTS, random_src, tiny_teacher
 
 
 def test_attention_parameter_count_matches_paper_formula():
@@ -34,6 +35,22 @@ def test_every_site_resolves_to_a_module():
         site_path("encoder.9.self_attn", model.cfg)
     with pytest.raises(ValueError, match="unknown site"):
         site_path("decoder.0.sublayer0", model.cfg)
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_each_layout_lists_the_sites_it_has_and_a_forward_pass_calls_every_one(layout):
+    model = tiny_teacher(**LAYOUTS[layout])
+    assert model.cfg.layout == layout
+    sites = list_sites(model.cfg)
+    # ALRR's site, the attention sublayer with its skip: SAS's has no skip, SAS-P's is no module
+    assert ("encoder.1.sublayer0" in sites) == (layout in ("pre_ln", "post_ln"))
+    assert len(sites) == 4 * 2 + (2 if "encoder.1.sublayer0" in sites else 0)
+    with site_hooks(model, sites) as got:
+        model(random_src(), random_src(seed=2))
+    assert sorted(got) == sorted(f"{s}.{part}" for s in sites for part in "xy")
+    if "encoder.1.sublayer0" not in sites:
+        with pytest.raises(ValueError, match=f"'encoder.1.sublayer0' for a '{layout}' teacher"):
+            site_path("encoder.1.sublayer0", model.cfg)
 
 
 def test_padding_does_not_leak_into_real_positions():

@@ -5,11 +5,20 @@ import json
 import pytest
 import torch
 
+from distill.activations import site_io
 from distill.errors import DataError
 from distill.losses import mode_loss, site_loss
-from distill.model import EOS_ID, PRESETS, ModelConfig
-from distill.modes import mode_sites
-from distill.record import DiskBatches, OnlineBatches, Recording, capture, record
+from distill.model import EOS_ID, PRESETS, ModelConfig, Site
+from distill.model import SITES as SITE_TABLE
+from distill.modes import MODES, Mode, mode_sites, recorded_sites
+from distill.record import (
+    DiskBatches,
+    OnlineBatches,
+    Recording,
+    bytes_per_sentence_token,
+    capture,
+    record,
+)
 from distill.students import build_student
 from distill.train import TrainConfig, fit
 from tests.helpers import tiny_teacher
@@ -175,3 +184,36 @@ def test_online_batches_with_students_spliced_see_their_outputs_and_leave_the_te
         OnlineBatches(
             model, ex, ["encoder.1"], shard_size=16, batch_size=8, seed=3, epoch=0, students=early
         )
+
+
+def test_a_site_that_reads_the_memory_is_recorded_with_it_whatever_its_name(tmp_path, monkeypatch):
+    # The decoder's whole cross-attention sublayer, called as (y, mask, memory, memory_mask): a
+    # site the table could have, not named cross_attn, and a mode whose students read the memory.
+    monkeypatch.setitem(
+        SITE_TABLE, ("decoder", "sublayer1"), Site("sublayer1", "target", memory=True)
+    )
+    mode = Mode("cross_sub", "decoder.{i}.sublayer1", "decoder", causal=True, memory=True)
+    monkeypatch.setitem(MODES, "cross_sub", mode)
+    model, ex = tiny_teacher(), examples()
+    sites = recorded_sites(["cross_sub"], CFG)
+    assert sites == ["decoder.0.sublayer1", "decoder.1.sublayer1"]
+    assert bytes_per_sentence_token(sites, CFG.d_model, "fp32")["src"] == CFG.d_model * 4
+    record(model, ex, sites, tmp_path, shard_size=16, dtype="fp32", batch_size=5, progress=False)
+    assert "memory" in Recording(tmp_path).shard(0)
+    disk = DiskBatches(Recording(tmp_path), sites, 8, seed=3, epoch=1)[0]
+    online = OnlineBatches(model, ex, sites, shard_size=16, batch_size=8, seed=3, epoch=1)[0]
+    for batch in (disk, online):
+        for site in sites:
+            io = site_io(batch, site)
+            assert io.memory is not None and io.memory.abs().sum() > 0
+            assert torch.equal(io.memory_mask, batch["src_mask"])
+    real = online["src_mask"]  # the shards keep the real positions only
+    torch.testing.assert_close(disk["memory"][real], online["memory"][real], atol=1e-5, rtol=1e-5)
+    torch.manual_seed(0)
+    students = torch.nn.ModuleDict(
+        {s.replace(".", "/"): build_student("cross_sub", CFG, "xs") for s in sites}
+    )
+    assert all(s.memory_fc is not None for s in students.values())  # they do read it
+    torch.testing.assert_close(
+        mode_loss(students, sites, disk), mode_loss(students, sites, online), atol=1e-5, rtol=1e-5
+    )
