@@ -225,33 +225,11 @@ def least_squares_init(
         for mlp, _ in least_squares_units(student, d_model):
             check_local_units(local, mlp.max_len, mlp.hidden, site)
     valid_rows = {s: [_site_rows(first[s], b, s, residual) for b in valid] for s in students}
-
-    # Step 1: a ridge map per site, then fc1 from its top directions.
-    for site, student in students.items():
-
-        def full_mse(w, site=site):
-            tot = sum(_masked_mse((f @ w).view_as(t), t, m) for f, t, m in valid_rows[site])
-            return (tot[0] / tot[1]).item()
-
-        gram, cross, rows = normal[site]
-        w, mse = _ridge(gram, cross, full_mse)
-        log.info("%s: linear ridge map from %d rows, validation MSE %.4f", site, rows, mse)
-        mean_f = gram[-1] / rows  # (P+1,) mean of each input column (bias row of the Gram)
+    for site, student in students.items():  # step 1: a ridge map per site, fc1 from it
+        w = _linear_map(site, normal[site], valid_rows[site])
+        gram, _, rows = normal[site]
         for mlp, dims in least_squares_units(student, d_model):
-            w_u = w.view(w.size(0), mlp.max_len, -1)[:, :, dims].flatten(1)  # (P+1, Q_u)
-            fitted = w_u.T @ gram @ w_u / rows  # (Q_u, Q_u) second moment of fitted values
-            _, vecs = torch.linalg.eigh(fitted)
-            r = min(mlp.hidden - local * mlp.max_len, vecs.size(1))
-            proj = w_u @ vecs[:, -r:].flip(1)  # (P+1, r) strongest directions first
-            mu = mean_f @ proj
-            sd = ((proj * (gram @ proj)).sum(0) / rows - mu**2).clamp(min=1e-12).sqrt()
-            # One scale for all units keeps the weak (noisy) directions weak, so the hidden
-            # LayerNorm and the ridge on fc2 see them as small; each unit is shifted by SHIFT of
-            # its own std into the linear part of the activation.
-            scale = sd.square().mean().sqrt()
-            spread = SPREAD * (torch.arange(r, device=proj.device) % 2)
-            mlp.fc1.weight[:r] = (proj[:-1] / scale).T
-            mlp.fc1.bias[:r] = (proj[-1] - mu + SHIFT * sd) / scale + spread
+            _fc1_from_map(mlp, w, dims, gram, rows, local)
         if local:
             x, e = _local_rows(first[site], w, site, batches, residual)
             for i, (mlp, dims) in enumerate(least_squares_units(student, d_model)):
@@ -259,8 +237,53 @@ def least_squares_init(
                 w1, b1, mse = _fit_local(x, e[:, dims], local, mlp.activation, seed + i, desc)
                 _place_local(mlp, w1, b1)
                 log.info("%s: %d local units per position, fit MSE %.4f", site, local, mse)
+    feats = _hidden_normal_equations(students, first, batches, residual, d_model, progress)
+    scores = {}
+    for site, student in students.items():  # step 2: fc2 from each unit's hidden features
+        errors = []  # (squared error, count) per unit and validation batch
+        for i, (mlp, dims) in enumerate(least_squares_units(student, d_model)):
+            errors += _fit_fc2(mlp, feats.pop((site, i)), dims, valid_rows[site])
+        total = sum(errors)
+        scores[site] = (total[0] / total[1]).item()
+        log.info("%s: student after least-squares init, validation MSE %.4f", site, scores[site])
+    return scores
 
-    # Step 2: fc2 from each unit's real hidden features.
+
+def _linear_map(site: str, normal, valid_rows) -> torch.Tensor:
+    """The ridge map of one site's inputs to its outputs, its strength chosen on validation."""
+
+    def full_mse(w):
+        tot = sum(_masked_mse((f @ w).view_as(t), t, m) for f, t, m in valid_rows)
+        return (tot[0] / tot[1]).item()
+
+    gram, cross, rows = normal
+    w, mse = _ridge(gram, cross, full_mse)
+    log.info("%s: linear ridge map from %d rows, validation MSE %.4f", site, rows, mse)
+    return w
+
+
+def _fc1_from_map(mlp, w: torch.Tensor, dims, gram: torch.Tensor, rows: int, local: int) -> None:
+    """fc1's units (all but the ``local`` ones) along the strongest directions of the linear
+    map's fitted values for this unit's output dims, standardised and shifted."""
+    mean_f = gram[-1] / rows  # (P+1,) mean of each input column (bias row of the Gram)
+    w_u = w.view(w.size(0), mlp.max_len, -1)[:, :, dims].flatten(1)  # (P+1, Q_u)
+    fitted = w_u.T @ gram @ w_u / rows  # (Q_u, Q_u) second moment of fitted values
+    _, vecs = torch.linalg.eigh(fitted)
+    r = min(mlp.hidden - local * mlp.max_len, vecs.size(1))
+    proj = w_u @ vecs[:, -r:].flip(1)  # (P+1, r) strongest directions first
+    mu = mean_f @ proj
+    sd = ((proj * (gram @ proj)).sum(0) / rows - mu**2).clamp(min=1e-12).sqrt()
+    # One scale for all units keeps the weak (noisy) directions weak, so the hidden
+    # LayerNorm and the ridge on fc2 see them as small; each unit is shifted by SHIFT of
+    # its own std into the linear part of the activation.
+    scale = sd.square().mean().sqrt()
+    spread = SPREAD * (torch.arange(r, device=proj.device) % 2)
+    mlp.fc1.weight[:r] = (proj[:-1] / scale).T
+    mlp.fc1.bias[:r] = (proj[-1] - mu + SHIFT * sd) / scale + spread
+
+
+def _hidden_normal_equations(students, first, batches, residual: bool, d_model: int, progress):
+    """{(site, unit): [H^T H, H^T T]} of every unit's hidden features over ``batches``."""
     feats = {}
     for batch in progress_bar(batches, desc="lstsq: hidden", show=progress, leave=False):
         for site, student in students.items():
@@ -274,24 +297,21 @@ def least_squares_init(
                 else:
                     feats[key][0] += h.T @ h
                     feats[key][1] += h.T @ tu
-    scores = {}
-    for site, student in students.items():
-        errors = []  # (squared error, count) per unit and validation batch
-        for i, (mlp, dims) in enumerate(least_squares_units(student, d_model)):
-            vrows = [
-                (_with_bias(mlp.activate(mlp.fc1(f[:, :-1]))), t[:, :, dims], m)
-                for f, t, m in valid_rows[site]
-            ]
+    return feats
 
-            def unit_mse(w, vrows=vrows):
-                tot = sum(_masked_mse((h @ w).view_as(t), t, m) for h, t, m in vrows)
-                return (tot[0] / tot[1]).item()
 
-            w2, _ = _ridge(*feats.pop((site, i)), unit_mse)
-            mlp.fc2.weight.copy_(w2[:-1].T)
-            mlp.fc2.bias.copy_(w2[-1])
-            errors += [_masked_mse((h @ w2).view_as(t), t, m) for h, t, m in vrows]
-        total = sum(errors)
-        scores[site] = (total[0] / total[1]).item()
-        log.info("%s: student after least-squares init, validation MSE %.4f", site, scores[site])
-    return scores
+def _fit_fc2(mlp, normal, dims, valid_rows) -> list:
+    """fc2 of one unit by ridge on its hidden features; the (squared error, count) per
+    validation batch."""
+    vrows = [
+        (_with_bias(mlp.activate(mlp.fc1(f[:, :-1]))), t[:, :, dims], m) for f, t, m in valid_rows
+    ]
+
+    def unit_mse(w):
+        tot = sum(_masked_mse((h @ w).view_as(t), t, m) for h, t, m in vrows)
+        return (tot[0] / tot[1]).item()
+
+    w2, _ = _ridge(*normal, unit_mse)
+    mlp.fc2.weight.copy_(w2[:-1].T)
+    mlp.fc2.bias.copy_(w2[-1])
+    return [_masked_mse((h @ w2).view_as(t), t, m) for h, t, m in vrows]

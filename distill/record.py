@@ -148,27 +148,11 @@ def record(
     ``distill.prefixes``); it goes into the manifest. Refuses (DataError) when the estimated size
     does not fit the free disk.
     """
-    from distill.progress import progress_bar
-
     if dtype not in DTYPES:
         raise DataError(f"record dtype must be fp16 or fp32, got '{dtype}'")
     out.mkdir(parents=True, exist_ok=True)
     model.eval()
-    device = next(model.parameters()).device
-    need = estimate_bytes(examples, sites, model.cfg.d_model, dtype)
-    free = shutil.disk_usage(out).free
-    log.info(
-        "recording %d sentences x %d sites: about %.1f MB (%.1f GB free)",
-        len(examples),
-        len(sites),
-        need / 1e6,
-        free / 1e9,
-    )
-    if need > free * 0.95:
-        raise DataError(
-            f"{out}: recording needs about {need / 1e9:.2f} GB, only "
-            f"{free / 1e9:.2f} GB free; record fewer sentences or sites, or use fp16"
-        )
+    _check_disk(out, examples, sites, model.cfg.d_model, dtype)
     order = sentence_order(examples)
     plan = chunks(len(order), shard_size)
     header = {
@@ -207,49 +191,82 @@ def record(
         log.info("process %d of %d: recording %d of %d shards", rank, world, len(mine), len(plan))
     partial = out / ("manifest.partial.json" if rank == 0 else f"manifest.partial.{rank}.json")
     listed = list(done.values()) if rank == 0 else []
+    shard = _ShardWriter(model, examples, sites, out, order, DTYPES[dtype], batch_size)
     # A context manager closes the bar on errors too, so the CLI's error line starts a line.
-    with progress_bar(
-        total=sum(plan[i][1] - plan[i][0] for i in mine),
-        desc="record",
-        unit="sent",
-        show=progress and state.is_local_main_process,
-        dynamic_ncols=True,
+    with _bar(
+        sum(plan[i][1] - plan[i][0] for i in mine), progress and state.is_local_main_process
     ) as bar:
         for index in mine:
-            a, b = plan[index]
-            parts: list[dict[str, torch.Tensor]] = []
-            for c0, c1 in chunks(b - a, batch_size):
-                idx = order[a + c0 : a + c1]
-                acts = capture(model, sites, *_collate(examples, idx, device))
-                parts.append(_trim(acts, sites, DTYPES[dtype]))
-                bar.update(len(idx))
-            tensors = {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
-            tensors["sentence"] = torch.tensor(order[a:b], dtype=torch.int64)
-            name = f"shard-{index:05d}.safetensors"
-            save_tensors(out / name, tensors)
-            listed.append(
-                {
-                    "index": index,
-                    "file": name,
-                    "sentences": b - a,
-                    "bytes": (out / name).stat().st_size,
-                    "sha256": _sha256(out / name),
-                }
-            )
+            listed.append(shard.write(index, *plan[index], bar))
             atomic_write_json(partial, {**header, "shards": listed})
     state.wait_for_everyone()
     if state.is_main_process:
-        shards = _listed_shards(out, header)
-        missing = [i for i in range(len(plan)) if i not in shards]
-        if missing:
-            raise DataError(f"{out}: shards {missing} were not recorded; run the stage again")
-        shards = [shards[i] for i in range(len(plan))]
-        manifest = {**header, "shards": shards, "bytes": sum(s["bytes"] for s in shards)}
-        atomic_write_json(final, manifest)
-        for path in out.glob("manifest.partial*.json"):
-            path.unlink()
+        _finish_manifest(out, header, len(plan))
     state.wait_for_everyone()
     return read_json(final)
+
+
+def _bar(total: int, show: bool):
+    from distill.progress import progress_bar
+
+    return progress_bar(total=total, desc="record", unit="sent", show=show, dynamic_ncols=True)
+
+
+def _check_disk(out: Path, examples, sites: list[str], d_model: int, dtype: str) -> None:
+    """Refuse (DataError) a recording whose estimated size does not fit the free disk."""
+    need = estimate_bytes(examples, sites, d_model, dtype)
+    free = shutil.disk_usage(out).free
+    log.info(
+        "recording %d sentences x %d sites: about %.1f MB (%.1f GB free)",
+        len(examples),
+        len(sites),
+        need / 1e6,
+        free / 1e9,
+    )
+    if need > free * 0.95:
+        raise DataError(
+            f"{out}: recording needs about {need / 1e9:.2f} GB, only "
+            f"{free / 1e9:.2f} GB free; record fewer sentences or sites, or use fp16"
+        )
+
+
+class _ShardWriter:
+    """Records one shard: the teacher's activations at ``sites`` for its sentences, in
+    batches of ``batch_size``, trimmed to the real positions and saved with a checksum."""
+
+    def __init__(self, model, examples, sites, out: Path, order, dtype, batch_size: int):
+        self.model, self.examples, self.sites, self.out = model, examples, sites, out
+        self.order, self.dtype, self.batch_size = order, dtype, batch_size
+        self.device = next(model.parameters()).device
+
+    def write(self, index: int, a: int, b: int, bar) -> dict:
+        """Shard ``index`` (sentences order[a:b]); returns its manifest entry."""
+        parts: list[dict[str, torch.Tensor]] = []
+        for c0, c1 in chunks(b - a, self.batch_size):
+            idx = self.order[a + c0 : a + c1]
+            acts = capture(self.model, self.sites, *_collate(self.examples, idx, self.device))
+            parts.append(_trim(acts, self.sites, self.dtype))
+            bar.update(len(idx))
+        tensors = {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
+        tensors["sentence"] = torch.tensor(self.order[a:b], dtype=torch.int64)
+        name = f"shard-{index:05d}.safetensors"
+        save_tensors(self.out / name, tensors)
+        size = (self.out / name).stat().st_size
+        sha = _sha256(self.out / name)
+        return {"index": index, "file": name, "sentences": b - a, "bytes": size, "sha256": sha}
+
+
+def _finish_manifest(out: Path, header: dict, n_shards: int) -> None:
+    """The final manifest from the partial ones (every shard must be listed), which go."""
+    shards = _listed_shards(out, header)
+    missing = [i for i in range(n_shards) if i not in shards]
+    if missing:
+        raise DataError(f"{out}: shards {missing} were not recorded; run the stage again")
+    shards = [shards[i] for i in range(n_shards)]
+    manifest = {**header, "shards": shards, "bytes": sum(s["bytes"] for s in shards)}
+    atomic_write_json(out / "manifest.json", manifest)
+    for path in out.glob("manifest.partial*.json"):
+        path.unlink()
 
 
 def _listed_shards(out: Path, header: dict) -> dict[int, dict]:
