@@ -1,11 +1,23 @@
 """The ``distill`` command.
 
-    distill ls                                       recipes and their configs
-    distill run RECIPE --config NAME [key=value ...] run a recipe (NAME or a path to a YAML file)
-          [--redo STAGE]                             first delete STAGE's output and what follows
+    distill ls                                  recipes and their configs
+    distill cp RECIPE/CONFIG PATH [--force]     copy a shipped config (YAML) to PATH to edit
+    distill run RECIPE --config NAME|FILE.yaml [--redo STAGE] [--print-config] [key=value ...]
     distill evaluate RUN_OR_EXPORT_DIR [--source demo|iwslt2017|FILE] [--beam N] [--device D]
     distill export RUN_DIR [--variant NAME | --spec SITE=MODE,...] --out DIR
     distill translate EXPORT_DIR [--beam N] [--batch-size B] [--strict] [--device D] [FILE|stdin]
+    distill --version                           the installed version
+
+Run: ``--config`` takes a shipped config NAME (``distill ls``) or a YAML file of deltas from
+the recipe's defaults (``distill cp`` copies a shipped one to edit). ``--redo STAGE`` first
+deletes STAGE's output and every later one built on it. ``--print-config`` runs nothing: it
+prints the resolved config as YAML, every key (defaults, run_dir), which ``--config FILE.yaml``
+loads back as the same config; for the pipeline, each stage section is that stage's whole
+config, under ``stages: ''`` (no base config).
+
+Overrides: on ``distill run RECIPE`` a key is a key of that recipe's config (train.epochs=3,
+modes=[alr,cross]); on ``distill run pipeline`` it starts with its stage (teacher.train.epochs=3,
+students.size=s) or is a pipeline key (online=true, run_dir=DIR).
 
 Bad input (configs, files, arguments) prints one line and exits with code 2; ``--debug`` shows
 the traceback instead.
@@ -16,20 +28,19 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import shutil
 import sys
 from pathlib import Path
 
-from distill import progress
-from distill.config import available, build, config_path
+from distill import __version__, progress
+from distill.config import available, build, config_path, shipped_config, to_yaml
 from distill.errors import ConfigError, DataError, DistillError
 
 
 def load_recipe_config(recipe: str, name: str, overrides: list[str]):
     """(recipe module, its resolved Config); ``run_dir`` defaults to runs/<config name>."""
-    if recipe not in available():
-        raise ConfigError(f"unknown recipe '{recipe}' (known: {', '.join(available())})")
+    path = config_path(recipe, name)  # an unknown recipe fails here, before its import
     module = importlib.import_module(f"distill_recipes.{recipe}")
-    path = config_path(recipe, name)
     cfg = build(module.Config, path, overrides)
     if hasattr(cfg, "run_dir") and not cfg.run_dir:
         cfg.run_dir = str(Path("runs") / path.stem)
@@ -39,6 +50,20 @@ def load_recipe_config(recipe: str, name: str, overrides: list[str]):
 def cmd_ls(args) -> int:
     for recipe, configs in available().items():
         print(f"{recipe:10s} {' '.join(configs)}")
+    return 0
+
+
+def cmd_cp(args) -> int:
+    recipe, slash, name = args.config.partition("/")
+    if not slash:
+        raise ConfigError(f"cp: expected RECIPE/CONFIG (e.g. teacher/demo), got '{args.config}'")
+    source, dest = shipped_config(recipe, name), Path(args.path)
+    if dest.is_dir():
+        dest = dest / source.name
+    if dest.exists() and not args.force:
+        raise ConfigError(f"{dest} exists; --force overwrites it")
+    shutil.copyfile(source, dest)
+    print(f"distill: wrote {dest}; run it with: distill run {recipe} --config {dest}")
     return 0
 
 
@@ -57,6 +82,9 @@ def cmd_run(args) -> int:
 
     target, overrides = split_redo(args)
     module, cfg = load_recipe_config(args.recipe, args.config, overrides)
+    if args.print_config:
+        sys.stdout.write(to_yaml(cfg))
+        return 0
     if target:  # after the config is known to be good, before anything runs
         allowed = stages.ORDER if args.recipe == "pipeline" else (args.recipe,)
         stages.redo(cfg.run_dir, target, allowed)
@@ -145,13 +173,33 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"distill: error: {message} (see distill --help)\n")
 
 
+def _doc(*starts: str) -> str:
+    """The paragraphs of this module's docstring that start with ``starts``, as help shows them
+    (without reST's double backquotes)."""
+    paragraphs = [p for p in __doc__.split("\n\n") if p.strip().startswith(starts)]
+    return "\n\n".join(paragraphs).replace("``", "").strip("\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="distill", description=__doc__.split("\n\n")[0])
+    raw = argparse.RawDescriptionHelpFormatter
+    parser = _Parser(
+        prog="distill",
+        description=_doc("distill ", "Run:", "Overrides:", "Bad input"),
+        formatter_class=raw,
+    )
+    parser.add_argument("--version", action="version", version=f"distill {__version__}")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     parser.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("ls", help="list recipes and configs").set_defaults(func=cmd_ls)
-    run = sub.add_parser("run", help="run a recipe")
+    cp = sub.add_parser("cp", help="copy a shipped config to edit")
+    cp.add_argument("config", metavar="RECIPE/CONFIG", help="e.g. teacher/demo (see distill ls)")
+    cp.add_argument("path", help="the copy (a file, or a folder to copy into)")
+    cp.add_argument("--force", action="store_true", help="overwrite PATH if it exists")
+    cp.set_defaults(func=cmd_cp)
+    run = sub.add_parser(
+        "run", help="run a recipe", description=_doc("Run:", "Overrides:"), formatter_class=raw
+    )
     run.add_argument("recipe")
     run.add_argument("--config", "-c", required=True, help="config name or YAML path")
     run.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.epochs=3")
@@ -161,6 +209,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="STAGE",
         help="delete STAGE's output (or students/MODE, finetune/VARIANT) and every later one "
         "built on it, then run (also: redo=STAGE)",
+    )
+    run.add_argument(
+        "--print-config",
+        action="store_true",
+        help="print the resolved config as YAML (every key; reloads with --config FILE.yaml) "
+        "and exit without running",
     )
     run.set_defaults(func=cmd_run)
     ev = sub.add_parser("evaluate", help="BLEU/chrF of a run dir (every variant) or an export")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
+import math
 import types
 import typing
 from pathlib import Path
@@ -104,8 +105,7 @@ def from_dict(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
         if key in removed and key not in fields:
             raise ConfigError(f"config key {_quote(f'{prefix}{key}')} was removed: {removed[key]}")
         if key not in fields:
-            known = ", ".join(sorted(fields))
-            raise ConfigError(f"unknown config key {_quote(f'{prefix}{key}')} (known: {known})")
+            raise ConfigError(_unknown_key(f"{prefix}{key}", value, fields))
         if dataclasses.is_dataclass(hints[key]) and isinstance(value, dict):
             # A section holds deltas from the field's own default (e.g. the students' constant
             # rate), not from the defaults of the section's class.
@@ -119,6 +119,33 @@ def from_dict(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
         raise ConfigError(f"config '{prefix.rstrip('.') or cls.__name__}': {err}") from None
 
 
+def _unknown_key(key: str, value: Any, fields: typing.Iterable[str]) -> str:
+    """The error for a key that is not one of ``fields``. A stage's name over a recipe's own keys
+    (``students.size=s`` given to the students recipe) is the pipeline's prefix: say so, and give
+    the keys without it."""
+    if key in STAGES and isinstance(value, dict) and value:
+        leaves = _overrides(value)
+        named = f"{key}.{leaves[0].partition('=')[0]}" if len(leaves) == 1 else key
+        here = " ".join(leaves[:3]) + (" ..." if len(leaves) > 3 else "")
+        return (
+            f"unknown config key {_quote(named)}: stage prefixes like '{key}.' belong to "
+            f"`distill run pipeline`; a single recipe's keys have none (here: {here})"
+        )
+    return f"unknown config key {_quote(key)} (known: {', '.join(sorted(fields))})"
+
+
+def _overrides(data: dict[str, Any], prefix: str = "") -> list[str]:
+    """The ``key=value`` overrides that set the leaves of ``data``."""
+    out = []
+    for key, value in data.items():
+        if isinstance(value, dict) and value:
+            out += _overrides(value, f"{prefix}{key}.")
+        else:
+            text = yaml.safe_dump(value, default_flow_style=True, width=math.inf)  # one line
+            out.append(f"{prefix}{key}=" + text.removesuffix("...\n").strip())
+    return out
+
+
 def _default_dict(f: dataclasses.Field) -> dict[str, Any]:
     """The default of a dataclass-typed field as a plain dict ({} when it has none)."""
     if f.default_factory is not dataclasses.MISSING:
@@ -129,8 +156,16 @@ def _default_dict(f: dataclasses.Field) -> dict[str, Any]:
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:
-    """Plain nested dict of a dataclass config (for ``config.yaml`` in run dirs)."""
-    return dataclasses.asdict(cfg)
+    """Plain nested dict of a dataclass config, every key included; a config whose YAML is not
+    its own fields (the pipeline's: every stage resolved) says so with a ``to_dict`` method."""
+    own = getattr(cfg, "to_dict", None)
+    return own() if callable(own) else dataclasses.asdict(cfg)
+
+
+def to_yaml(cfg: Any) -> str:
+    """``cfg`` as YAML (``config.yaml`` in run dirs, ``--print-config``) that ``build`` reads
+    back as the same config."""
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
@@ -227,7 +262,9 @@ def _recipes_dir() -> Path:
 # The recipes' YAML configs. The library only reads these files: it never imports a recipe.
 RECIPES_DIR = _recipes_dir()
 CONFIG_ROOT = RECIPES_DIR / "configs"
-RECIPES = ("teacher", "record", "students", "finetune", "evaluate", "pipeline")
+# The pipeline's stages, in the order they run; each is also a recipe of its own.
+STAGES = ("teacher", "record", "students", "finetune", "evaluate")
+RECIPES = (*STAGES, "pipeline")
 
 
 def available() -> dict[str, list[str]]:
@@ -241,13 +278,20 @@ def available() -> dict[str, list[str]]:
     return out
 
 
+def shipped_config(recipe: str, name: str) -> Path:
+    """recipes/configs/RECIPE/NAME.yaml; unknown recipes and names list the known ones."""
+    found = available()
+    if recipe not in found:
+        raise ConfigError(f"unknown recipe {_quote(recipe)} (known: {', '.join(found)})")
+    if name not in found[recipe]:
+        known = ", ".join(found[recipe]) or "none"
+        raise ConfigError(f"unknown config {_quote(name)} for recipe '{recipe}' (known: {known})")
+    return CONFIG_ROOT / recipe / f"{name}.yaml"
+
+
 def config_path(recipe: str, name: str) -> Path:
-    """A config NAME of ``recipe`` or a YAML path; unknown names list the known ones."""
+    """A YAML path, or a shipped config NAME of ``recipe`` (``shipped_config``)."""
     path = Path(name)
-    if path.suffix in (".yaml", ".yml") and path.exists():
+    if path.suffix in (".yaml", ".yml") and path.exists() and recipe in available():
         return path
-    found = CONFIG_ROOT / recipe / f"{name}.yaml"
-    if not found.exists():
-        known = ", ".join(available().get(recipe, [])) or "none"
-        raise ConfigError(f"unknown config '{name}' for recipe '{recipe}' (known: {known})")
-    return found
+    return shipped_config(recipe, name)

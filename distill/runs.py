@@ -24,7 +24,6 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
-import yaml
 
 from distill.checkpoint import (
     atomic_write_json,
@@ -33,7 +32,7 @@ from distill.checkpoint import (
     load_tensors,
     read_json,
 )
-from distill.config import from_dict, load_yaml, to_dict
+from distill.config import from_dict, load_yaml, to_yaml
 from distill.data import DataConfig
 from distill.errors import CheckpointError, ConfigError
 from distill.model import ModelConfig, Seq2SeqTransformer
@@ -45,7 +44,7 @@ def teacher_dir(run_dir: str | Path) -> Path:
 
 def write_config(out_dir: Path, cfg) -> None:
     """The resolved config of a stage, beside its outputs (enough to reproduce the run)."""
-    atomic_write_text(out_dir / "config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    atomic_write_text(out_dir / "config.yaml", to_yaml(cfg))
 
 
 def save_model(out_dir: Path, model: Seq2SeqTransformer) -> None:

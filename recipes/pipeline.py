@@ -29,14 +29,16 @@ STAGES = ("teacher", "record", "students", "finetune", "evaluate")
 
 
 def stage_config(stage: str, base: str, delta: dict[str, Any], run_dir: str):
-    """The Config of ``stage``: recipes/configs/<stage>/<base>.yaml + ``delta`` + run_dir."""
+    """The Config of ``stage``: recipes/configs/<stage>/<base>.yaml (the Config's defaults when
+    ``base`` is "") + ``delta`` + run_dir."""
     import importlib
 
     from distill.config import build, config_path
 
     module = importlib.import_module(f"distill_recipes.{stage}")
     try:
-        return build(module.Config, config_path(stage, base), delta={**delta, "run_dir": run_dir})
+        path = config_path(stage, base) if base else None
+        return build(module.Config, path, delta={**delta, "run_dir": run_dir})
     except ConfigError as err:
         raise ConfigError(f"pipeline section '{stage}': {err}") from None
 
@@ -44,7 +46,9 @@ def stage_config(stage: str, base: str, delta: dict[str, Any], run_dir: str):
 @dataclass
 class Config:
     run_dir: str = ""
-    stages: str = "demo"  # base config name of every stage
+    # Base config name of every stage; "" = none: the sections hold whole stage configs (as
+    # `--print-config` writes them).
+    stages: str = "demo"
     online: bool = False  # train students from teacher passes; skip the record stage
     teacher: dict[str, Any] = field(default_factory=dict)
     record: dict[str, Any] = field(default_factory=dict)
@@ -60,6 +64,14 @@ class Config:
         if self.online:
             deltas["students"] = {**deltas["students"], "source": "online"}
         return {s: stage_config(s, self.stages, deltas[s], self.run_dir) for s in STAGES}
+
+    def to_dict(self) -> dict[str, Any]:
+        """This pipeline with each section its stage's whole config, on no base config
+        (``stages: ""``): what ``--print-config`` prints; it loads back as the same stages."""
+        from distill.config import to_dict
+
+        head = {"run_dir": self.run_dir, "stages": "", "online": self.online}
+        return head | {name: to_dict(cfg) for name, cfg in self.resolved().items()}
 
 
 def main(cfg: Config) -> Path:
