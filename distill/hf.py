@@ -25,8 +25,15 @@ from transformers import GenerationMixin, PretrainedConfig, PreTrainedModel
 from transformers.initialization import no_init_weights
 from transformers.modeling_outputs import BaseModelOutput, Seq2SeqLMOutput
 
-from distill.decode import reorder_cache
-from distill.model import BOS_ID, EOS_ID, PAD_ID, UNK_ID, ModelConfig, Seq2SeqTransformer
+from distill.model import (
+    BOS_ID,
+    EOS_ID,
+    PAD_ID,
+    UNK_ID,
+    ModelConfig,
+    Seq2SeqTransformer,
+    reorder_cache,
+)
 from distill.pretrained import build_model, parse_config
 
 
