@@ -62,3 +62,30 @@ def test_a_spec_is_checked_where_it_is_made():
     by_name = build_student("alrr", cfg, "xs", "relu", True)
     by_spec = build_student(StudentSpec("alrr", "xs", "relu", True), cfg)
     assert [p.shape for p in by_name.parameters()] == [p.shape for p in by_spec.parameters()]
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        {"mode": "alr", "size": "xs", "residual": True},
+        {"mode": "alr", "residual": "yes"},
+        {"mode": "alr", "size": "huge"},
+        {"size": "xs"},
+        {"mode": "alr", "sizes": "xs"},
+        {"mode": 3},
+    ],
+)
+def test_a_spec_is_read_back_as_the_config_loader_reads_a_dataclass(data):
+    """StudentSpec.from_dict checks without distill.config (remote code needs no YAML), in its
+    words."""
+    from distill.config import from_dict
+    from distill.errors import ConfigError
+
+    def outcome(read):
+        try:
+            return read()
+        except ConfigError as err:
+            return str(err)
+
+    ours = outcome(lambda: StudentSpec.from_dict(data, "replacements.s", strict=True))
+    assert ours == outcome(lambda: from_dict(StudentSpec, data, "replacements.s."))
