@@ -6,7 +6,9 @@
 
 The teacher's weights with the students of the chosen modes spliced in, the tokenizer, a model
 card with the variant's BLEU/chrF (from RUN_DIR/eval/results.json when that variant was scored
-there, else scored now on the run's test split) and the files transformers needs. config.json
+there, else scored now on the run's test split) and the modelling code transformers needs to
+load and ``generate`` without distill installed (``distill.remote_code``: the package's own
+modules, written at export time). config.json
 and the card say whether the model is attentionless and which sites keep the teacher's attention
 (a hybrid's kept sites, or the sites no student replaced). Everything is written into a temporary
 sibling that is renamed into place: an interrupted export leaves no OUT.
@@ -31,11 +33,12 @@ from distill.checkpoint import (
 from distill.data import load_pairs, scored_pairs
 from distill.device import stage_device
 from distill.errors import CheckpointError, ConfigError, DistillError
+from distill.export_config import check_spec, generation_config, make_config
 from distill.marian import MarianVocab
 from distill.model import ModelConfig, count_parameters, teacher_attention
 from distill.modelcard import model_card
 from distill.modes import Variant, resolve_variant
-from distill.pretrained import REMOTE_CODE, check_spec, generation_config, make_config
+from distill.remote_code import remote_code
 from distill.runs import (
     load_teacher,
     load_variant,
@@ -159,6 +162,7 @@ def export(
     """
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     _check_out(out_dir)
+    code = remote_code()  # a module the export cannot ship fails before any work
     model, tok = load_teacher(run_dir)
     cfg = model.cfg
     name, spec, variant = resolve_spec(run_dir, variant_or_spec, cfg)
@@ -205,8 +209,8 @@ def export(
             shutil.copyfile(tok.path, tmp / "spm.model")
             hf_tokenizer(tok.path, cfg.max_len).save_pretrained(tmp)  # for AutoTokenizer
         atomic_write_json(tmp / "generation_config.json", generation_config(cfg))
-        for filename, code in REMOTE_CODE.items():
-            atomic_write_text(tmp / filename, code)
+        for filename, source in code.items():
+            atomic_write_text(tmp / filename, source)
         atomic_write_text(tmp / "README.md", model_card(config, row, note, out_dir.name, whole))
         atomic_write_json(tmp / "config.json", config)
         _shareable(tmp)

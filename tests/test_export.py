@@ -127,19 +127,13 @@ def exports(run_dir):
 
 
 @pytest.fixture(scope="module")
-def hf_models(exports, tmp_path_factory):
-    import transformers.dynamic_module_utils as dmu
+def hf_models(exports):
     from transformers import AutoModelForSeq2SeqLM
 
-    # The remote code is copied into a modules cache: keep it out of the home directory.
-    mp = pytest.MonkeyPatch()
-    mp.setattr(dmu, "HF_MODULES_CACHE", str(tmp_path_factory.mktemp("hf_modules")))
-    models = {
+    return {
         v: AutoModelForSeq2SeqLM.from_pretrained(str(path), trust_remote_code=True).eval()
         for v, path in exports.items()
     }
-    yield models
-    mp.undo()
 
 
 VARIANTS = ["teacher", "attentionless", "attentionless_pw", "attentionless_gate", "elr"]

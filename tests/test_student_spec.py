@@ -9,7 +9,7 @@ import json
 import pytest
 from distill_recipes import evaluate
 
-from distill import modelcard, pretrained, students
+from distill import export_config, modelcard, students
 from distill.errors import CheckpointError
 from distill.model import PRESETS, ModelConfig
 from distill.runs import trained_student
@@ -26,7 +26,7 @@ class GainSpec(StudentSpec):
 @pytest.fixture
 def with_gain(monkeypatch):
     """StudentSpec with the throwaway field, wherever a module holds the class."""
-    for module in (students, pretrained, modelcard, evaluate):
+    for module in (students, export_config, modelcard, evaluate):
         monkeypatch.setattr(module, "StudentSpec", GainSpec)
     return GainSpec("alr", "xs", gain=2.0)
 
@@ -41,11 +41,11 @@ def test_a_new_student_setting_is_one_field_and_reaches_every_record(with_gain, 
     # an export's config.json, checked field by field
     cfg = ModelConfig(**PRESETS["unit"])
     tok = {"file": "spm.model", "type": "sentencepiece", "vocab_size": cfg.vocab_size}
-    config = pretrained.make_config(cfg, {site: spec.to_dict()}, tok)
-    assert pretrained.parse_config(config, "config.json")[1][site]["gain"] == 2.0
+    config = export_config.make_config(cfg, {site: spec.to_dict()}, tok)
+    assert export_config.parse_config(config, "config.json")[1][site]["gain"] == 2.0
     config["replacements"][site]["gian"] = 3.0
     with pytest.raises(CheckpointError, match=r"unknown config key 'replacements\..*\.gian'"):
-        pretrained.parse_config(config, "config.json")
+        export_config.parse_config(config, "config.json")
     # the model card's table and the results table's name for the students
     table = modelcard.student_table({site: spec.to_dict()})
     assert table.splitlines()[0] == "| site | mode | size | activation | residual | gain |"
