@@ -31,6 +31,7 @@ from distill.checkpoint import (
     read_json,
     save_tensors,
 )
+from distill.config import load_yaml
 from distill.data import load_pairs, scored_pairs
 from distill.device import stage_device
 from distill.errors import CheckpointError, ConfigError, DistillError
@@ -46,6 +47,7 @@ from distill.runs import (
     splice_spec,
     student_spec,
     teacher_data,
+    teacher_dir,
     tuned_spec,
     variant_spec,
 )
@@ -129,6 +131,22 @@ def _scores(
     log.info("scoring '%s' on %d test pairs", name, len(pairs))
     row, _ = evaluate_model(model, tok, pairs, beam=1, progress=True)
     return row, note
+
+
+def base_model(run_dir: Path) -> str | None:
+    """The Hub id of an imported teacher, for the card's ``base_model``: read off the checkpoint
+    folder its config.yaml records (``pretrained``) when that is a snapshot in the Hugging Face
+    cache (``.../models--ORG--NAME/snapshots/REV``, where ``hf download`` and
+    ``snapshot_download`` put it). None for a teacher trained here or imported from elsewhere."""
+    pretrained = load_yaml(teacher_dir(run_dir) / "config.yaml").get("pretrained") or ""
+    parts = Path(pretrained).parts
+    if len(parts) >= 3 and parts[-2] == "snapshots" and parts[-3].startswith("models--"):
+        return parts[-3].removeprefix("models--").replace("--", "/")  # a Hub id has no "--"
+    if pretrained:
+        log.info(
+            "teacher imported from %s, no Hugging Face cache folder: no base_model", pretrained
+        )
+    return None
 
 
 def _whole_split(data, model, tok) -> dict | None:
@@ -221,6 +239,7 @@ def export(
         hybrid={"base": variant.base, "kept": list(variant.kept)}
         if variant and variant.hybrid
         else None,
+        base_model=base_model(run_dir),
         distill_version=__version__,
     )
     with atomic_dir(out_dir) as tmp:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from safetensors import safe_open
 
 import distill
@@ -18,7 +19,7 @@ from distill.cli import main
 from distill.data import DataConfig
 from distill.decode import beam_search, greedy, strip_ids
 from distill.errors import CheckpointError, ConfigError
-from distill.export import best_variant, export, parse_spec
+from distill.export import base_model, best_variant, export, parse_spec
 from distill.model import (
     EOS_ID,
     PAD_ID,
@@ -243,6 +244,31 @@ def test_the_model_card_is_hub_metadata_and_its_usage_snippet_runs(exports, hf_m
     finally:
         os.chdir(cwd)
     assert capsys.readouterr().out.strip() == repr(expected)
+
+
+def test_the_card_names_an_imported_teachers_hub_id_as_base_model(run_dir, exports, tmp_path):
+    from huggingface_hub import ModelCard
+
+    def imported_from(pretrained: str) -> None:  # what the teacher stage records of an import
+        recorded = yaml.safe_load(config.read_text())
+        config.write_text(yaml.safe_dump({**recorded, "pretrained": pretrained}))
+
+    assert ModelCard((exports["teacher"] / "README.md").read_text()).data.base_model is None
+    run = Path(shutil.copytree(run_dir, tmp_path / "run"))
+    config = run / "teacher" / "config.yaml"
+    imported_from(
+        "/home/u/.cache/huggingface/hub/models--Helsinki-NLP--opus-mt-de-en/snapshots/0a1"
+    )
+    out = export(run, "teacher", tmp_path / "imported")
+    assert (
+        ModelCard((out / "README.md").read_text()).data.base_model == "Helsinki-NLP/opus-mt-de-en"
+    )
+    assert (
+        json.loads((out / "config.json").read_text())["base_model"] == "Helsinki-NLP/opus-mt-de-en"
+    )
+    for elsewhere in ("/home/u/opus-mt-de-en", str(run / "marian")):  # a saved folder, trained here
+        imported_from(elsewhere)
+        assert base_model(run) is None
 
 
 @pytest.mark.parametrize("variant", ["teacher", "attentionless", "attentionless_pw"])
