@@ -24,12 +24,8 @@ from typing import NoReturn
 PACKAGE = Path(__file__).resolve().parent
 ROOT = "hf"  # the module of the transformers classes that config.json's auto_map names
 ALLOWED = ("torch", "transformers", "safetensors", "sentencepiece", "tokenizers")
+PREFIX = "distill_"  # distill/<module>.py is the export's distill_<module>.py
 _OWN = re.compile(r"from\s+distill\.(\w+)")
-
-
-def file_name(module: str) -> str:
-    """The export's file for the module ``distill.<module>``."""
-    return f"distill_{module}.py"
 
 
 def _offset(lines: list[str], node: ast.stmt) -> int:
@@ -77,8 +73,7 @@ def _flatten(module: str, chain: list[str]) -> tuple[str, list[str]]:
         found = _OWN.match(source, start)
         if found is None:
             refuse(node, "imports distill in a form that is not rewritten")
-        relative = f"from .{file_name(other).removesuffix('.py')}"
-        source = source[:start] + relative + source[found.end() :]
+        source = f"{source[:start]}from .{PREFIX}{other}{source[found.end() :]}"
     return source, [other for _, other in own]
 
 
@@ -90,7 +85,7 @@ def remote_code() -> dict[str, str]:
     files, chains, todo = {}, {ROOT: [ROOT]}, [ROOT]
     while todo:
         module = todo.pop()
-        files[file_name(module)], needed = _flatten(module, chains[module])
+        files[f"{PREFIX}{module}.py"], needed = _flatten(module, chains[module])
         for other in needed:
             if other not in chains:
                 chains[other] = chains[module] + [other]
