@@ -108,16 +108,21 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from distill.export import export, parse_spec
+    from distill.export import best_variant, export, parse_spec
 
     if args.spec and args.variant:
         raise ConfigError("give --variant or --spec, not both")
-    export(
-        args.run_dir,
-        parse_spec(args.spec) if args.spec else args.variant or "attentionless",
-        args.out,
-        layer_wise=args.layer_wise,
-    )
+    variant, layer_wise = args.variant, args.layer_wise
+    if not args.spec and not variant:
+        best = best_variant(args.run_dir, layer_wise)
+        stage = best.get("stage", "layer-wise")
+        variant, layer_wise = best["variant"], stage != "tuned"
+        print(
+            f"distill: exporting '{variant}' ({stage}), the best variant by validation BLEU "
+            f"({best['bleu']:.2f})",
+            file=sys.stderr,
+        )
+    export(args.run_dir, parse_spec(args.spec) if args.spec else variant, args.out, layer_wise)
     return 0
 
 
@@ -232,7 +237,13 @@ def build_parser() -> argparse.ArgumentParser:
     ev.set_defaults(func=cmd_evaluate)
     ex = sub.add_parser("export", help="write one variant of a run as a loadable model dir")
     ex.add_argument("run_dir")
-    ex.add_argument("--variant", default="", help="teacher, alr, ..., attentionless (default)")
+    ex.add_argument(
+        "--variant",
+        default="",
+        help="teacher, alr, ..., attentionless, a hybrid (default: the variant other than the "
+        "teacher with the best BLEU in RUN_DIR/eval/results-valid.json, tuned or layer-wise: "
+        "distill run evaluate ... split=valid writes it)",
+    )
     ex.add_argument("--spec", default="", help="SITE=MODE[,SITE=MODE...] instead of a variant")
     ex.add_argument("--out", required=True, help="export directory (replaced if an old export)")
     ex.add_argument(

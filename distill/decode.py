@@ -14,24 +14,8 @@ from __future__ import annotations
 import torch
 
 from distill.data import sentence_batches, unsort
-from distill.model import BOS_ID, EOS_ID, PAD_ID, Seq2SeqTransformer
+from distill.model import BOS_ID, EOS_ID, PAD_ID, Seq2SeqTransformer, reorder_cache
 from distill.progress import progress_bar
-
-
-def reorder_cache(cache, index: torch.Tensor):
-    """Every tensor in a (nested) cache with its rows picked by ``index``, in place for dicts."""
-    if isinstance(cache, torch.Tensor):
-        return cache.index_select(0, index)
-    if isinstance(cache, int):  # a position count: the same for every row
-        return cache
-    if isinstance(cache, dict):
-        for key, value in cache.items():
-            cache[key] = reorder_cache(value, index)
-        return cache
-    if isinstance(cache, list):
-        cache[:] = [reorder_cache(value, index) for value in cache]
-        return cache
-    raise TypeError(f"cannot reorder a cache entry of type {type(cache).__name__}")
 
 
 class _Stepper:

@@ -1,12 +1,15 @@
 """Export one variant of a run as a self-contained directory (layout: ``distill.pretrained``).
 
+    distill export runs/demo --out exports/demo-best      # the best variant on the valid split
     distill export runs/demo --variant attentionless --out exports/demo-attentionless
     distill export runs/demo --variant attentionless_pw+keep1 --out DIR   # a hybrid
     distill export runs/demo --spec encoder.0.self_attn=alr,decoder.1.cross_attn=cross --out DIR
 
 The teacher's weights with the students of the chosen modes spliced in, the tokenizer, a model
 card with the variant's BLEU/chrF (from RUN_DIR/eval/results.json when that variant was scored
-there, else scored now on the run's test split) and the files transformers needs. config.json
+there, else scored now on the run's test split) and the modelling code transformers needs to
+load and ``generate`` without distill installed (``distill.remote_code``: the package's own
+modules, written at export time). config.json
 and the card say whether the model is attentionless and which sites keep the teacher's attention
 (a hybrid's kept sites, or the sites no student replaced). Everything is written into a temporary
 sibling that is renamed into place: an interrupted export leaves no OUT.
@@ -28,20 +31,23 @@ from distill.checkpoint import (
     read_json,
     save_tensors,
 )
+from distill.config import load_yaml
 from distill.data import load_pairs, scored_pairs
 from distill.device import stage_device
 from distill.errors import CheckpointError, ConfigError, DistillError
+from distill.export_config import check_spec, generation_config, make_config
 from distill.marian import MarianVocab
 from distill.model import ModelConfig, count_parameters, teacher_attention
 from distill.modelcard import model_card
 from distill.modes import Variant, resolve_variant
-from distill.pretrained import REMOTE_CODE, check_spec, generation_config, make_config
+from distill.remote_code import remote_code
 from distill.runs import (
     load_teacher,
     load_variant,
     splice_spec,
     student_spec,
     teacher_data,
+    teacher_dir,
     tuned_spec,
     variant_spec,
 )
@@ -86,6 +92,28 @@ def resolve_spec(
     return name, spec, variant
 
 
+def best_variant(run_dir: str | Path, layer_wise: bool = False) -> dict:
+    """The row of the run's validation scores (RUN_DIR/eval/results-valid.json, written by the
+    evaluate stage with ``split=valid``) with the best BLEU among the variants that replace
+    attention: every row but the teacher's, tuned or layer-wise (only layer-wise rows when
+    ``layer_wise``), hybrids included. What ``distill export`` exports without ``--variant``."""
+    path = Path(run_dir) / "eval" / "results-valid.json"
+    todo = (
+        f"score the variants on the validation split first (distill run evaluate --config NAME "
+        f"run_dir={run_dir} split=valid) or pass --variant"
+    )
+    if not path.is_file():
+        raise ConfigError(f"{path}: not found; {todo}")
+    rows = [
+        row
+        for row in read_json(path).get("rows", [])
+        if row["variant"] != "teacher" and (not layer_wise or row.get("stage") == "layer-wise")
+    ]
+    if not rows:
+        raise ConfigError(f"{path}: no variant that replaces attention was scored; {todo}")
+    return max(rows, key=lambda row: row["bleu"])  # the first of equals
+
+
 def _scores(
     run_dir: Path, name: str, stage: str, spec: dict[str, str], model, tok
 ) -> tuple[dict, str]:
@@ -103,6 +131,22 @@ def _scores(
     log.info("scoring '%s' on %d test pairs", name, len(pairs))
     row, _ = evaluate_model(model, tok, pairs, beam=1, progress=True)
     return row, note
+
+
+def base_model(run_dir: Path) -> str | None:
+    """The Hub id of an imported teacher, for the card's ``base_model``: read off the checkpoint
+    folder its config.yaml records (``pretrained``) when that is a snapshot in the Hugging Face
+    cache (``.../models--ORG--NAME/snapshots/REV``, where ``hf download`` and
+    ``snapshot_download`` put it). None for a teacher trained here or imported from elsewhere."""
+    pretrained = load_yaml(teacher_dir(run_dir) / "config.yaml").get("pretrained") or ""
+    parts = Path(pretrained).parts
+    if len(parts) >= 3 and parts[-2] == "snapshots" and parts[-3].startswith("models--"):
+        return parts[-3].removeprefix("models--").replace("--", "/")  # a Hub id has no "--"
+    if pretrained:
+        log.info(
+            "teacher imported from %s, no Hugging Face cache folder: no base_model", pretrained
+        )
+    return None
 
 
 def _whole_split(data, model, tok) -> dict | None:
@@ -159,6 +203,7 @@ def export(
     """
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     _check_out(out_dir)
+    code = remote_code()  # a module the export cannot ship fails before any work
     model, tok = load_teacher(run_dir)
     cfg = model.cfg
     name, spec, variant = resolve_spec(run_dir, variant_or_spec, cfg)
@@ -194,6 +239,7 @@ def export(
         hybrid={"base": variant.base, "kept": list(variant.kept)}
         if variant and variant.hybrid
         else None,
+        base_model=base_model(run_dir),
         distill_version=__version__,
     )
     with atomic_dir(out_dir) as tmp:
@@ -205,8 +251,8 @@ def export(
             shutil.copyfile(tok.path, tmp / "spm.model")
             hf_tokenizer(tok.path, cfg.max_len).save_pretrained(tmp)  # for AutoTokenizer
         atomic_write_json(tmp / "generation_config.json", generation_config(cfg))
-        for filename, code in REMOTE_CODE.items():
-            atomic_write_text(tmp / filename, code)
+        for filename, source in code.items():
+            atomic_write_text(tmp / filename, source)
         atomic_write_text(tmp / "README.md", model_card(config, row, note, out_dir.name, whole))
         atomic_write_json(tmp / "config.json", config)
         _shareable(tmp)

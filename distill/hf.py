@@ -1,16 +1,20 @@
 """transformers integration: a config and a seq2seq LM around distill's (spliced) model.
 
-An export ships two one-line remote-code files that import these classes, so
+An export ships this module as ``distill_hf.py`` beside the modules it needs (``distill_model.py``,
+...: written at export time by ``distill.remote_code``, imports made relative; config.json's
+auto_map names the classes here), so
 
     AutoModelForSeq2SeqLM.from_pretrained(EXPORT_DIR, trust_remote_code=True)
 
-works wherever ``distill`` is installed. With the export's ``generation_config.json``, ``generate``
-gives the tokens of ``distill.decode`` (greedy, and beam search: both use transformers' default
-``early_stopping=False``) for sources that end with EOS and are right-padded (positions are
-absolute, as in training). Decoding is incremental through the same per-site cache as
-``distill.decode`` (``DecoderCache``: the teacher's K/V and each student's own state), which
-``generate`` carries from step to step and reorders for beam search; ``use_cache=False`` re-runs
-the decoder over the whole prefix at every step and gives the same tokens.
+works without ``distill`` installed (torch, transformers and sentencepiece suffice: this module
+and what it imports may use nothing else, ``remote_code.ALLOWED``). With the export's
+``generation_config.json``, ``generate`` gives the tokens of ``distill.decode`` (greedy, and beam
+search: both use transformers' default ``early_stopping=False``) for sources that end with EOS and
+are right-padded (positions are absolute, as in training). Decoding is incremental through the
+same per-site cache as ``distill.decode`` (``DecoderCache``: the teacher's K/V and each student's
+own state), which ``generate`` carries from step to step and reorders for beam search;
+``use_cache=False`` re-runs the decoder over the whole prefix at every step and gives the same
+tokens.
 """
 
 from __future__ import annotations
@@ -25,9 +29,16 @@ from transformers import GenerationMixin, PretrainedConfig, PreTrainedModel
 from transformers.initialization import no_init_weights
 from transformers.modeling_outputs import BaseModelOutput, Seq2SeqLMOutput
 
-from distill.decode import reorder_cache
-from distill.model import BOS_ID, EOS_ID, PAD_ID, UNK_ID, ModelConfig, Seq2SeqTransformer
-from distill.pretrained import build_model, parse_config
+from distill.export_config import build_model, parse_config
+from distill.model import (
+    BOS_ID,
+    EOS_ID,
+    PAD_ID,
+    UNK_ID,
+    ModelConfig,
+    Seq2SeqTransformer,
+    reorder_cache,
+)
 
 
 def _config_body(ns: dict) -> None:

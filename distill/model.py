@@ -158,6 +158,24 @@ def _init_weights(module: nn.Module) -> None:
             module.weight[PAD_ID].zero_()
 
 
+def reorder_cache(cache, index: torch.Tensor):
+    """Every tensor in a (nested) decoding cache (``Seq2SeqTransformer.decode``'s: one dict per
+    decoder layer, each site's own state in it) with its rows picked by ``index`` (beam search
+    reshuffles rows every step), in place for dicts and lists."""
+    if isinstance(cache, torch.Tensor):
+        return cache.index_select(0, index)
+    if isinstance(cache, int):  # a position count: the same for every row
+        return cache
+    if isinstance(cache, dict):
+        for key, value in cache.items():
+            cache[key] = reorder_cache(value, index)
+        return cache
+    if isinstance(cache, list):
+        cache[:] = [reorder_cache(value, index) for value in cache]
+        return cache
+    raise TypeError(f"cannot reorder a cache entry of type {type(cache).__name__}")
+
+
 # --- sites ---------------------------------------------------------------------------------------
 
 MASKS = ("source", "target")

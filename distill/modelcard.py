@@ -66,10 +66,11 @@ print(tok.batch_decode(model.generate(**batch, num_beams=1), skip_special_tokens
 
 {tokenizer_text}: it appends EOS, right-pads, and with `truncation=True` keeps a source's first
 {max_src} pieces, as `distill translate` does; `generate` (greedy, or `num_beams=k`) then returns
-distill's tokens. Both calls need `trust_remote_code=True` (AutoTokenizer reads `config.json`
-too, whose architecture is distill's); the remote code (`modeling_distill.py`,
-`configuration_distill.py`) only imports the `distill` package, so install distill first
-(`pip install -e .` in its checkout).
+distill's tokens. `trust_remote_code=True` runs the modelling code in this folder
+(`distill_hf.py` and the `distill_*.py` files it imports: distill's own modules, written when the
+model was exported), which needs torch, transformers and sentencepiece, not distill. AutoTokenizer
+reads `config.json` too, whose architecture is distill's: without the flag it asks whether to run
+that code (the tokenizer loads either way).
 To publish: `hf upload <user>/{name} {name}` (huggingface_hub's CLI; needs a network and a
 token).
 
@@ -108,8 +109,9 @@ CORPORA = {
 
 
 def front_matter(config: dict, row: dict, name: str) -> str:
-    """The card's YAML metadata (language, licence, library, tags, datasets, metrics and a
-    model-index with BLEU and chrF), written by huggingface_hub's ``ModelCardData``."""
+    """The card's YAML metadata (language, licence, library, base model (an imported teacher's Hub
+    id), tags, datasets, metrics and a model-index with BLEU and chrF), written by huggingface_hub's
+    ``ModelCardData``."""
     from huggingface_hub import EvalResult, ModelCardData
 
     src, _, tgt = config["data"]["pair"].partition("-")
@@ -140,6 +142,7 @@ def front_matter(config: dict, row: dict, name: str) -> str:
         license_name=licence_name,
         license_link=licence_link,
         library_name="transformers",
+        base_model=config.get("base_model"),  # an imported teacher's Hub id
         pipeline_tag="translation",
         tags=["translation", "distill", *kind_tag(config), config["variant"]],
         datasets=[dataset] if dataset else None,

@@ -1,160 +1,41 @@
-"""Export directories: the ``config.json`` schema, rebuilding the spliced model, loading it.
+"""Export directories: loading one into distill (``from_pretrained``).
 
 An export directory (written by ``distill.export.export``) holds:
     config.json             teacher dimensions, tokenizer, ``replacements`` {site: a
                             ``StudentSpec``'s dict} and the keys transformers reads
-                            (model_type, auto_map, ids); for people, not read back:
-                            ``attentionless``, ``teacher_attention`` (the sites that keep the
-                            teacher's attention) and ``hybrid`` ({base, kept} or null)
+                            (model_type, auto_map, ids); schema: ``distill.export_config``; for
+                            people, not read back: ``attentionless``, ``teacher_attention`` (the
+                            sites that keep the teacher's attention), ``hybrid`` ({base, kept} or
+                            null) and ``base_model`` (an imported teacher's Hub id, or null)
     model.safetensors       state dict of the spliced model: replaced attention has no weights here
-    spm.model               the SentencePiece tokenizer (a Marian teacher's export: its renumbered
-                            MarianTokenizer files instead, see distill.marian)
+    spm.model               the SentencePiece tokenizer, with tokenizer.json for transformers (a
+                            Marian teacher's export: its renumbered MarianTokenizer files instead,
+                            see distill.marian)
     generation_config.json  generate() defaults that match distill's own decoding
-    configuration_distill.py, modeling_distill.py   thin remote code for transformers' Auto classes
+    distill_hf.py, distill_model.py, ...   the modelling code transformers loads with
+                            ``trust_remote_code=True``: distill's own modules, written at export
+                            time (``distill.remote_code``), so loading needs no distill install
     README.md               the model card
 
 ``config.json`` is the one description of the architecture: distill and transformers both rebuild
-the model from it, so loading checks it strictly and names the key that does not fit.
+the model from it, so loading checks it strictly and names the key that does not fit. An export
+written before the modelling code was included (one-line configuration_distill.py and
+modeling_distill.py that import distill) loads here the same way.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from pathlib import Path
 
 import torch
 
 from distill.checkpoint import load_state_dict, load_tensors, read_json
-from distill.errors import CheckpointError, ConfigError, DataError
-from distill.model import (
-    BOS_ID,
-    EOS_ID,
-    PAD_ID,
-    UNK_ID,
-    ModelConfig,
-    Seq2SeqTransformer,
-    site_path,
-)
-from distill.modes import MODES, mode_sites
-from distill.students import StudentSpec, build_student, splice
+from distill.errors import CheckpointError, DataError
+from distill.export_config import build_model, parse_config
+from distill.model import Seq2SeqTransformer
 
 log = logging.getLogger(__name__)
-
-FORMAT_VERSION = 1
-MODEL_KEYS = tuple(f.name for f in dataclasses.fields(ModelConfig))
-SPECIAL_IDS = {
-    "pad_token_id": PAD_ID,
-    "unk_token_id": UNK_ID,
-    "bos_token_id": BOS_ID,
-    "eos_token_id": EOS_ID,
-    "decoder_start_token_id": BOS_ID,
-}
-REMOTE_CODE = {
-    "configuration_distill.py": "from distill.hf import DistillConfig  # noqa: F401\n",
-    "modeling_distill.py": "from distill.hf import DistillForConditionalGeneration  # noqa: F401\n",
-}
-
-
-def check_spec(spec: dict[str, str], cfg: ModelConfig) -> None:
-    """ValueError unless every site is one its mode replaces and no site lies inside another."""
-    for site, mode in spec.items():
-        if mode not in MODES:
-            raise ValueError(f"site '{site}': unknown mode '{mode}' (known: {', '.join(MODES)})")
-        site_path(site, cfg)  # names an unknown site
-        if site not in mode_sites(mode, cfg):
-            raise ValueError(
-                f"site '{site}': mode '{mode}' replaces {MODES[mode].site.format(i='I')} sites"
-            )
-    paths = sorted((site_path(s, cfg), s) for s in spec)
-    for (outer, a), (inner, b) in zip(paths, paths[1:]):
-        if inner.startswith(outer + "."):  # e.g. encoder.0 (elr) holds encoder.0.self_attn (alr)
-            raise ValueError(f"sites '{a}' and '{b}' overlap: only one of them can be replaced")
-
-
-def make_config(cfg: ModelConfig, replacements: dict[str, dict], tokenizer: dict, **extra) -> dict:
-    """The ``config.json`` of an export (plain JSON, readable by distill and by transformers)."""
-    return {
-        "model_type": "distill",
-        "architectures": ["DistillForConditionalGeneration"],
-        "auto_map": {
-            "AutoConfig": "configuration_distill.DistillConfig",
-            "AutoModelForSeq2SeqLM": "modeling_distill.DistillForConditionalGeneration",
-        },
-        "is_encoder_decoder": True,
-        "use_cache": True,  # every decoder site, students included, decodes incrementally
-        "format_version": FORMAT_VERSION,
-        **dataclasses.asdict(cfg),
-        "replacements": replacements,
-        "tokenizer": tokenizer,
-        **SPECIAL_IDS,
-        **extra,
-    }
-
-
-def generation_config(cfg: ModelConfig) -> dict:
-    """generate() defaults under which transformers decodes exactly like ``distill.decode``."""
-    return {
-        "decoder_start_token_id": BOS_ID,
-        "bos_token_id": BOS_ID,
-        "eos_token_id": EOS_ID,
-        "pad_token_id": PAD_ID,
-        "suppress_tokens": [PAD_ID],  # as distill.decode: padding is never generated
-        # distill's decoders emit up to max_len tokens after BOS (max_length would count BOS).
-        "max_new_tokens": cfg.max_len,
-        "early_stopping": False,  # transformers' default, and distill's beam search
-        "length_penalty": 1.0,
-        "use_cache": True,
-    }
-
-
-def parse_config(config: dict, source: Path | str) -> tuple[ModelConfig, dict[str, dict]]:
-    """(ModelConfig, replacements) from a ``config.json`` dict; CheckpointError names the key."""
-    missing = [k for k in MODEL_KEYS + ("replacements",) if k not in config]
-    if missing:
-        raise CheckpointError(f"{source}: missing key '{missing[0]}'")
-    for key, want in SPECIAL_IDS.items():
-        if key in config and config[key] != want:
-            raise CheckpointError(f"{source}: '{key}' is {config[key]!r}, distill uses {want}")
-    kinds = {f.name: f.type for f in dataclasses.fields(ModelConfig)}
-    values = {}
-    for key in MODEL_KEYS:
-        value = config[key]
-        ok = type(value) in {"float": (int, float), "str": (str,)}.get(kinds[key], (int,))
-        if not ok:
-            raise CheckpointError(f"{source}: '{key}' must be {kinds[key]}, got {value!r}")
-        values[key] = value
-    try:
-        cfg = ModelConfig(**values)
-    except ValueError as err:
-        raise CheckpointError(f"{source}: {err}") from None
-    replacements = config["replacements"]
-    if not isinstance(replacements, dict):
-        raise CheckpointError(f"{source}: 'replacements' must be a mapping site -> spec")
-    for site, spec in replacements.items():
-        if not isinstance(spec, dict):
-            raise CheckpointError(f"{source}: 'replacements.{site}' must be a mapping")
-        try:
-            StudentSpec.from_dict(spec, f"replacements.{site}", strict=True)
-        except ConfigError as err:
-            raise CheckpointError(f"{source}: {err}") from None
-    try:
-        check_spec({s: r["mode"] for s, r in replacements.items()}, cfg)
-    except ValueError as err:
-        raise CheckpointError(f"{source}: 'replacements': {err}") from None
-    return cfg, replacements
-
-
-def build_model(
-    cfg: ModelConfig, replacements: dict[str, dict], cls: type[Seq2SeqTransformer] | None = None
-) -> Seq2SeqTransformer:
-    """A freshly initialised model of the exported architecture (teacher + spliced students)."""
-    model = (cls or Seq2SeqTransformer)(cfg)
-    students = {
-        site: build_student(StudentSpec.from_dict(r), cfg) for site, r in replacements.items()
-    }
-    splice(model, students)
-    return model.eval()
 
 
 class TranslationModel(Seq2SeqTransformer):

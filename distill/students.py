@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from distill.cross_students import PairGateStudent, SlotStudent, alignment_loss
+from distill.errors import ConfigError
 from distill.model import ModelConfig, recompute_step, site_path
 from distill.modes import ACTIVATIONS, GATED, MODES, RESIDUAL_MODES, SIZES, apply_activation, mode
 
@@ -384,14 +385,18 @@ def least_squares_units(student: nn.Module, d_out: int) -> list[tuple[FlatMLP, s
     raise ValueError(f"least-squares init needs a non-causal student, got {type(student).__name__}")
 
 
+# What a JSON value of each field annotation may be (an int is a float too, as in distill.config).
+JSON_TYPES = {"str": (str,), "bool": (bool,), "int": (int,), "float": (int, float)}
+
+
 @dataclass(frozen=True)
 class StudentSpec:
     """What one site's student is: the one record of a student's settings.
 
     Checked here, built by ``build_student``, written as its dict (``to_dict``) into
     students/<mode>/spec.json, an export's ``replacements``, the model card's rows and the
-    results table, and read back with the config loader (``from_dict``). A new student setting is
-    a field here, read by the student class it concerns in ``build_student``."""
+    results table, and read back, checked, with ``from_dict``. A new student setting is a field
+    here, read by the student class it concerns in ``build_student``."""
 
     mode: str
     size: str = "m"
@@ -413,12 +418,28 @@ class StudentSpec:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], where: str = "", strict: bool = False):
         """The spec in ``data`` (a spec.json, one of an export's ``replacements``); other keys
-        are ignored unless ``strict``. Bad values raise ConfigError naming ``where`` and the key."""
-        from distill.config import from_dict
-
-        names = {f.name for f in dataclasses.fields(cls)}
-        own = dict(data) if strict else {k: v for k, v in data.items() if k in names}
-        return from_dict(cls, own, f"{where}." if where else "")
+        are ignored unless ``strict``. Bad keys and values raise ConfigError naming ``where`` and
+        the key, worded as distill.config words it (not used here: this module is part of an
+        export's remote code, which cannot need the config loader's YAML)."""
+        prefix = f"{where}." if where else ""
+        types = {f.name: f.type for f in dataclasses.fields(cls)}
+        values = {}
+        for key, value in data.items():
+            if key not in types:
+                if strict:
+                    known = ", ".join(sorted(types))
+                    raise ConfigError(f"unknown config key '{prefix}{key}' (known: {known})")
+            elif type(value) not in JSON_TYPES[types[key]]:
+                raise ConfigError(
+                    f"config key '{prefix}{key}': expected {types[key]}, "
+                    f"got {type(value).__name__} {value!r}"
+                )
+            else:
+                values[key] = float(value) if types[key] == "float" else value
+        try:
+            return cls(**values)
+        except (TypeError, ValueError) as err:  # TypeError: no mode
+            raise ConfigError(f"config '{where or cls.__name__}': {err}") from None
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -58,6 +58,19 @@ def make_tiny_pairs(n: int, seed: int = 0) -> list[tuple[str, str]]:
     return pairs
 
 
+@pytest.fixture(scope="session", autouse=True)
+def hf_modules_cache(tmp_path_factory):
+    """One transformers modules cache for the session, out of the home directory: transformers
+    copies an export's remote code there, and the relative imports between its files resolve in
+    the first cache a process used (a second one breaks them)."""
+    import transformers.dynamic_module_utils as dmu
+
+    mp = pytest.MonkeyPatch()
+    mp.setattr(dmu, "HF_MODULES_CACHE", str(tmp_path_factory.mktemp("hf_modules")))
+    yield
+    mp.undo()
+
+
 @pytest.fixture(scope="session")
 def tiny_pairs() -> list[tuple[str, str]]:
     """300 seeded German-English pairs (data tests; also a corpus for tiny recipes)."""

@@ -161,14 +161,12 @@ def test_alrr_and_residual_students_on_a_simplified_teacher_are_one_line_errors(
 
 
 def test_an_exported_simplified_model_generates_through_transformers_as_distill_does(
-    simplified_run, tmp_path, monkeypatch
+    simplified_run, tmp_path
 ):
-    import transformers.dynamic_module_utils as dmu
     from transformers import AutoModelForSeq2SeqLM
 
     block, run_dir = simplified_run
     out = export(run_dir, "cross_pw", tmp_path / "export")  # shaped self-attention stays
-    monkeypatch.setattr(dmu, "HF_MODULES_CACHE", str(tmp_path / "hf_modules"))
     hf = AutoModelForSeq2SeqLM.from_pretrained(str(out), trust_remote_code=True).eval()
     model, _ = distill.from_pretrained(out)
     assert model.cfg.block == block and len(shaped(model)) == model.cfg.n_enc + model.cfg.n_dec

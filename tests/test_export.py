@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from safetensors import safe_open
 
 import distill
@@ -18,7 +19,7 @@ from distill.cli import main
 from distill.data import DataConfig
 from distill.decode import beam_search, greedy, strip_ids
 from distill.errors import CheckpointError, ConfigError
-from distill.export import export, parse_spec
+from distill.export import base_model, best_variant, export, parse_spec
 from distill.model import (
     EOS_ID,
     PAD_ID,
@@ -127,19 +128,13 @@ def exports(run_dir):
 
 
 @pytest.fixture(scope="module")
-def hf_models(exports, tmp_path_factory):
-    import transformers.dynamic_module_utils as dmu
+def hf_models(exports):
     from transformers import AutoModelForSeq2SeqLM
 
-    # The remote code is copied into a modules cache: keep it out of the home directory.
-    mp = pytest.MonkeyPatch()
-    mp.setattr(dmu, "HF_MODULES_CACHE", str(tmp_path_factory.mktemp("hf_modules")))
-    models = {
+    return {
         v: AutoModelForSeq2SeqLM.from_pretrained(str(path), trust_remote_code=True).eval()
         for v, path in exports.items()
     }
-    yield models
-    mp.undo()
 
 
 VARIANTS = ["teacher", "attentionless", "attentionless_pw", "attentionless_gate", "elr"]
@@ -251,6 +246,31 @@ def test_the_model_card_is_hub_metadata_and_its_usage_snippet_runs(exports, hf_m
     assert capsys.readouterr().out.strip() == repr(expected)
 
 
+def test_the_card_names_an_imported_teachers_hub_id_as_base_model(run_dir, exports, tmp_path):
+    from huggingface_hub import ModelCard
+
+    def imported_from(pretrained: str) -> None:  # what the teacher stage records of an import
+        recorded = yaml.safe_load(config.read_text())
+        config.write_text(yaml.safe_dump({**recorded, "pretrained": pretrained}))
+
+    assert ModelCard((exports["teacher"] / "README.md").read_text()).data.base_model is None
+    run = Path(shutil.copytree(run_dir, tmp_path / "run"))
+    config = run / "teacher" / "config.yaml"
+    imported_from(
+        "/home/u/.cache/huggingface/hub/models--Helsinki-NLP--opus-mt-de-en/snapshots/0a1"
+    )
+    out = export(run, "teacher", tmp_path / "imported")
+    assert (
+        ModelCard((out / "README.md").read_text()).data.base_model == "Helsinki-NLP/opus-mt-de-en"
+    )
+    assert (
+        json.loads((out / "config.json").read_text())["base_model"] == "Helsinki-NLP/opus-mt-de-en"
+    )
+    for elsewhere in ("/home/u/opus-mt-de-en", str(run / "marian")):  # a saved folder, trained here
+        imported_from(elsewhere)
+        assert base_model(run) is None
+
+
 @pytest.mark.parametrize("variant", ["teacher", "attentionless", "attentionless_pw"])
 def test_generate_decodes_incrementally_and_the_cache_changes_no_token(hf_models, variant):
     hf = hf_models[variant]
@@ -300,6 +320,57 @@ def test_cli_export_with_a_spec_scores_it_and_evaluate_reads_export_dirs(run_dir
     assert main(["-q", "evaluate", str(out), "--source", "demo", "--max-sentences", "3"]) == 0
     table = capsys.readouterr().out
     assert table.startswith("| variant |") and "| custom |" in table
+
+
+def _valid_results(run: Path, rows: list[tuple[str, str, float]]) -> None:
+    """A fabricated RUN_DIR/eval/results-valid.json (the evaluate stage's schema, the keys read
+    here) of (variant, stage, BLEU) rows."""
+    rows = [{"variant": v, "stage": s, "bleu": b, "chrf": 2 * b} for v, s, b in rows]
+    results = {"note": "tsv valid split", "split": "valid", "beam": 1, "rows": rows}
+    atomic_write_json(run / "eval" / "results-valid.json", results)
+
+
+def test_the_default_variant_is_the_best_replaced_one_on_the_valid_split(tmp_path):
+    run = tmp_path / "run"
+    scores = [
+        ("teacher", "", 30.0),
+        ("alr", "layer-wise", 20.0),
+        ("attentionless_gate", "layer-wise", 15.0),
+        ("attentionless_gate", "tuned", 21.0),
+        ("attentionless_pw+keep1", "layer-wise", 20.5),
+    ]
+    _valid_results(run, scores)
+    best = best_variant(run)
+    assert (best["variant"], best["stage"], best["bleu"]) == ("attentionless_gate", "tuned", 21.0)
+    best = best_variant(run, layer_wise=True)
+    assert (best["variant"], best["stage"]) == ("attentionless_pw+keep1", "layer-wise")
+    _valid_results(run, scores[:1])
+    with pytest.raises(ConfigError, match="no variant that replaces attention was scored"):
+        best_variant(run)
+    with pytest.raises(ConfigError, match=r"results-valid\.json: not found; .* or pass --variant"):
+        best_variant(tmp_path / "unscored")
+
+
+def test_cli_export_without_a_variant_exports_the_best_on_the_valid_split(
+    run_dir, tmp_path, capsys, monkeypatch
+):
+    run, out = Path(shutil.copytree(run_dir, tmp_path / "run")), tmp_path / "best"
+    assert main(["-q", "export", str(run), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "split=valid) or pass --variant" in err and not out.exists()
+    _valid_results(run, [("teacher", "", 9.0), ("elr", "layer-wise", 3.0), ("alr", "tuned", 2.0)])
+    assert main(["-q", "export", str(run), "--out", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert "exporting 'elr' (layer-wise), the best variant by validation BLEU (3.00)" in err
+    config = json.loads((out / "config.json").read_text())
+    assert (config["variant"], config["stage"]) == ("elr", "layer-wise")
+    # the best row's stage decides: tuned weights for a tuned row, else the layer-wise students
+    calls = []
+    monkeypatch.setattr("distill.export.export", lambda *args: calls.append(args[1:]))
+    for tuned, layer_wise in ((5.0, 4.0), (3.0, 4.0)):
+        _valid_results(run, [("alr", "tuned", tuned), ("alr", "layer-wise", layer_wise)])
+        assert main(["-q", "export", str(run), "--out", str(out)]) == 0
+    assert calls == [("alr", str(out), False), ("alr", str(out), True)]
 
 
 def test_export_refuses_bad_specs_and_foreign_out_dirs(run_dir, tmp_path):

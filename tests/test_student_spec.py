@@ -9,7 +9,7 @@ import json
 import pytest
 from distill_recipes import evaluate
 
-from distill import modelcard, pretrained, students
+from distill import export_config, modelcard, students
 from distill.errors import CheckpointError
 from distill.model import PRESETS, ModelConfig
 from distill.runs import trained_student
@@ -26,7 +26,7 @@ class GainSpec(StudentSpec):
 @pytest.fixture
 def with_gain(monkeypatch):
     """StudentSpec with the throwaway field, wherever a module holds the class."""
-    for module in (students, pretrained, modelcard, evaluate):
+    for module in (students, export_config, modelcard, evaluate):
         monkeypatch.setattr(module, "StudentSpec", GainSpec)
     return GainSpec("alr", "xs", gain=2.0)
 
@@ -41,11 +41,11 @@ def test_a_new_student_setting_is_one_field_and_reaches_every_record(with_gain, 
     # an export's config.json, checked field by field
     cfg = ModelConfig(**PRESETS["unit"])
     tok = {"file": "spm.model", "type": "sentencepiece", "vocab_size": cfg.vocab_size}
-    config = pretrained.make_config(cfg, {site: spec.to_dict()}, tok)
-    assert pretrained.parse_config(config, "config.json")[1][site]["gain"] == 2.0
+    config = export_config.make_config(cfg, {site: spec.to_dict()}, tok)
+    assert export_config.parse_config(config, "config.json")[1][site]["gain"] == 2.0
     config["replacements"][site]["gian"] = 3.0
     with pytest.raises(CheckpointError, match=r"unknown config key 'replacements\..*\.gian'"):
-        pretrained.parse_config(config, "config.json")
+        export_config.parse_config(config, "config.json")
     # the model card's table and the results table's name for the students
     table = modelcard.student_table({site: spec.to_dict()})
     assert table.splitlines()[0] == "| site | mode | size | activation | residual | gain |"
@@ -62,3 +62,30 @@ def test_a_spec_is_checked_where_it_is_made():
     by_name = build_student("alrr", cfg, "xs", "relu", True)
     by_spec = build_student(StudentSpec("alrr", "xs", "relu", True), cfg)
     assert [p.shape for p in by_name.parameters()] == [p.shape for p in by_spec.parameters()]
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        {"mode": "alr", "size": "xs", "residual": True},
+        {"mode": "alr", "residual": "yes"},
+        {"mode": "alr", "size": "huge"},
+        {"size": "xs"},
+        {"mode": "alr", "sizes": "xs"},
+        {"mode": 3},
+    ],
+)
+def test_a_spec_is_read_back_as_the_config_loader_reads_a_dataclass(data):
+    """StudentSpec.from_dict checks without distill.config (remote code needs no YAML), in its
+    words."""
+    from distill.config import from_dict
+    from distill.errors import ConfigError
+
+    def outcome(read):
+        try:
+            return read()
+        except ConfigError as err:
+            return str(err)
+
+    ours = outcome(lambda: StudentSpec.from_dict(data, "replacements.s", strict=True))
+    assert ours == outcome(lambda: from_dict(StudentSpec, data, "replacements.s."))
