@@ -199,7 +199,9 @@ def train_marian(cfg: Config, train_pairs, valid_pairs) -> Path:
 
 def main(cfg: Config) -> Path:
     out = teacher_dir(cfg.run_dir)
-    settings = result_settings(to_dict(cfg))
+    # The model's structure as far as its family gives it is no setting of its own: a run from
+    # before ModelConfig had those fields stored none of them, and still matches.
+    settings = result_settings({**to_dict(cfg), "model": cfg.model.family_deltas()})
     claim = begin(out, cfg.run_dir, settings, finished=(out / "bleu.json").exists())
     if claim.status == "skip":
         log.info("teacher already trained: %s (BLEU %s)", out, read_json(out / "bleu.json")["bleu"])
