@@ -17,28 +17,24 @@ distill teacher in two steps:
   separate here); Marian's ``final_logits_bias`` becomes the output layer's bias.
 
 Everything a checkpoint needs is checked before anything is written; a directory that is not a
-Marian checkpoint raises ``CheckpointError`` naming the file.
+Marian checkpoint raises ``CheckpointError`` naming the file. The renumbered tokenizer is read by
+``distill.tokenizer.MarianVocab``.
 """
 
 from __future__ import annotations
 
 import json
-import logging
 import tempfile
-from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 
 from distill.checkpoint import atomic_dir, read_json
-from distill.errors import CheckpointError, DataError
+from distill.errors import CheckpointError
 from distill.model import BOS_ID, EOS_ID, PAD_ID, UNK_ID, ModelConfig, Seq2SeqTransformer
-from distill.tokenizer import Tokenizer
-
-log = logging.getLogger(__name__)
+from distill.tokenizer import MarianVocab, marian_tokenizer
 
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
-TOKENIZER_FILES = ("source.spm", "target.spm", "vocab.json")
 ACTIVATIONS = {"swish": "swish", "silu": "swish", "relu": "relu", "gelu": "gelu"}
 BOS_PIECES = ("<s>", "<distill_bos>")  # the first one Marian's vocabulary does not use
 BOS_LOGIT = -1e4  # distill's BOS is never a target: its logit is a constant far below the rest
@@ -90,7 +86,7 @@ def check_dir(path: str | Path, max_len: int) -> dict:
         )
     if not any((path / f).is_file() for f in WEIGHT_FILES):
         raise CheckpointError(f"{path / WEIGHT_FILES[0]}: file not found (no model weights)")
-    for name in TOKENIZER_FILES:
+    for name in MarianVocab.FILES:
         if not (path / name).is_file():
             raise CheckpointError(f"{path / name}: file not found (the MarianTokenizer's files)")
     if (path / "target_vocab.json").exists() or config.get("separate_vocabs"):
@@ -140,17 +136,6 @@ def vocabulary_order(path: str | Path, config: dict) -> tuple[list[int], dict[st
     specials = [pad, unk, start, eos]
     rest = [i for i in range(n) if i not in (pad, unk, eos)]
     return specials + rest, vocab
-
-
-def marian_tokenizer(path: str | Path, **kwargs):
-    """transformers' ``MarianTokenizer`` of a directory; ``CheckpointError`` if it cannot load."""
-    from transformers import MarianTokenizer
-
-    try:
-        return MarianTokenizer.from_pretrained(str(path), local_files_only=True, **kwargs)
-    except (OSError, ValueError, RuntimeError, TypeError) as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise CheckpointError(f"{path}: cannot load its MarianTokenizer ({first})") from None
 
 
 def write_tokenizer(path: str | Path, order: list[int], vocab: dict[str, int], out: Path, max_len):
@@ -237,70 +222,6 @@ def load_checkpoint(path: str | Path, max_len: int):
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise CheckpointError(f"{path}: cannot load the MarianMTModel ({first})") from None
     return convert(model, order, max_len), model, order, vocab
-
-
-class MarianVocab:
-    """distill's tokenizer interface over a renumbered ``MarianTokenizer`` (``write_tokenizer``):
-    sources through the source SentencePiece model, targets through the target one, decoding as
-    transformers' ``batch_decode(..., skip_special_tokens=True)`` does."""
-
-    pad_id, unk_id, bos_id, eos_id = PAD_ID, UNK_ID, BOS_ID, EOS_ID
-
-    def __init__(self, path: str | Path):
-        self.path = Path(path)
-        for name in TOKENIZER_FILES:
-            if not (self.path / name).is_file():
-                raise DataError(f"{self.path / name}: file not found (a MarianTokenizer's files)")
-        self.hf = marian_tokenizer(self.path)
-        ids = (self.hf.pad_token_id, self.hf.unk_token_id, self.hf.bos_token_id)
-        if ids + (self.hf.eos_token_id,) != (PAD_ID, UNK_ID, BOS_ID, EOS_ID):
-            raise DataError(f"{self.path / 'vocab.json'}: not renumbered to distill's ids")
-
-    @property
-    def vocab_size(self) -> int:
-        return len(self.hf.encoder)
-
-    def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
-        """Source-side piece ids, without EOS."""
-        return (
-            self.hf(list(texts), add_special_tokens=False, verbose=False)["input_ids"]
-            if texts
-            else []
-        )
-
-    def encode_target_batch(self, texts: Sequence[str]) -> list[list[int]]:
-        """Target-side piece ids, without EOS."""
-        if not texts:
-            return []
-        return self.hf(text_target=list(texts), add_special_tokens=False, verbose=False)[
-            "input_ids"
-        ]
-
-    def encode(self, text: str) -> list[int]:
-        return self.encode_batch([text])[0]
-
-    def decode_batch(self, batch: Sequence[Sequence[int]]) -> list[str]:
-        """Text of each id list: stops at the first EOS, skips the special pieces."""
-        cut = []
-        for ids in batch:
-            ids = [int(i) for i in ids]
-            cut.append(ids[: ids.index(EOS_ID)] if EOS_ID in ids else ids)
-        return self.hf.batch_decode(cut, skip_special_tokens=True)
-
-    def decode(self, ids: Sequence[int]) -> str:
-        return self.decode_batch([ids])[0]
-
-    def __repr__(self) -> str:
-        return f"MarianVocab({str(self.path)!r}, vocab_size={self.vocab_size})"
-
-
-def load_tokenizer(directory: str | Path):
-    """The tokenizer saved in ``directory``: a renumbered MarianTokenizer (source.spm, ...) or
-    distill's own SentencePiece model (spm.model)."""
-    directory = Path(directory)
-    if (directory / "source.spm").is_file():
-        return MarianVocab(directory)
-    return Tokenizer(directory / "spm.model")
 
 
 # --- making a checkpoint in the opus-mt layout (the demo-marian teacher, the tests) --------------

@@ -8,7 +8,8 @@ An export directory (written by ``distill.export.export``) holds:
                             teacher's attention) and ``hybrid`` ({base, kept} or null)
     model.safetensors       state dict of the spliced model: replaced attention has no weights here
     spm.model               the SentencePiece tokenizer (a Marian teacher's export: its renumbered
-                            MarianTokenizer files instead, see distill.marian)
+                            MarianTokenizer files instead; each tokenizer class of
+                            distill.tokenizer writes its own, ``export_files``)
     generation_config.json  generate() defaults that match distill's own decoding
     configuration_distill.py, modeling_distill.py   thin remote code for transformers' Auto classes
     README.md               the model card
@@ -204,7 +205,7 @@ def from_pretrained(
     ``device``: ``auto`` (a GPU when torch sees one, else the CPU), ``cpu``, ``cuda``, ``cuda:N``.
     """
     from distill.device import resolve_device
-    from distill.marian import load_tokenizer
+    from distill.tokenizer import load_tokenizer
 
     device = resolve_device(device)  # a bad name fails before anything loads
     path = Path(path)

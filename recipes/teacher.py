@@ -29,7 +29,6 @@ from distill.errors import DataError
 from distill.losses import teacher_loss
 from distill.marian import (
     MarianTraining,
-    MarianVocab,
     load_checkpoint,
     opus_mt_config,
     save_opus_mt_tokenizer,
@@ -39,6 +38,7 @@ from distill.marian import (
 from distill.model import ModelConfig, Seq2SeqTransformer, count_parameters
 from distill.runs import save_model, teacher_dir, write_config
 from distill.stages import Claim, begin, result_settings
+from distill.tokenizer import MarianVocab
 from distill.train import TrainConfig, fit, process_state
 
 log = logging.getLogger("recipes.teacher")

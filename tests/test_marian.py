@@ -21,7 +21,6 @@ from transformers import MarianMTModel, MarianTokenizer
 from distill.cli import main
 from distill.data import collate, encode_pairs
 from distill.marian import (
-    MarianVocab,
     load_checkpoint,
     opus_mt_config,
     save_opus_mt_tokenizer,
@@ -30,6 +29,7 @@ from distill.marian import (
 from distill.model import BOS_ID, PAD_ID, ModelConfig, list_sites, site_path
 from distill.record import capture
 from distill.students import splice
+from distill.tokenizer import MarianVocab, load_tokenizer
 from tests.conftest import make_tiny_pairs
 from tests.helpers import PassThrough
 
@@ -152,6 +152,16 @@ def test_the_renumbered_tokenizer_segments_like_the_users_marian_tokenizer(impor
     )
 
 
+def test_the_renumbered_tokenizer_writes_itself_into_an_export(imported, tmp_path):
+    tok = imported[3]
+    tok.export_files(tmp_path, max_len=MAX_LEN)
+    info = tok.export_info()
+    assert info == {"file": "vocab.json", "type": "marian", "vocab_size": tok.vocab_size}
+    again = load_tokenizer(tmp_path)
+    texts = [s for s, _ in make_tiny_pairs(4, seed=7)]
+    assert isinstance(again, MarianVocab) and again.encode_batch(texts) == tok.encode_batch(texts)
+
+
 @pytest.fixture(scope="module")
 def marian_run(tmp_path_factory, checkpoint):
     """The tiny pipeline on the checkpoint above (teacher imported with pretrained=PATH)."""
@@ -176,7 +186,8 @@ def test_a_marian_teacher_runs_the_pipeline_and_its_export_works_through_transfo
     out = tmp_path / "export"
     args = ["-q", "export", str(marian_run), "--variant", "attentionless_pw", "--out", str(out)]
     assert main(args) == 0
-    assert json.loads((out / "config.json").read_text())["family"] == "marian"
+    config = json.loads((out / "config.json").read_text())
+    assert (config["family"], config["norm"], config["final_norm"]) == ("marian", "post", False)
     texts = [s for s, _ in make_tiny_pairs(6, seed=9)] + ["Guten Morgen!"]
     tok = AutoTokenizer.from_pretrained(str(out), trust_remote_code=True)
     model = AutoModelForSeq2SeqLM.from_pretrained(str(out), trust_remote_code=True).eval()
