@@ -27,14 +27,8 @@ from distill.data import DataConfig, Tokenizer, encode_pairs, load_pairs, spread
 from distill.device import stage_device
 from distill.errors import DataError
 from distill.losses import teacher_loss
-from distill.marian import (
-    MarianTraining,
-    load_checkpoint,
-    opus_mt_config,
-    save_opus_mt_tokenizer,
-    vocabulary_order,
-    write_tokenizer,
-)
+from distill.marian import load_checkpoint, vocabulary_order, write_tokenizer
+from distill.marian_train import MarianTraining, opus_mt_config, save_opus_mt_tokenizer
 from distill.model import ModelConfig, Seq2SeqTransformer, count_parameters
 from distill.runs import save_model, teacher_dir, write_config
 from distill.stages import Claim, begin, result_settings
