@@ -1,12 +1,14 @@
-"""The teacher's building blocks, read top to bottom: its config, the incremental-step helpers,
-dropout, the attention core and the standard sublayers. The layer layouts built from them
-(pre-LN, post-LN, SAS, SAS-P) are in ``distill.layers``.
+"""The teacher's building blocks, read top to bottom: its config and the teacher families (the
+presets of its structure), the incremental-step helpers, dropout, the attention core and the
+standard sublayers. The layer layouts built from them (pre-LN, post-LN, SAS, SAS-P) are in
+``distill.layers``.
 
 Dimension letters: B batch, L length, D d_model, H heads, K head dim (D / H).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -16,7 +18,15 @@ from torch import nn
 
 @dataclass
 class ModelConfig:
-    """Teacher dimensions; defaults are the paper's (6+6 layers, d 128, 8 heads, FFN 512)."""
+    """Teacher dimensions and structure; defaults are the paper's (6+6 layers, d 128, 8 heads,
+    FFN 512, pre-LN).
+
+    ``family`` says where the teacher comes from (a row of ``FAMILIES``). The structure is read
+    from fields that each mean one thing: ``block`` (the layer's sublayers), ``norm`` (where the
+    standard block's LayerNorms sit), ``positions`` (the sinusoidal table's layout) and
+    ``final_norm`` (a LayerNorm after each stack). Left unset (None), the last three are the
+    family's; a converted family (marian) always has its own, whatever the config says.
+    """
 
     vocab_size: int = 8000
     d_model: int = 128
@@ -26,17 +36,34 @@ class ModelConfig:
     n_dec: int = 6
     dropout: float = 0.1
     max_len: int = 50
-    family: str = "distill"  # "distill" (pre-LN) or "marian" (post-LN, see the module docstring)
+    family: str = "distill"  # a row of FAMILIES: "distill" (trained here) or "marian" (converted)
     activation: str = "relu"  # of the feed-forward sublayers: relu, swish (Marian's) or gelu
-    block: str = "pre_ln"  # layer layout of the distill family: pre_ln, sas or sas_p (see BLOCKS)
+    block: str = "pre_ln"  # layer layout: pre_ln (the standard block), sas or sas_p (see BLOCKS)
+    norm: str | None = None  # "pre": LN before each sublayer; "post": LN after the residual sum
+    positions: str | None = None  # sinusoidal table: sin_cos_interleaved or sin_cos_halves
+    final_norm: bool | None = None  # a LayerNorm after the last layer of each stack
 
     def __post_init__(self) -> None:
         if self.family not in FAMILIES:
             raise ValueError(f"family must be one of {', '.join(FAMILIES)}, got {self.family!r}")
-        if self.block not in BLOCKS:
-            raise ValueError(f"block must be one of {', '.join(BLOCKS)}, got {self.block!r}")
-        if self.block != "pre_ln" and self.family != "distill":
-            raise ValueError(f"block {self.block!r} is a layout of the distill family only")
+        row = FAMILIES[self.family]
+        for name in FAMILY_FIELDS:
+            if getattr(self, name) is None or row.converted:
+                setattr(self, name, getattr(row, name))
+        for name, known in (("block", BLOCKS), ("norm", NORMS), ("positions", POSITIONS)):
+            if getattr(self, name) not in known:
+                raise ValueError(
+                    f"{name} must be one of {', '.join(known)}, got {getattr(self, name)!r}"
+                )
+        if not isinstance(self.final_norm, bool):
+            raise ValueError(f"final_norm must be true or false, got {self.final_norm!r}")
+        if self.block not in row.blocks:
+            raise ValueError(
+                f"block {self.block!r} is not one of the {self.family} family's "
+                f"({', '.join(row.blocks)})"
+            )
+        if self.block != "pre_ln" and self.norm != "pre":
+            raise ValueError(f"block {self.block!r} normalises before its sublayers: norm 'pre'")
         if self.activation not in FFN_ACTIVATIONS:
             known = ", ".join(FFN_ACTIVATIONS)
             raise ValueError(f"activation must be one of {known}, got {self.activation!r}")
@@ -54,31 +81,84 @@ class ModelConfig:
 
     @property
     def pre_norm(self) -> bool:
-        """LayerNorm before each sublayer (ours) rather than after the residual (Marian)."""
-        return self.family == "distill"
+        """LayerNorm before each sublayer (``norm`` "pre") rather than after the residual sum."""
+        return self.norm == "pre"
 
     @property
     def layout(self) -> str:
-        """The layer layout (one of ``LAYOUTS``): the block of the distill family, or Marian's
-        post-LN. Which sites a teacher has depends on it (``distill.model.SITES``)."""
+        """The layer layout (one of ``LAYOUTS``): the block, or "post_ln" for the standard block
+        with norm "post". Which sites a teacher has depends on it (``distill.model.SITES``)."""
         return self.block if self.pre_norm else "post_ln"
 
     @property
     def residual_sites(self) -> bool:
         """Whether the attention sublayers and layers return their input plus a change: pre-LN
-        blocks only (post-LN normalises the sum; SAS and SAS-P have no attention skip)."""
-        return self.family == "distill" and self.block == "pre_ln"
+        standard blocks only (post-LN normalises the sum; SAS and SAS-P have no attention skip)."""
+        return self.layout == "pre_ln"
+
+    def family_deltas(self) -> dict:
+        """The fields as a dict, less the structure its family's row gives: what a teacher run
+        stores as its settings (runs from before ``FAMILY_FIELDS`` existed stored none)."""
+        row = FAMILIES[self.family]
+        fields = dataclasses.asdict(self)
+        return {k: v for k, v in fields.items() if k not in FAMILY_FIELDS or v != getattr(row, k)}
 
 
-FAMILIES = ("distill", "marian")
-# Layer layouts of the distill family (distill.layers; SAS and SAS-P: "Simplifying Transformer
-# Blocks", He & Hofmann, ICLR 2024):
-#   pre_ln  x + Attn(LN x), then x + MLP(LN x)                               (the standard block)
+# Layer layouts (distill.layers; SAS and SAS-P: "Simplifying Transformer Blocks", He & Hofmann,
+# ICLR 2024):
+#   pre_ln  x + Attn(LN x), then x + MLP(LN x)       (the standard block; norm "post": post_ln)
 #   sas     A·LN(x): shaped self-attention, no skip, no W_V / W_O; then x + g·MLP(LN x)
 #   sas_p   A·LN(x) + g·MLP(LN x): both read one normalised input, no skip but A's alpha·I
 # Cross-attention stays the standard sublayer (W_Q, W_K, W_V, W_O) in both: see ShapedAttention.
 BLOCKS = ("pre_ln", "sas", "sas_p")
-LAYOUTS = (*BLOCKS, "post_ln")  # ModelConfig.layout: the blocks, and the marian family's post-LN
+LAYOUTS = (*BLOCKS, "post_ln")  # ModelConfig.layout: the blocks, and the standard block post-LN
+NORMS = ("pre", "post")
+# sin and cos interleaved (Vaswani et al.), or all sines then all cosines (Marian's, fairseq's)
+POSITIONS = ("sin_cos_interleaved", "sin_cos_halves")
+
+
+@dataclass(frozen=True)
+class Family:
+    """A teacher family: where its teachers come from and the structure that gives them.
+
+    norm, positions, final_norm   the ``ModelConfig`` fields it fills (``FAMILY_FIELDS``)
+    blocks                        the layer layouts (``ModelConfig.block``) its teachers may have
+    converted                     its teachers are converted checkpoints of exactly this
+                                  structure: its values replace a config's (a recipe's model
+                                  section starts from the distill family's values)
+    card                          the model card's first words on the architecture
+    """
+
+    norm: str
+    positions: str
+    final_norm: bool
+    blocks: tuple[str, ...]
+    converted: bool
+    card: str
+
+
+# The teacher families: a new one is a row here, a converter of its checkpoints (as
+# distill/marian.py) and a tokenizer class (distill/tokenizer.py); docs/DESIGN.md, "Teacher
+# families".
+FAMILIES = {
+    "distill": Family(
+        norm="pre",
+        positions="sin_cos_interleaved",
+        final_norm=True,
+        blocks=BLOCKS,
+        converted=False,
+        card="A {norm}-LN encoder-decoder Transformer",
+    ),
+    "marian": Family(  # transformers' MarianMTModel (opus-mt), converted by distill.marian
+        norm="post",
+        positions="sin_cos_halves",
+        final_norm=False,
+        blocks=("pre_ln",),
+        converted=True,
+        card="A MarianMTModel (post-LN encoder-decoder) converted to distill's modules",
+    ),
+}
+FAMILY_FIELDS = ("norm", "positions", "final_norm")  # the ModelConfig fields a family fills
 FFN_ACTIVATIONS = {"relu": nn.ReLU, "swish": nn.SiLU, "gelu": nn.GELU}
 
 

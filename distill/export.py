@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 from pathlib import Path
 
 from distill import __version__
@@ -36,7 +35,6 @@ from distill.data import load_pairs, scored_pairs
 from distill.device import stage_device
 from distill.errors import CheckpointError, ConfigError, DistillError
 from distill.export_config import check_spec, generation_config, make_config
-from distill.marian import MarianVocab
 from distill.model import ModelConfig, count_parameters, teacher_attention
 from distill.modelcard import model_card
 from distill.modes import Variant, resolve_variant
@@ -51,7 +49,6 @@ from distill.runs import (
     tuned_spec,
     variant_spec,
 )
-from distill.tokenizer import hf_tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -184,13 +181,6 @@ def _shareable(directory: Path) -> None:
         path.chmod(0o666 & ~umask)
 
 
-def _tokenizer_entry(tok) -> dict:
-    """config.json's ``tokenizer``: which files hold it and how many pieces it has."""
-    if isinstance(tok, MarianVocab):
-        return {"file": "vocab.json", "type": "marian", "vocab_size": tok.vocab_size}
-    return {"file": "spm.model", "type": "sentencepiece", "vocab_size": tok.vocab_size}
-
-
 def export(
     run_dir: str | Path,
     variant_or_spec: str | dict[str, str],
@@ -228,7 +218,7 @@ def export(
     config = make_config(
         cfg,
         replacements,
-        _tokenizer_entry(tok),
+        tok.export_info(),
         variant=name,
         stage=stage,
         finetune=tuned["settings"] if tuned is not None else None,
@@ -244,12 +234,7 @@ def export(
     )
     with atomic_dir(out_dir) as tmp:
         save_tensors(tmp / "model.safetensors", model.state_dict())
-        if isinstance(tok, MarianVocab):  # its renumbered MarianTokenizer loads as it is
-            for file in sorted(p.name for p in tok.path.iterdir() if p.is_file()):
-                shutil.copyfile(tok.path / file, tmp / file)
-        else:
-            shutil.copyfile(tok.path, tmp / "spm.model")
-            hf_tokenizer(tok.path, cfg.max_len).save_pretrained(tmp)  # for AutoTokenizer
+        tok.export_files(tmp, cfg.max_len)
         atomic_write_json(tmp / "generation_config.json", generation_config(cfg))
         for filename, source in code.items():
             atomic_write_text(tmp / filename, source)

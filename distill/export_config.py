@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
+from distill.blocks import FAMILY_FIELDS
 from distill.errors import CheckpointError, ConfigError
 from distill.model import (
     BOS_ID,
@@ -25,8 +26,12 @@ from distill.model import (
 from distill.modes import MODES, mode_sites
 from distill.students import StudentSpec, build_student, splice
 
-FORMAT_VERSION = 1
+# 1: the first; 2: the model code ships in the export (auto_map: distill_hf), the structure
+# fields (FAMILY_FIELDS: norm, positions, final_norm; a version 1 export lacks them and loads with
+# its family's) and base_model.
+FORMAT_VERSION = 2
 MODEL_KEYS = tuple(f.name for f in dataclasses.fields(ModelConfig))
+KINDS = {"int": (int,), "float": (int, float), "str": (str,), "bool": (bool,)}
 SPECIAL_IDS = {
     "pad_token_id": PAD_ID,
     "unk_token_id": UNK_ID,
@@ -90,18 +95,20 @@ def generation_config(cfg: ModelConfig) -> dict:
 
 def parse_config(config: dict, source: Path | str) -> tuple[ModelConfig, dict[str, dict]]:
     """(ModelConfig, replacements) from a ``config.json`` dict; CheckpointError names the key."""
-    missing = [k for k in MODEL_KEYS + ("replacements",) if k not in config]
+    needed = [k for k in MODEL_KEYS if k not in FAMILY_FIELDS] + ["replacements"]
+    missing = [k for k in needed if k not in config]
     if missing:
         raise CheckpointError(f"{source}: missing key '{missing[0]}'")
     for key, want in SPECIAL_IDS.items():
         if key in config and config[key] != want:
             raise CheckpointError(f"{source}: '{key}' is {config[key]!r}, distill uses {want}")
-    kinds = {f.name: f.type for f in dataclasses.fields(ModelConfig)}
+    kinds = {f.name: f.type.removesuffix(" | None") for f in dataclasses.fields(ModelConfig)}
     values = {}
     for key in MODEL_KEYS:
-        value = config[key]
-        ok = type(value) in {"float": (int, float), "str": (str,)}.get(kinds[key], (int,))
-        if not ok:
+        value = config.get(key)
+        if value is None and key in FAMILY_FIELDS:
+            continue  # a version 1 export: the family's
+        if type(value) not in KINDS[kinds[key]]:
             raise CheckpointError(f"{source}: '{key}' must be {kinds[key]}, got {value!r}")
         values[key] = value
     try:

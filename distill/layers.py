@@ -1,8 +1,8 @@
-"""The teacher's layer layouts, which ``distill.model.Seq2SeqTransformer`` stacks:
-    distill / pre_ln   x + W_O(Attn(LN x)), then x + MLP(LN x)                 (ours, the default)
-    marian             LN(x + W_O(Attn x)), then LN(x + MLP x)                 (post-LN, Marian's)
-    distill / sas      A·LN(x) (shaped attention, no skip, no W_V / W_O), then x + g·MLP(LN x)
-    distill / sas_p    A·LN(x) + g·MLP(LN x): one norm, the branches in parallel, no skip
+"""The teacher's layer layouts (``ModelConfig.layout``), which ``Seq2SeqTransformer`` stacks:
+    pre_ln    x + W_O(Attn(LN x)), then x + MLP(LN x)      (block pre_ln, norm pre: the default)
+    post_ln   LN(x + W_O(Attn x)), then LN(x + MLP x)      (block pre_ln, norm post: Marian's)
+    sas       A·LN(x) (shaped attention, no skip, no W_V / W_O), then x + g·MLP(LN x)
+    sas_p     A·LN(x) + g·MLP(LN x): one norm, the branches in parallel, no skip
 SAS and SAS-P are "Simplifying Transformer Blocks" (He & Hofmann, ICLR 2024): ``ShapedAttention``
 says what A is and why cross-attention keeps the standard sublayer in both. The primitives
 (attention core, sublayers, dropout) are in ``distill.blocks``.

@@ -1,4 +1,5 @@
-"""MarianMTModel checkpoints (the opus-mt layout) as teachers: check, convert, tokenize.
+"""MarianMTModel checkpoints (the opus-mt layout) as teachers of the ``marian`` family: check,
+convert, renumber the tokenizer.
 
 A local directory holding a transformers ``MarianMTModel`` (config.json + model.safetensors or
 pytorch_model.bin) and its ``MarianTokenizer`` (source.spm, target.spm, vocab.json) becomes a
@@ -10,38 +11,46 @@ distill teacher in two steps:
   ``write_tokenizer`` saves a ``MarianTokenizer`` whose vocab.json holds the renumbered ids, so
   the same transformers class segments text as the user's tokenizer does and yields distill ids.
 * **weights.** ``convert`` copies the weights into ``Seq2SeqTransformer`` of the ``marian`` family
-  (post-LN, sin/cos-halves positions, no final norms) through the one table ``PARAMS``: the
-  teacher then has the same modules, site names (``encoder.{i}.self_attn``,
-  ``decoder.{i}.cross_attn``, ...) and call signatures as our own, and every stage, student and
-  export works on it unchanged. Embeddings and the output layer are copied rows (tied in Marian,
-  separate here); Marian's ``final_logits_bias`` becomes the output layer's bias.
+  (its ``FAMILIES`` row: post-LN, sin/cos-halves positions, no final norms) through the one table
+  ``PARAMS``, the dimensions through the one table ``CONFIG_KEYS``: the teacher then has the same
+  modules, site names (``encoder.{i}.self_attn``, ``decoder.{i}.cross_attn``, ...) and call
+  signatures as our own, and every stage, student and export works on it unchanged. Embeddings
+  and the output layer are copied rows (tied in Marian, separate here); Marian's
+  ``final_logits_bias`` becomes the output layer's bias.
 
 Everything a checkpoint needs is checked before anything is written; a directory that is not a
-Marian checkpoint raises ``CheckpointError`` naming the file.
+Marian checkpoint raises ``CheckpointError`` naming the file. The renumbered tokenizer is read by
+``distill.tokenizer.MarianVocab``; ``distill.marian_train`` makes and trains a fresh checkpoint.
 """
 
 from __future__ import annotations
 
 import json
-import logging
 import tempfile
-from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 
 from distill.checkpoint import atomic_dir, read_json
-from distill.errors import CheckpointError, DataError
+from distill.errors import CheckpointError
 from distill.model import BOS_ID, EOS_ID, PAD_ID, UNK_ID, ModelConfig, Seq2SeqTransformer
-from distill.tokenizer import Tokenizer
-
-log = logging.getLogger(__name__)
+from distill.tokenizer import MarianVocab, marian_tokenizer
 
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
-TOKENIZER_FILES = ("source.spm", "target.spm", "vocab.json")
 ACTIVATIONS = {"swish": "swish", "silu": "swish", "relu": "relu", "gelu": "gelu"}
 BOS_PIECES = ("<s>", "<distill_bos>")  # the first one Marian's vocabulary does not use
 BOS_LOGIT = -1e4  # distill's BOS is never a target: its logit is a constant far below the rest
+
+# ModelConfig field -> the MarianConfig keys that hold it (a pair must agree): the one mapping
+# between the two configs, read both ways (``convert``; ``distill.marian_train.opus_mt_config``).
+CONFIG_KEYS = {
+    "d_model": ("d_model",),
+    "n_heads": ("encoder_attention_heads", "decoder_attention_heads"),
+    "d_ff": ("encoder_ffn_dim", "decoder_ffn_dim"),
+    "n_enc": ("encoder_layers",),
+    "n_dec": ("decoder_layers",),
+    "dropout": ("dropout",),
+}
 
 # distill module path under layer i -> Marian's module under model.{stack}.layers.{i}; each
 # module's weight and bias follow. The one place that knows how Marian names its layers.
@@ -90,18 +99,15 @@ def check_dir(path: str | Path, max_len: int) -> dict:
         )
     if not any((path / f).is_file() for f in WEIGHT_FILES):
         raise CheckpointError(f"{path / WEIGHT_FILES[0]}: file not found (no model weights)")
-    for name in TOKENIZER_FILES:
+    for name in MarianVocab.FILES:
         if not (path / name).is_file():
             raise CheckpointError(f"{path / name}: file not found (the MarianTokenizer's files)")
     if (path / "target_vocab.json").exists() or config.get("separate_vocabs"):
         raise CheckpointError(f"{path / 'target_vocab.json'}: separate vocabularies unsupported")
-    same = [
-        ("encoder_attention_heads", "decoder_attention_heads"),
-        ("encoder_ffn_dim", "decoder_ffn_dim"),
-    ]
-    for a, b in same:
-        if config.get(a) != config.get(b):
-            raise CheckpointError(f"{where}: '{a}' and '{b}' differ; distill needs them equal")
+    for a, *others in CONFIG_KEYS.values():
+        for b in others:
+            if config.get(a) != config.get(b):
+                raise CheckpointError(f"{where}: '{a}' and '{b}' differ; distill needs them equal")
     if config.get("activation_function", "swish") not in ACTIVATIONS:
         found = config["activation_function"]
         raise CheckpointError(f"{where}: 'activation_function' {found!r} is not supported")
@@ -142,17 +148,6 @@ def vocabulary_order(path: str | Path, config: dict) -> tuple[list[int], dict[st
     return specials + rest, vocab
 
 
-def marian_tokenizer(path: str | Path, **kwargs):
-    """transformers' ``MarianTokenizer`` of a directory; ``CheckpointError`` if it cannot load."""
-    from transformers import MarianTokenizer
-
-    try:
-        return MarianTokenizer.from_pretrained(str(path), local_files_only=True, **kwargs)
-    except (OSError, ValueError, RuntimeError, TypeError) as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise CheckpointError(f"{path}: cannot load its MarianTokenizer ({first})") from None
-
-
 def write_tokenizer(path: str | Path, order: list[int], vocab: dict[str, int], out: Path, max_len):
     """Save into ``out`` (atomically) the checkpoint's MarianTokenizer renumbered to distill ids:
     the same SentencePiece models and pieces, vocab.json in ``order``, a BOS piece for id 2."""
@@ -183,14 +178,11 @@ def write_tokenizer(path: str | Path, order: list[int], vocab: dict[str, int], o
 def convert(model, order: list[int], max_len: int) -> Seq2SeqTransformer:
     """A ``MarianMTModel`` as a distill teacher of the ``marian`` family (eval mode)."""
     c = model.config
+    dims = {ours: getattr(c, keys[0]) for ours, keys in CONFIG_KEYS.items()}
+    dims["dropout"] = float(dims["dropout"])
     cfg = ModelConfig(
+        **dims,
         vocab_size=len(order),
-        d_model=c.d_model,
-        n_heads=c.encoder_attention_heads,
-        d_ff=c.encoder_ffn_dim,
-        n_enc=c.encoder_layers,
-        n_dec=c.decoder_layers,
-        dropout=float(c.dropout),
         max_len=max_len,
         family="marian",
         activation=ACTIVATIONS[c.activation_function],
@@ -237,156 +229,3 @@ def load_checkpoint(path: str | Path, max_len: int):
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise CheckpointError(f"{path}: cannot load the MarianMTModel ({first})") from None
     return convert(model, order, max_len), model, order, vocab
-
-
-class MarianVocab:
-    """distill's tokenizer interface over a renumbered ``MarianTokenizer`` (``write_tokenizer``):
-    sources through the source SentencePiece model, targets through the target one, decoding as
-    transformers' ``batch_decode(..., skip_special_tokens=True)`` does."""
-
-    pad_id, unk_id, bos_id, eos_id = PAD_ID, UNK_ID, BOS_ID, EOS_ID
-
-    def __init__(self, path: str | Path):
-        self.path = Path(path)
-        for name in TOKENIZER_FILES:
-            if not (self.path / name).is_file():
-                raise DataError(f"{self.path / name}: file not found (a MarianTokenizer's files)")
-        self.hf = marian_tokenizer(self.path)
-        ids = (self.hf.pad_token_id, self.hf.unk_token_id, self.hf.bos_token_id)
-        if ids + (self.hf.eos_token_id,) != (PAD_ID, UNK_ID, BOS_ID, EOS_ID):
-            raise DataError(f"{self.path / 'vocab.json'}: not renumbered to distill's ids")
-
-    @property
-    def vocab_size(self) -> int:
-        return len(self.hf.encoder)
-
-    def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
-        """Source-side piece ids, without EOS."""
-        return (
-            self.hf(list(texts), add_special_tokens=False, verbose=False)["input_ids"]
-            if texts
-            else []
-        )
-
-    def encode_target_batch(self, texts: Sequence[str]) -> list[list[int]]:
-        """Target-side piece ids, without EOS."""
-        if not texts:
-            return []
-        return self.hf(text_target=list(texts), add_special_tokens=False, verbose=False)[
-            "input_ids"
-        ]
-
-    def encode(self, text: str) -> list[int]:
-        return self.encode_batch([text])[0]
-
-    def decode_batch(self, batch: Sequence[Sequence[int]]) -> list[str]:
-        """Text of each id list: stops at the first EOS, skips the special pieces."""
-        cut = []
-        for ids in batch:
-            ids = [int(i) for i in ids]
-            cut.append(ids[: ids.index(EOS_ID)] if EOS_ID in ids else ids)
-        return self.hf.batch_decode(cut, skip_special_tokens=True)
-
-    def decode(self, ids: Sequence[int]) -> str:
-        return self.decode_batch([ids])[0]
-
-    def __repr__(self) -> str:
-        return f"MarianVocab({str(self.path)!r}, vocab_size={self.vocab_size})"
-
-
-def load_tokenizer(directory: str | Path):
-    """The tokenizer saved in ``directory``: a renumbered MarianTokenizer (source.spm, ...) or
-    distill's own SentencePiece model (spm.model)."""
-    directory = Path(directory)
-    if (directory / "source.spm").is_file():
-        return MarianVocab(directory)
-    return Tokenizer(directory / "spm.model")
-
-
-# --- making a checkpoint in the opus-mt layout (the demo-marian teacher, the tests) --------------
-
-
-def save_opus_mt_tokenizer(spm_path: str | Path, out: Path, source_lang: str, target_lang: str):
-    """Write a MarianTokenizer in the opus-mt layout for a SentencePiece model that serves both
-    sides: source.spm = target.spm, vocab.json with "</s>" 0, "<unk>" 1, the model's other
-    pieces, "<pad>" last (Marian's pad and decoder start). Returns the vocabulary."""
-    import sentencepiece as spm
-    from transformers import MarianTokenizer
-
-    sp = spm.SentencePieceProcessor(model_file=str(spm_path))
-    controls = {"<pad>", "<unk>", "<s>", "</s>"}
-    vocab = {"</s>": 0, "<unk>": 1}
-    for i in range(sp.get_piece_size()):
-        piece = sp.id_to_piece(i)
-        if piece not in controls:
-            vocab[piece] = len(vocab)
-    vocab["<pad>"] = len(vocab)
-    with tempfile.TemporaryDirectory() as tmp:
-        Path(tmp, "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), "utf-8")
-        tok = MarianTokenizer(
-            source_spm=str(spm_path),
-            target_spm=str(spm_path),
-            vocab=str(Path(tmp) / "vocab.json"),
-            source_lang=source_lang,
-            target_lang=target_lang,
-        )
-        tok.save_pretrained(str(out))
-    return vocab
-
-
-def opus_mt_config(vocab: dict[str, int], cfg: ModelConfig, max_positions: int = 512):
-    """A ``MarianConfig`` shaped like opus-mt's (post-LN, swish, tied embeddings, sinusoidal
-    positions, scaled embeddings) with ``cfg``'s dimensions."""
-    from transformers import MarianConfig
-
-    pad = vocab["<pad>"]
-    return MarianConfig(
-        vocab_size=len(vocab),
-        decoder_vocab_size=len(vocab),
-        d_model=cfg.d_model,
-        encoder_layers=cfg.n_enc,
-        decoder_layers=cfg.n_dec,
-        encoder_attention_heads=cfg.n_heads,
-        decoder_attention_heads=cfg.n_heads,
-        encoder_ffn_dim=cfg.d_ff,
-        decoder_ffn_dim=cfg.d_ff,
-        activation_function="swish",
-        dropout=cfg.dropout,
-        attention_dropout=0.0,
-        activation_dropout=0.0,
-        max_position_embeddings=max_positions,
-        scale_embedding=True,
-        share_encoder_decoder_embeddings=True,
-        tie_word_embeddings=True,
-        pad_token_id=pad,
-        eos_token_id=vocab["</s>"],
-        decoder_start_token_id=pad,
-        forced_eos_token_id=vocab["</s>"],
-        max_length=cfg.max_len,
-        num_beams=1,
-        bad_words_ids=[[pad]],
-    )
-
-
-class MarianTraining(torch.nn.Module):
-    """A ``MarianMTModel`` trained on distill's batches (distill ids; ``order`` maps them to
-    Marian's): ``loss`` is label-smoothed cross-entropy over Marian's own vocabulary."""
-
-    def __init__(self, model, order: list[int]):
-        super().__init__()
-        self.marian = model
-        self.register_buffer("order", torch.tensor(order), persistent=False)
-
-    def loss(self, batch, smoothing: float) -> torch.Tensor:
-        src, tgt_in, tgt_out = (self.order[t] for t in (batch.src, batch.tgt_in, batch.tgt_out))
-        logits = self.marian(
-            input_ids=src,
-            attention_mask=batch.src != PAD_ID,
-            decoder_input_ids=tgt_in,
-            decoder_attention_mask=batch.tgt_in != PAD_ID,
-        ).logits
-        return torch.nn.functional.cross_entropy(
-            logits.flatten(0, 1).float(),
-            tgt_out.masked_fill(batch.tgt_out == PAD_ID, -100).flatten(),
-            label_smoothing=smoothing,
-        )

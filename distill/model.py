@@ -1,10 +1,11 @@
 """The teacher: a compact encoder-decoder Transformer with named replacement sites.
 
-Two *families* share the code: ``distill`` (ours: pre-LN, a final norm after each stack,
+Every teacher *family* is this class: ``distill`` (ours: pre-LN, a final norm after each stack,
 interleaved sinusoidal positions) and ``marian`` (transformers' MarianMTModel, which
-``distill.marian`` converts into this class: post-LN, no final norms, sin/cos halves).
-The config, attention core and sublayers are in ``distill.blocks``, the layer layouts (pre-LN,
-post-LN, SAS, SAS-P) in ``distill.layers``; here: presets, positions, the model, the sites.
+``distill.marian`` converts into this class: post-LN, no final norms, sin/cos halves) differ only
+in ``ModelConfig`` fields, which the family's row of ``FAMILIES`` fills. The config, families,
+attention core and sublayers are in ``distill.blocks``, the layer layouts (pre-LN, post-LN, SAS,
+SAS-P) in ``distill.layers``; here: presets, positions, the model, the sites.
 Attention is split into a *core* (per-head Q/K/V projections and softmax, output = concatenated
 heads before W_O) and the output projection W_O, so ALR/ASLR students can replace the core and keep
 W_O. Every module a student may replace is a *site* with a stable name, a row of ``SITES`` (its
@@ -40,6 +41,7 @@ from distill.blocks import (  # noqa: F401 (ModelConfig and the blocks are re-ex
     FAMILIES,
     FFN_ACTIVATIONS,
     LAYOUTS,
+    POSITIONS,
     AttentionCore,
     Dropout,
     ModelConfig,
@@ -65,10 +67,12 @@ PRESETS: dict[str, dict] = {
 }
 
 
-def sinusoidal_positions(n: int, d: int, halves: bool = False) -> torch.Tensor:
-    """(n, d) fixed sinusoidal position table (Vaswani et al.): sin and cos interleaved, or
-    with ``halves`` all sines first and then all cosines (Marian's layout)."""
-    if halves:  # computed as MarianSinusoidalPositionalEmbedding does (float64, then float32)
+def sinusoidal_positions(n: int, d: int, kind: str = "sin_cos_interleaved") -> torch.Tensor:
+    """(n, d) fixed sinusoidal position table (Vaswani et al.) of a ``POSITIONS`` kind: sin and
+    cos interleaved, or all sines first and then all cosines (``sin_cos_halves``, Marian's)."""
+    if kind not in POSITIONS:
+        raise ValueError(f"positions must be one of {', '.join(POSITIONS)}, got {kind!r}")
+    if kind == "sin_cos_halves":  # as MarianSinusoidalPositionalEmbedding (float64, then float32)
         pos = torch.arange(n, dtype=torch.float64)[:, None]
         angle = pos / torch.pow(10000.0, 2 * (torch.arange(d, dtype=torch.float64) // 2) / d)
         return torch.cat([angle[:, 0::2].sin(), angle[:, 1::2].cos()], dim=1).float()
@@ -81,21 +85,21 @@ def sinusoidal_positions(n: int, d: int, halves: bool = False) -> torch.Tensor:
 
 
 class Seq2SeqTransformer(nn.Module):
-    """Encoder-decoder with separate source/target embeddings and sinusoidal positions; the
-    stacks end in a LayerNorm in the pre-LN family (post-LN layers already end in one)."""
+    """Encoder-decoder with separate source/target embeddings and sinusoidal positions; with
+    ``final_norm`` each stack ends in a LayerNorm (pre-LN needs one; post-LN layers end in one)."""
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.cfg = cfg
         self.src_embed = nn.Embedding(cfg.vocab_size, cfg.d_model, padding_idx=PAD_ID)
         self.tgt_embed = nn.Embedding(cfg.vocab_size, cfg.d_model, padding_idx=PAD_ID)
-        positions = sinusoidal_positions(cfg.max_len, cfg.d_model, halves=not cfg.pre_norm)
+        positions = sinusoidal_positions(cfg.max_len, cfg.d_model, cfg.positions)
         self.register_buffer("positions", positions, False)
         self.embed_drop = Dropout(cfg.dropout)
         parallel = cfg.block == "sas_p"
         encoder_layer = ParallelEncoderLayer if parallel else EncoderLayer
         self.encoder = nn.ModuleList(encoder_layer(cfg) for _ in range(cfg.n_enc))
-        final_norm = nn.LayerNorm if cfg.pre_norm else (lambda d: nn.Identity())
+        final_norm = nn.LayerNorm if cfg.final_norm else (lambda d: nn.Identity())
         self.encoder_norm = final_norm(cfg.d_model)
         decoder_layer = ParallelDecoderLayer if parallel else DecoderLayer
         self.decoder = nn.ModuleList(decoder_layer(cfg) for _ in range(cfg.n_dec))

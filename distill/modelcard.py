@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from distill.model import format_count
+from distill.model import FAMILIES, format_count
 from distill.students import StudentSpec
 
 CARD = """---
@@ -176,10 +176,6 @@ def attention_text(config: dict) -> str:
     return f"**Not attentionless**: teacher attention is left at: {left}."
 
 
-ARCHITECTURES = {
-    "distill": "A pre-LN encoder-decoder Transformer",
-    "marian": "A MarianMTModel (post-LN encoder-decoder) converted to distill's modules",
-}
 BLOCK_TEXT = {  # the simplified blocks of "Simplifying Transformer Blocks" (He & Hofmann, 2024)
     "sas": " with SAS blocks (shaped self-attention without skip, values or projections)",
     "sas_p": " with SAS-P blocks (shaped self-attention and MLP in parallel, no skip)",
@@ -260,8 +256,8 @@ def model_card(config: dict, row: dict, note: str, name: str, whole: dict | None
         eos=config["eos_token_id"],
         pad=config["pad_token_id"],
         max_src=config["max_len"] - 1,
-        architecture=ARCHITECTURES[config.get("family", "distill")]
-        + BLOCK_TEXT.get(config.get("block", "pre_ln"), ""),
+        architecture=FAMILIES[config["family"]].card.format(norm=config["norm"])
+        + BLOCK_TEXT.get(config["block"], ""),
         tokenizer_text=TOKENIZER_TEXT[config["tokenizer"]["type"]],
         **{k: config[k] for k in ("n_enc", "n_dec", "d_model", "n_heads", "max_len")},
     )

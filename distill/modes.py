@@ -65,9 +65,9 @@ class Mode:
                    layer-wise stage can teach the gates the teacher's attention: ``align``)
     slots          reads K source slots gathered with fixed, mask-only weights (``cross_slot``)
     residual       the site returns input + change, so the student may learn only the change;
-                   true of pre-LN teachers (family "distill") only: a post-LN site (Marian's)
-                   normalises after adding its input. Every other ability holds for both
-                   families (``ModelConfig.family``).
+                   true of pre-LN teachers (``ModelConfig.residual_sites``) only: a post-LN site
+                   (Marian's) normalises after adding its input. Every other ability holds for
+                   every teacher family (``ModelConfig.family``).
     """
 
     name: str

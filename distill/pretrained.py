@@ -10,7 +10,7 @@ An export directory (written by ``distill.export.export``) holds:
     model.safetensors       state dict of the spliced model: replaced attention has no weights here
     spm.model               the SentencePiece tokenizer, with tokenizer.json for transformers (a
                             Marian teacher's export: its renumbered MarianTokenizer files instead,
-                            see distill.marian)
+                            each tokenizer class writes its own: ``export_files``)
     generation_config.json  generate() defaults that match distill's own decoding
     distill_hf.py, distill_model.py, ...   the modelling code transformers loads with
                             ``trust_remote_code=True``: distill's own modules, written at export
@@ -79,7 +79,7 @@ def from_pretrained(
     ``device``: ``auto`` (a GPU when torch sees one, else the CPU), ``cpu``, ``cuda``, ``cuda:N``.
     """
     from distill.device import resolve_device
-    from distill.marian import load_tokenizer
+    from distill.tokenizer import load_tokenizer
 
     device = resolve_device(device)  # a bad name fails before anything loads
     path = Path(path)

@@ -57,7 +57,7 @@ def save_model(out_dir: Path, model: Seq2SeqTransformer) -> None:
 
 def load_teacher(path: str | Path, device: str | torch.device = "cpu"):
     """(model in eval mode, tokenizer) from a teacher dir or a run dir holding ``teacher/``."""
-    from distill.marian import load_tokenizer
+    from distill.tokenizer import load_tokenizer
 
     path = Path(path)
     if not (path / "model.json").exists() and (path / "teacher" / "model.json").exists():

@@ -1,8 +1,10 @@
-"""Joint SentencePiece tokenizer over both languages, with fixed ids for the special tokens.
+"""The tokenizers a teacher can have, with fixed ids for the special tokens: ``Tokenizer`` (the
+joint SentencePiece model over both languages that the teacher stage trains) and ``MarianVocab``
+(an imported Marian teacher's MarianTokenizer, renumbered by ``distill.marian``); each writes
+itself into an export directory. ``load_tokenizer`` finds which one a directory holds.
 
-The ids of PAD, UNK, BOS and EOS are the same in every model this module trains, so batches and
-models can use the module constants without a tokenizer at hand; loading a model trained
-elsewhere with other ids is an error.
+The ids of PAD, UNK, BOS and EOS are the same in every tokenizer, so batches and models can use
+the module constants without a tokenizer at hand; loading one with other ids is an error.
 """
 
 from __future__ import annotations
@@ -11,13 +13,14 @@ import io
 import logging
 import os
 import random
+import shutil
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import sentencepiece as spm
 
 from distill.checkpoint import atomic_write_bytes
-from distill.errors import DataError
+from distill.errors import CheckpointError, DataError
 
 logger = logging.getLogger(__name__)
 
@@ -132,6 +135,16 @@ class Tokenizer:
         """``decode`` for many id lists at once."""
         return self._sp.decode([_strip_specials(ids) for ids in batch])
 
+    def export_info(self) -> dict:
+        """An export's ``tokenizer`` entry in config.json: its type, its file, its size."""
+        return {"file": "spm.model", "type": "sentencepiece", "vocab_size": self.vocab_size}
+
+    def export_files(self, out: Path, max_len: int) -> None:
+        """Write it into the export directory ``out``: spm.model, and the transformers tokenizer
+        of it for ``AutoTokenizer`` (``hf_tokenizer``)."""
+        shutil.copyfile(self.path, Path(out) / "spm.model")
+        hf_tokenizer(self.path, max_len).save_pretrained(out)
+
     def __repr__(self) -> str:
         return f"Tokenizer({str(self.path)!r}, vocab_size={self.vocab_size})"
 
@@ -179,3 +192,90 @@ def hf_tokenizer(model_path: str | Path, max_len: int):
         padding_side="right",
         truncation_side="right",
     )
+
+
+def marian_tokenizer(path: str | Path, **kwargs):
+    """transformers' ``MarianTokenizer`` of a directory; ``CheckpointError`` if it cannot load."""
+    from transformers import MarianTokenizer
+
+    try:
+        return MarianTokenizer.from_pretrained(str(path), local_files_only=True, **kwargs)
+    except (OSError, ValueError, RuntimeError, TypeError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise CheckpointError(f"{path}: cannot load its MarianTokenizer ({first})") from None
+
+
+class MarianVocab:
+    """distill's tokenizer interface over a renumbered ``MarianTokenizer`` (written by
+    ``distill.marian.write_tokenizer``): sources through the source SentencePiece model, targets
+    through the target one, decoding as transformers' ``batch_decode(...,
+    skip_special_tokens=True)`` does."""
+
+    FILES = ("source.spm", "target.spm", "vocab.json")  # a MarianTokenizer's
+    pad_id, unk_id, bos_id, eos_id = PAD_ID, UNK_ID, BOS_ID, EOS_ID
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        for name in self.FILES:
+            if not (self.path / name).is_file():
+                raise DataError(f"{self.path / name}: file not found (a MarianTokenizer's files)")
+        self.hf = marian_tokenizer(self.path)
+        ids = (self.hf.pad_token_id, self.hf.unk_token_id, self.hf.bos_token_id)
+        if ids + (self.hf.eos_token_id,) != (PAD_ID, UNK_ID, BOS_ID, EOS_ID):
+            raise DataError(f"{self.path / 'vocab.json'}: not renumbered to distill's ids")
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.hf.encoder)
+
+    def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
+        """Source-side piece ids, without EOS."""
+        return (
+            self.hf(list(texts), add_special_tokens=False, verbose=False)["input_ids"]
+            if texts
+            else []
+        )
+
+    def encode_target_batch(self, texts: Sequence[str]) -> list[list[int]]:
+        """Target-side piece ids, without EOS."""
+        if not texts:
+            return []
+        return self.hf(text_target=list(texts), add_special_tokens=False, verbose=False)[
+            "input_ids"
+        ]
+
+    def encode(self, text: str) -> list[int]:
+        return self.encode_batch([text])[0]
+
+    def decode_batch(self, batch: Sequence[Sequence[int]]) -> list[str]:
+        """Text of each id list: stops at the first EOS, skips the special pieces."""
+        cut = []
+        for ids in batch:
+            ids = [int(i) for i in ids]
+            cut.append(ids[: ids.index(EOS_ID)] if EOS_ID in ids else ids)
+        return self.hf.batch_decode(cut, skip_special_tokens=True)
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return self.decode_batch([ids])[0]
+
+    def export_info(self) -> dict:
+        """An export's ``tokenizer`` entry in config.json: its type, its file, its size."""
+        return {"file": "vocab.json", "type": "marian", "vocab_size": self.vocab_size}
+
+    def export_files(self, out: Path, max_len: int) -> None:
+        """Copy its files into the export directory ``out``: ``AutoTokenizer`` loads the
+        renumbered MarianTokenizer as it is (its length limit was set when it was written)."""
+        for file in sorted(p.name for p in self.path.iterdir() if p.is_file()):
+            shutil.copyfile(self.path / file, Path(out) / file)
+
+    def __repr__(self) -> str:
+        return f"MarianVocab({str(self.path)!r}, vocab_size={self.vocab_size})"
+
+
+def load_tokenizer(directory: str | Path) -> Tokenizer | MarianVocab:
+    """The tokenizer saved in ``directory``: a renumbered MarianTokenizer (source.spm, ...) or
+    distill's own SentencePiece model (spm.model)."""
+    directory = Path(directory)
+    if (directory / MarianVocab.FILES[0]).is_file():
+        return MarianVocab(directory)
+    return Tokenizer(directory / "spm.model")

@@ -27,18 +27,12 @@ from distill.data import DataConfig, Tokenizer, encode_pairs, load_pairs, spread
 from distill.device import stage_device
 from distill.errors import DataError
 from distill.losses import teacher_loss
-from distill.marian import (
-    MarianTraining,
-    MarianVocab,
-    load_checkpoint,
-    opus_mt_config,
-    save_opus_mt_tokenizer,
-    vocabulary_order,
-    write_tokenizer,
-)
+from distill.marian import load_checkpoint, vocabulary_order, write_tokenizer
+from distill.marian_train import MarianTraining, opus_mt_config, save_opus_mt_tokenizer
 from distill.model import ModelConfig, Seq2SeqTransformer, count_parameters
 from distill.runs import save_model, teacher_dir, write_config
 from distill.stages import Claim, begin, result_settings
+from distill.tokenizer import MarianVocab
 from distill.train import TrainConfig, fit, process_state
 
 log = logging.getLogger("recipes.teacher")
@@ -199,7 +193,9 @@ def train_marian(cfg: Config, train_pairs, valid_pairs) -> Path:
 
 def main(cfg: Config) -> Path:
     out = teacher_dir(cfg.run_dir)
-    settings = result_settings(to_dict(cfg))
+    # The model's structure as far as its family gives it is no setting of its own: a run from
+    # before ModelConfig had those fields stored none of them, and still matches.
+    settings = result_settings({**to_dict(cfg), "model": cfg.model.family_deltas()})
     claim = begin(out, cfg.run_dir, settings, finished=(out / "bleu.json").exists())
     if claim.status == "skip":
         log.info("teacher already trained: %s (BLEU %s)", out, read_json(out / "bleu.json")["bleu"])

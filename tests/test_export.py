@@ -468,3 +468,22 @@ def test_broken_export_dirs_raise_checkpoint_errors_naming_the_problem(exports, 
         with pytest.raises(CheckpointError, match=message):
             distill.from_pretrained(edited(tag, change))
     assert main(["translate", str(tmp_path / "d_model"), os.devnull]) == 2
+
+
+def test_an_export_of_format_version_1_loads_the_identical_model(exports, tmp_path):
+    """Its config.json lacks the structure fields (norm, positions, final_norm): the family's."""
+    from distill.blocks import FAMILY_FIELDS
+    from distill.hf import DistillConfig, DistillForConditionalGeneration
+
+    new = exports["attentionless"]
+    old = _broken_copy(new, tmp_path / "version-1")
+    config = json.loads((old / "config.json").read_text())
+    assert all(k in config for k in FAMILY_FIELDS)
+    config = {k: v for k, v in config.items() if k not in FAMILY_FIELDS}
+    (old / "config.json").write_text(json.dumps({**config, "format_version": 1}))
+    (model, _), (ref, _) = distill.from_pretrained(old), distill.from_pretrained(new)
+    assert model.cfg == ref.cfg
+    src, tgt = sources(), sources(seed=1)
+    assert torch.equal(model(src, tgt), ref(src, tgt))
+    hf = DistillForConditionalGeneration(DistillConfig.from_pretrained(str(old)))
+    assert hf.model.cfg == ref.cfg

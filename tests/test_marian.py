@@ -20,20 +20,17 @@ from transformers import MarianMTModel, MarianTokenizer
 
 from distill.cli import main
 from distill.data import collate, encode_pairs
-from distill.marian import (
-    MarianVocab,
-    load_checkpoint,
-    opus_mt_config,
-    save_opus_mt_tokenizer,
-    write_tokenizer,
-)
+from distill.marian import CONFIG_KEYS, load_checkpoint, write_tokenizer
+from distill.marian_train import opus_mt_config, save_opus_mt_tokenizer
 from distill.model import BOS_ID, PAD_ID, ModelConfig, list_sites, site_path
 from distill.record import capture
 from distill.students import splice
+from distill.tokenizer import MarianVocab, load_tokenizer
 from tests.conftest import make_tiny_pairs
 from tests.helpers import PassThrough
 
 MAX_LEN = 24
+SHAPE = dict(d_model=16, n_heads=2, d_ff=32, n_enc=2, n_dec=2, dropout=0.1)  # the checkpoint's
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +38,7 @@ def checkpoint(tmp_path_factory, tiny_tokenizer) -> Path:
     """A random tiny MarianMTModel + MarianTokenizer directory in the opus-mt layout."""
     path = tmp_path_factory.mktemp("opus-mt") / "ckpt"
     vocab = save_opus_mt_tokenizer(tiny_tokenizer.path, path, "de", "en")
-    shape = ModelConfig(vocab_size=len(vocab), d_model=16, n_heads=2, d_ff=32, n_enc=2, n_dec=2)
+    shape = ModelConfig(vocab_size=len(vocab), **SHAPE)
     torch.manual_seed(0)
     MarianMTModel(opus_mt_config(vocab, shape, max_positions=64)).save_pretrained(str(path))
     return path
@@ -86,6 +83,16 @@ def test_the_converted_teacher_gives_marians_logits_exactly(imported):
     table = marian.model.encoder.embed_positions.weight[:MAX_LEN]
     assert torch.equal(teacher.positions, table)
     assert (ours[..., BOS_ID] < ours.max(-1).values - 1e3).all()  # BOS is never predicted
+
+
+def test_one_field_mapping_carries_the_dimensions_to_marian_and_back(imported):
+    """The fixture's MarianConfig came from ``SHAPE`` through ``opus_mt_config``, the teacher's
+    config from that MarianConfig through ``convert``: both read ``CONFIG_KEYS``."""
+    teacher, marian, *_ = imported
+    assert set(CONFIG_KEYS) == set(SHAPE)
+    for ours, keys in CONFIG_KEYS.items():
+        assert getattr(teacher.cfg, ours) == SHAPE[ours], ours
+        assert all(getattr(marian.config, key) == SHAPE[ours] for key in keys), ours
 
 
 def test_an_identity_splice_at_every_site_reproduces_marians_logits_exactly(imported):
@@ -152,6 +159,16 @@ def test_the_renumbered_tokenizer_segments_like_the_users_marian_tokenizer(impor
     )
 
 
+def test_the_renumbered_tokenizer_writes_itself_into_an_export(imported, tmp_path):
+    tok = imported[3]
+    tok.export_files(tmp_path, max_len=MAX_LEN)
+    info = tok.export_info()
+    assert info == {"file": "vocab.json", "type": "marian", "vocab_size": tok.vocab_size}
+    again = load_tokenizer(tmp_path)
+    texts = [s for s, _ in make_tiny_pairs(4, seed=7)]
+    assert isinstance(again, MarianVocab) and again.encode_batch(texts) == tok.encode_batch(texts)
+
+
 @pytest.fixture(scope="module")
 def marian_run(tmp_path_factory, checkpoint):
     """The tiny pipeline on the checkpoint above (teacher imported with pretrained=PATH)."""
@@ -176,7 +193,8 @@ def test_a_marian_teacher_runs_the_pipeline_and_its_export_works_through_transfo
     out = tmp_path / "export"
     args = ["-q", "export", str(marian_run), "--variant", "attentionless_pw", "--out", str(out)]
     assert main(args) == 0
-    assert json.loads((out / "config.json").read_text())["family"] == "marian"
+    config = json.loads((out / "config.json").read_text())
+    assert (config["family"], config["norm"], config["final_norm"]) == ("marian", "post", False)
     texts = [s for s, _ in make_tiny_pairs(6, seed=9)] + ["Guten Morgen!"]
     tok = AutoTokenizer.from_pretrained(str(out), trust_remote_code=True)
     model = AutoModelForSeq2SeqLM.from_pretrained(str(out), trust_remote_code=True).eval()

@@ -1,5 +1,7 @@
-"""SentencePiece tokenizer: round trip, special ids, deterministic atomic training, bad models."""
+"""SentencePiece tokenizer: round trip, special ids, deterministic atomic training, bad models,
+finding it in a directory and writing it into an export."""
 
+import shutil
 import time
 
 import pytest
@@ -7,6 +9,7 @@ import torch
 
 from distill.data import BOS_ID, EOS_ID, PAD_ID, UNK_ID, Tokenizer
 from distill.errors import DataError
+from distill.tokenizer import load_tokenizer
 
 
 def texts_of(pairs):
@@ -69,3 +72,23 @@ def test_missing_or_corrupt_model_raises_data_error(tmp_path):
         Tokenizer(bad)
     with pytest.raises(DataError, match="no non-empty text"):
         Tokenizer.train(["", "  "], 96, tmp_path / "empty.model")
+
+
+def test_load_tokenizer_finds_it_and_it_writes_itself_into_an_export(tiny_tokenizer, tmp_path):
+    from transformers import AutoTokenizer
+
+    teacher, out = tmp_path / "teacher", tmp_path / "export"
+    teacher.mkdir()
+    out.mkdir()
+    shutil.copyfile(tiny_tokenizer.path, teacher / "spm.model")
+    tok = load_tokenizer(teacher)
+    assert isinstance(tok, Tokenizer) and tok.vocab_size == tiny_tokenizer.vocab_size
+    tok.export_files(out, max_len=8)
+    info = tok.export_info()
+    assert info == {"file": "spm.model", "type": "sentencepiece", "vocab_size": tok.vocab_size}
+    text = "Der Hund sieht den Ball."
+    assert load_tokenizer(out).encode(text) == tok.encode(text)
+    hf = AutoTokenizer.from_pretrained(str(out))
+    assert hf(text)["input_ids"] == tok.encode(text) + [EOS_ID]
+    with pytest.raises(DataError, match="spm.model"):
+        load_tokenizer(tmp_path)
