@@ -1,8 +1,8 @@
 """Batched greedy and beam-search decoding for ``Seq2SeqTransformer``.
 
-Decoding is incremental: every decoder site keeps its own cache (``distill.model.site_step``).
+Decoding is incremental: every decoder site keeps its own cache (``distill.cache``).
 The teacher's attention caches K/V, the one-pass causal students their normalised inputs and
-hidden groups (and the cross student its memory term, once per sentence), the per-position
+hidden groups (and the cross students their memory terms, once per sentence), the per-position
 student its prefix; a site with no incremental form re-runs alone over the prefix. Each step
 feeds only the newest token and gives the logits a full recomputation would.
 
@@ -24,6 +24,8 @@ def reorder_cache(cache, index: torch.Tensor):
         return cache.index_select(0, index)
     if isinstance(cache, int):  # a position count: the same for every row
         return cache
+    if isinstance(cache, tuple):  # terms computed together (a cross site's keys and values)
+        return tuple(reorder_cache(value, index) for value in cache)
     if isinstance(cache, dict):
         for key, value in cache.items():
             cache[key] = reorder_cache(value, index)
