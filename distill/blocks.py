@@ -1,6 +1,6 @@
 """The teacher's building blocks, read top to bottom: its config, dropout, the attention core
-and the standard sublayers. The layer layouts built from them
-(pre-LN, post-LN, SAS, SAS-P) are in ``distill.layers``.
+and the standard sublayers. The layer layouts built from them (pre-LN, post-LN, SAS, SAS-P) are
+in ``distill.layers``; the helpers of a site's decoding cache in ``distill.cache``.
 
 Dimension letters: B batch, L length, D d_model, H heads, K head dim (D / H).
 """

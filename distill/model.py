@@ -10,8 +10,9 @@ heads before W_O) and the output projection W_O, so ALR/ASLR students can replac
 W_O. Every module a student may replace is a *site* with a stable name, a row of ``SITES`` (its
 module, its positions' mask, whether it reads the memory, the layouts that have it).
 
-A site and any student that replaces it are called one way,
-``forward(x, mask, memory=None, memory_mask=None, cache=None)``:
+A site and any student that replaces it have one call path,
+``forward(x, mask, memory=None, memory_mask=None, cache=None)`` (a whole teacher encoder layer
+takes ``(x, mask)``: no cache reaches the encoder):
     encoder.{i}.self_attn   core(x, mask)                          x = LN(h) (pre-LN, SAS, SAS-P),
                                                                    h (post-LN)
     encoder.{i}.sublayer0   sublayer(x, mask)                      x + W_O(core(LN(x))) (pre-LN),
