@@ -331,11 +331,12 @@ class PerPositionStudent(nn.Module):
     def forward(self, x, mask, memory=None, memory_mask=None, cache=None) -> torch.Tensor:
         """With ``cache``, only the new positions, one pass each over the prefix kept there
         (earlier outputs never change)."""
-        first = cache["x"].size(1) if cache and "x" in cache else 0
-        x, mask = extend_prefix(cache, x, mask)
-        pos = torch.arange(x.size(1), device=x.device)
-        outs = [self.mlp.output_at(x, mask & (pos <= t), t) for t in range(first, x.size(1))]
-        return torch.stack(outs, dim=1)  # (B, L, D)
+        new = x.size(1)
+        x, mask = extend_prefix(cache, x, mask)  # (B, t, D): earlier positions first
+        n = x.size(1)
+        pos = torch.arange(n, device=x.device)
+        outs = [self.mlp.output_at(x, mask & (pos <= t), t) for t in range(n - new, n)]
+        return torch.stack(outs, dim=1)  # (B, new, D)
 
 
 def training_pass(student: nn.Module, x, mask, memory=None, memory_mask=None, probs=None):
