@@ -1,7 +1,7 @@
 """The teacher's building blocks, read top to bottom: its config and the teacher families (the
-presets of its structure), the incremental-step helpers, dropout, the attention core and the
-standard sublayers. The layer layouts built from them (pre-LN, post-LN, SAS, SAS-P) are in
-``distill.layers``.
+presets of its structure), dropout, the attention core and the standard sublayers. The layer
+layouts built from them (pre-LN, post-LN, SAS, SAS-P) are in ``distill.layers``; the helpers of a
+site's decoding cache in ``distill.cache``.
 
 Dimension letters: B batch, L length, D d_model, H heads, K head dim (D / H).
 """
@@ -14,6 +14,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from distill.cache import extend_self_cache, once
 
 
 @dataclass
@@ -162,28 +164,6 @@ FAMILY_FIELDS = ("norm", "positions", "final_norm")  # the ModelConfig fields a 
 FFN_ACTIVATIONS = {"relu": nn.ReLU, "swish": nn.SiLU, "gelu": nn.GELU}
 
 
-def recompute_step(module: nn.Module, x, mask, cache: dict, memory=None, memory_mask=None):
-    """Incremental step of a site that cannot step exactly: keep its inputs in ``cache`` and
-    re-run it over the whole prefix (only this site recomputes). Returns the new positions."""
-    if "x" in cache:
-        x, mask = torch.cat([cache["x"], x], dim=1), torch.cat([cache["mask"], mask], dim=1)
-    n = x.size(1) - (cache["x"].size(1) if "x" in cache else 0)
-    cache["x"], cache["mask"] = x, mask
-    out = module(x, mask) if memory is None else module(x, mask, memory, memory_mask)
-    return out[:, -n:]
-
-
-def site_step(module: nn.Module, x, mask, cache: dict, memory=None, memory_mask=None):
-    """One incremental step of a decoder site: ``x`` (B, n, D) and ``mask`` (B, n) hold only the
-    new positions, ``cache`` the site's own state from earlier steps. A module with a ``step``
-    method (the teacher's attention core, the decoder students) updates its state itself, any
-    other falls back to ``recompute_step``. ``memory`` is passed to cross-attention sites only."""
-    step = getattr(module, "step", None)
-    if step is None:
-        return recompute_step(module, x, mask, cache, memory, memory_mask)
-    return step(x, mask, cache) if memory is None else step(x, mask, cache, memory, memory_mask)
-
-
 class _Dropout(torch.autograd.Function):
     """Inverted dropout from a quarter of the random draws: each 64-bit draw gives the keep/drop
     decisions of four elements (16 bits each), where ``F.dropout``'s Bernoulli sampling makes
@@ -246,23 +226,14 @@ def allowed_keys(mask: torch.Tensor, causal: bool, n: int) -> torch.Tensor:
     return allowed
 
 
-def extend_self_cache(cache: dict, k, v, mask) -> tuple[torch.Tensor, ...]:
-    """A self-attention step's keys (B, H, keys, K), values and key mask (B, keys): the cached
-    ones of earlier positions followed by the new ones, kept in ``cache`` for the next step."""
-    if "k" in cache:
-        k, v = torch.cat([cache["k"], k], dim=2), torch.cat([cache["v"], v], dim=2)
-        mask = torch.cat([cache["mask"], mask], dim=1)
-    cache["k"], cache["v"], cache["mask"] = k, v, mask
-    return k, v, mask
-
-
 class AttentionCore(nn.Module):
     """Q/K/V projections + scaled dot-product softmax attention of all heads, without W_O.
 
     Self-attention when ``memory`` is None (causal if ``causal``), cross-attention otherwise.
     ``mask`` (B, L) is True at real tokens; padded query rows are computed but ignored downstream.
-    ``step`` is the incremental form: cached K/V of earlier positions (self-attention) or of the
-    memory (cross-attention, computed once per sentence).
+    With ``cache`` (``distill.cache``) it attends from the new positions ``x`` (B, n, D) over the
+    cached K/V of earlier positions (self-attention) or of the memory (cross-attention, computed
+    once per sentence).
     """
 
     def __init__(self, d_model: int, n_heads: int, dropout: float, causal: bool = False):
@@ -274,6 +245,9 @@ class AttentionCore(nn.Module):
 
     def _heads(self, x: torch.Tensor) -> torch.Tensor:
         return split_heads(x, self.n_heads)  # (B, H, L, K)
+
+    def _keys_values(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self._heads(self.k_proj(h)), self._heads(self.v_proj(h))
 
     def _attend(self, q, k, v, allowed) -> torch.Tensor:
         if self.training and self.dropout > 0:  # SDPA's own dropout is the slow sampling
@@ -290,12 +264,13 @@ class AttentionCore(nn.Module):
         mask: torch.Tensor,
         memory: torch.Tensor | None = None,
         memory_mask: torch.Tensor | None = None,
+        cache: dict | None = None,
     ) -> torch.Tensor:
         q = self._heads(self.q_proj(x))
         if memory is not None:
-            k, v = self._heads(self.k_proj(memory)), self._heads(self.v_proj(memory))
+            k, v = once(cache, "memory", self._keys_values, memory)
             return self._attend(q, k, v, memory_mask[:, None, None, :])  # (B, 1, 1, S)
-        k, v = self._heads(self.k_proj(x)), self._heads(self.v_proj(x))
+        k, v, mask = extend_self_cache(cache, *self._keys_values(x), mask)
         return self._attend(q, k, v, allowed_keys(mask, self.causal, x.size(1)))
 
     def probabilities(self, x, memory, memory_mask) -> torch.Tensor:
@@ -304,18 +279,6 @@ class AttentionCore(nn.Module):
         q, k = self._heads(self.q_proj(x)), self._heads(self.k_proj(memory))
         scores = (q @ k.transpose(-2, -1)) * q.size(-1) ** -0.5  # (B, H, T, S)
         return torch.softmax(scores.masked_fill(~memory_mask[:, None, None, :], float("-inf")), -1)
-
-    def step(self, x, mask, cache: dict, memory=None, memory_mask=None) -> torch.Tensor:
-        """``forward`` on the new positions ``x`` (B, n, D) after those already in ``cache``."""
-        q = self._heads(self.q_proj(x))
-        if memory is not None:
-            if "k" not in cache:
-                cache["k"] = self._heads(self.k_proj(memory))
-                cache["v"] = self._heads(self.v_proj(memory))
-            return self._attend(q, cache["k"], cache["v"], memory_mask[:, None, None, :])
-        k, v = self._heads(self.k_proj(x)), self._heads(self.v_proj(x))
-        k, v, mask = extend_self_cache(cache, k, v, mask)
-        return self._attend(q, k, v, allowed_keys(mask, self.causal, x.size(1)))
 
 
 class AttentionSublayer(nn.Module):
@@ -330,14 +293,8 @@ class AttentionSublayer(nn.Module):
         self.drop = Dropout(cfg.dropout)
 
     def forward(self, x, mask, memory=None, memory_mask=None, cache=None) -> torch.Tensor:
-        """With ``cache`` (decoder sites), ``x`` holds only the new positions (``site_step``)."""
         h = self.norm(x) if self.pre_norm else x
-        if cache is not None:
-            h = site_step(self.attn, h, mask, cache, memory, memory_mask)
-        elif memory is not None:
-            h = self.attn(h, mask, memory, memory_mask)
-        else:
-            h = self.attn(h, mask)
+        h = self.attn(h, mask, memory, memory_mask, cache=cache)
         out = x + self.drop(self.out_proj(h))
         return out if self.pre_norm else self.norm(out)
 

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from distill.cache import advance, once
 from distill.modes import ACTIVATIONS, GATED, apply_activation
 
 
@@ -36,7 +37,8 @@ class PairGateStudent(nn.Module):
     layer-wise stage only; at inference nothing of the teacher is read. V starts as the teacher's
     W_V (``init_from_teacher``), so gates equal to the teacher's probabilities reproduce the site.
 
-    forward(x (B, T, D), mask (B, T), memory (B, S, D), memory_mask (B, S)) -> (B, T, D)
+    forward(x (B, T, D), mask (B, T), memory (B, S, D), memory_mask (B, S), cache=None)
+        -> (B, T, D)
     """
 
     def __init__(self, max_len: int, d: int, n_heads: int, hidden: int, activation: str = "swiglu"):
@@ -85,23 +87,16 @@ class PairGateStudent(nn.Module):
         out = torch.einsum("btsh,bshk->bthk", torch.sigmoid(logits), v).flatten(2)  # (B, T, D)
         return out * mask[..., None].to(out.dtype)
 
-    def forward(self, x, mask, memory, memory_mask) -> torch.Tensor:
-        return self.forward_with_gates(x, mask, memory, memory_mask)[0]
+    def forward(self, x, mask, memory, memory_mask, cache=None) -> torch.Tensor:
+        """With ``cache``: the memory side once per sentence, then only the new target positions
+        (output t reads position t and the memory alone)."""
+        return self.forward_with_gates(x, mask, memory, memory_mask, cache)[0]
 
-    def forward_with_gates(self, x, mask, memory, memory_mask):
+    def forward_with_gates(self, x, mask, memory, memory_mask, cache=None):
         """(output, gate logits (B, T, S, H)): the layer-wise stage's alignment loss reads both."""
-        term, v = self.memory_side(memory, memory_mask)
-        logits = self.gate_logits(x, term)
+        term, v = once(cache, "memory", self.memory_side, memory, memory_mask)
+        logits = self.gate_logits(x, term, advance(cache, x.size(1)))
         return self._combine(logits, v, mask), logits
-
-    def step(self, x, mask, cache: dict, memory, memory_mask) -> torch.Tensor:
-        """Incremental ``forward``: the memory side once per sentence, then only the new target
-        positions (output t reads position t and the memory alone)."""
-        if "term" not in cache:
-            cache["term"], cache["v"], cache["t"] = *self.memory_side(memory, memory_mask), 0
-        out = self._combine(self.gate_logits(x, cache["term"], cache["t"]), cache["v"], mask)
-        cache["t"] += x.size(1)
-        return out
 
     @torch.no_grad()
     def init_from_teacher(self, core: nn.Module) -> None:
@@ -136,7 +131,8 @@ class SlotStudent(nn.Module):
 
     No weight depends on the data: the slots are fixed averages, the MLP reads them as inputs.
 
-    forward(x (B, T, D), mask (B, T), memory (B, S, D), memory_mask (B, S)) -> (B, T, D)
+    forward(x (B, T, D), mask (B, T), memory (B, S, D), memory_mask (B, S), cache=None)
+        -> (B, T, D)
     """
 
     OFFSETS = (-3, -2, -1, 0, 1, 2, 3)
@@ -171,14 +167,10 @@ class SlotStudent(nn.Module):
         h = apply_activation(self.activation, self.x_fc(self.x_norm(x)) + self.slot_fc(slots))
         return self.fc2(self.hidden_norm(h)) * mask[..., None].to(x.dtype)
 
-    def forward(self, x, mask, memory, memory_mask) -> torch.Tensor:
-        return self._positions(x, mask, self.slots(memory, memory_mask, x.size(1)))
-
-    def step(self, x, mask, cache: dict, memory, memory_mask) -> torch.Tensor:
-        """Incremental ``forward``: the new positions' slots only (fixed weights, no state but the
+    def forward(self, x, mask, memory, memory_mask, cache=None) -> torch.Tensor:
+        """With ``cache``: the new positions' slots only (fixed weights, no state but the
         position count)."""
-        start = cache.get("t", 0)
-        cache["t"] = start + x.size(1)
+        start = advance(cache, x.size(1))
         return self._positions(x, mask, self.slots(memory, memory_mask, x.size(1), start))
 
 

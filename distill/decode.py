@@ -1,8 +1,8 @@
 """Batched greedy and beam-search decoding for ``Seq2SeqTransformer``.
 
-Decoding is incremental: every decoder site keeps its own cache (``distill.model.site_step``).
+Decoding is incremental: every decoder site keeps its own cache (``distill.cache``).
 The teacher's attention caches K/V, the one-pass causal students their normalised inputs and
-hidden groups (and the cross student its memory term, once per sentence), the per-position
+hidden groups (and the cross students their memory terms, once per sentence), the per-position
 student its prefix; a site with no incremental form re-runs alone over the prefix. Each step
 feeds only the newest token and gives the logits a full recomputation would.
 

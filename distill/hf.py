@@ -79,7 +79,7 @@ class EncoderOutput(BaseModelOutput):
 
 class DecoderCache:
     """What ``generate`` carries between steps: one dict per decoder layer, in which every site
-    keeps its own incremental state (``distill.model.site_step``), and how many positions it has
+    keeps its own incremental state (``distill.cache``), and how many positions it has
     seen. Not a transformers ``Cache``: students keep state that is not keys and values."""
 
     def __init__(self, n_layers: int):

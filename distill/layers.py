@@ -23,12 +23,11 @@ from distill.blocks import (
     FeedForwardSublayer,
     ModelConfig,
     allowed_keys,
-    extend_self_cache,
     feed_forward,
     merge_heads,
-    site_step,
     split_heads,
 )
+from distill.cache import extend_self_cache, part, running_sum
 
 # --- simplified attention and sublayers (SAS, SAS-P) ---------------------------------------------
 
@@ -45,7 +44,7 @@ class ShapedAttention(nn.Module):
     cross-attention's are not (target queries, source keys), so cross-attention stays the
     standard sublayer with its skip, W_V and W_O: without them the decoder's own state would have
     no path through it. Attention dropout is not applied (the paper trains without it).
-    ``step`` is the incremental form: cached keys and values, and running sums for C.
+    With ``cache`` (causal only) it keeps the keys and values, and running sums for C.
     """
 
     def __init__(self, d_model: int, n_heads: int, causal: bool = False):
@@ -69,34 +68,23 @@ class ShapedAttention(nn.Module):
     def _combine(self, v, attended, centred) -> torch.Tensor:
         return merge_heads(self.alpha * v + self.beta * attended - self.gamma * centred)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor, *unused) -> torch.Tensor:
-        if unused:
+    def forward(self, x, mask, memory=None, memory_mask=None, cache=None) -> torch.Tensor:
+        if memory is not None:
             raise ValueError("shaped attention is self-attention: it takes no memory")
+        if cache is not None and not self.causal:
+            raise ValueError("only causal shaped attention decodes incrementally")
         v = self._heads(x)
         q, k = self._heads(self.q_proj(x)), self._heads(self.k_proj(x))
         real = mask[:, None, :, None].to(v.dtype)  # (B, 1, L, 1)
-        if self.causal:
-            centred = (v * real).cumsum(2) / real.cumsum(2).clamp(min=1)  # prefix means
+        if self.causal:  # prefix means
+            total = running_sum(cache, "sum", (v * real).cumsum(2))  # (B, H, L, K)
+            centred = total / running_sum(cache, "count", real.cumsum(2)).clamp(min=1)
         else:
             centred = (v * real).sum(2, keepdim=True) / real.sum(2, keepdim=True).clamp(min=1)
+        k, v_all, mask = extend_self_cache(cache, k, v, mask)
         allowed = allowed_keys(mask, self.causal, x.size(1))
-        attended = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed)
+        attended = F.scaled_dot_product_attention(q, k, v_all, attn_mask=allowed)
         return self._combine(v, attended, centred)
-
-    def step(self, x, mask, cache: dict) -> torch.Tensor:
-        """``forward`` on the new positions ``x`` (B, n, D) after those already in ``cache``."""
-        if not self.causal:
-            raise ValueError("only causal shaped attention decodes incrementally")
-        v_new = self._heads(x)
-        q, k = self._heads(self.q_proj(x)), self._heads(self.k_proj(x))
-        real = mask[:, None, :, None].to(v_new.dtype)  # (B, 1, n, 1)
-        total = (v_new * real).cumsum(2) + cache.get("sum", 0.0)  # (B, H, n, K)
-        count = real.cumsum(2) + cache.get("count", 0.0)  # (B, 1, n, 1)
-        cache["sum"], cache["count"] = total[:, :, -1:], count[:, :, -1:]
-        k, v, mask = extend_self_cache(cache, k, v_new, mask)
-        allowed = allowed_keys(mask, True, x.size(1))
-        attended = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed)
-        return self._combine(v_new, attended, total / count.clamp(min=1))
 
 
 class ShapedAttentionSublayer(nn.Module):
@@ -107,9 +95,8 @@ class ShapedAttentionSublayer(nn.Module):
         self.norm = nn.LayerNorm(cfg.d_model)
         self.attn = ShapedAttention(cfg.d_model, cfg.n_heads, causal)
 
-    def forward(self, x, mask, cache: dict | None = None) -> torch.Tensor:
-        h = self.norm(x)
-        return self.attn(h, mask) if cache is None else site_step(self.attn, h, mask, cache)
+    def forward(self, x, mask, memory=None, memory_mask=None, cache=None) -> torch.Tensor:
+        return self.attn(self.norm(x), mask, memory, memory_mask, cache=cache)
 
 
 class GainedFeedForwardSublayer(FeedForwardSublayer):
@@ -135,11 +122,7 @@ class CrossAttentionBranch(nn.Module):
         self.drop = Dropout(cfg.dropout)
 
     def forward(self, h, mask, memory, memory_mask, cache: dict | None = None) -> torch.Tensor:
-        if cache is None:
-            out = self.attn(h, mask, memory, memory_mask)
-        else:
-            out = site_step(self.attn, h, mask, cache, memory, memory_mask)
-        return self.drop(self.out_proj(out))
+        return self.drop(self.out_proj(self.attn(h, mask, memory, memory_mask, cache=cache)))
 
 
 # --- layers ---------------------------------------------------------------------------------------
@@ -171,12 +154,8 @@ class DecoderLayer(nn.Module):
         self.sublayer2 = GainedFeedForwardSublayer(cfg) if sas else FeedForwardSublayer(cfg)
 
     def forward(self, y, mask, memory, memory_mask, cache: dict | None = None) -> torch.Tensor:
-        if cache is None:
-            y = self.sublayer0(y, mask)
-            y = self.sublayer1(y, mask, memory, memory_mask)
-        else:
-            y = self.sublayer0(y, mask, cache=cache.setdefault("self", {}))
-            y = self.sublayer1(y, mask, memory, memory_mask, cache=cache.setdefault("cross", {}))
+        y = self.sublayer0(y, mask, cache=part(cache, "self"))
+        y = self.sublayer1(y, mask, memory, memory_mask, cache=part(cache, "cross"))
         return self.sublayer2(y)
 
 
@@ -210,10 +189,6 @@ class ParallelDecoderLayer(nn.Module):
 
     def forward(self, y, mask, memory, memory_mask, cache: dict | None = None) -> torch.Tensor:
         h = self.sublayer0.norm(y)
-        if cache is None:
-            own = self.sublayer0.attn(h, mask)
-            cross = self.sublayer1(h, mask, memory, memory_mask)
-        else:
-            own = site_step(self.sublayer0.attn, h, mask, cache.setdefault("self", {}))
-            cross = self.sublayer1(h, mask, memory, memory_mask, cache.setdefault("cross", {}))
+        own = self.sublayer0.attn(h, mask, cache=part(cache, "self"))
+        cross = self.sublayer1(h, mask, memory, memory_mask, part(cache, "cross"))
         return own + cross + self.gain * self.drop(self.ff(h))

@@ -11,16 +11,19 @@ heads before W_O) and the output projection W_O, so ALR/ASLR students can replac
 W_O. Every module a student may replace is a *site* with a stable name, a row of ``SITES`` (its
 module, its positions' mask, whether it reads the memory, the layouts that have it).
 
-Call signatures shared by a site and any student that replaces it:
+A site and any student that replaces it have one call path,
+``forward(x, mask, memory=None, memory_mask=None, cache=None)`` (a whole teacher encoder layer
+takes ``(x, mask)``: no cache reaches the encoder):
     encoder.{i}.self_attn   core(x, mask)                          x = LN(h) (pre-LN, SAS, SAS-P),
                                                                    h (post-LN)
     encoder.{i}.sublayer0   sublayer(x, mask)                      x + W_O(core(LN(x))) (pre-LN),
                                                                    LN(x + W_O(core(x))) (post-LN):
                                                                    ALRR's; SAS and SAS-P lack it
     encoder.{i}             layer(x, mask)                         whole encoder layer
-    decoder.{i}.self_attn   core(y, mask)                          causal in target positions
-    decoder.{i}.cross_attn  core(y, mask, memory, memory_mask)     keys/values from the encoder
-Only the teacher's own ``AttentionCore`` also accepts ``cache=`` (incremental decoding).
+    decoder.{i}.self_attn   core(y, mask, cache=)                  causal in target positions
+    decoder.{i}.cross_attn  core(y, mask, memory, memory_mask,     keys/values from the encoder
+                                 cache=)
+Decoder sites are passed their own ``cache`` when decoding incrementally (``distill.cache``).
 
 Dimension letters: B batch, S source length, T target length, L either, D d_model, H heads,
 K head dim (D / H), V vocabulary.
@@ -46,8 +49,6 @@ from distill.blocks import (  # noqa: F401 (ModelConfig and the blocks are re-ex
     Dropout,
     ModelConfig,
     dropout,
-    recompute_step,
-    site_step,
 )
 from distill.layers import (
     DecoderLayer,
@@ -132,7 +133,7 @@ class Seq2SeqTransformer(nn.Module):
     ) -> torch.Tensor:
         """tgt_in (B, T) -> logits (B, T, V). With ``cache`` (one dict per layer, empty at the first
         step) tgt_in holds only the positions from ``start`` on: every decoder site, teacher or
-        student, keeps its own incremental state there (``site_step``)."""
+        student, keeps its own incremental state there (``distill.cache``)."""
         return self.generator(self.decoder_states(tgt_in, memory, memory_mask, cache, start))
 
     def decoder_states(self, tgt_in, memory, memory_mask, cache=None, start=0) -> torch.Tensor:
@@ -170,6 +171,8 @@ def reorder_cache(cache, index: torch.Tensor):
         return cache.index_select(0, index)
     if isinstance(cache, int):  # a position count: the same for every row
         return cache
+    if isinstance(cache, tuple):  # terms computed together (a cross site's keys and values)
+        return tuple(reorder_cache(value, index) for value in cache)
     if isinstance(cache, dict):
         for key, value in cache.items():
             cache[key] = reorder_cache(value, index)

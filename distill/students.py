@@ -25,9 +25,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from distill.cache import append, extend_prefix, once, recompute
 from distill.cross_students import PairGateStudent, SlotStudent, alignment_loss
 from distill.errors import ConfigError
-from distill.model import ModelConfig, recompute_step, site_path
+from distill.model import ModelConfig, site_path
 from distill.modes import ACTIVATIONS, GATED, MODES, RESIDUAL_MODES, SIZES, apply_activation, mode
 
 
@@ -106,7 +107,8 @@ def padded_norm_linear(
 class FlatMLP(nn.Module):
     """The paper's MLP over a sentence padded to ``max_len`` (optionally causal, with memory).
 
-    forward(x (B, L, Din), mask (B, L), memory (B, S, Dm) | None, memory_mask) -> (B, L, Dout)
+    forward(x (B, L, Din), mask (B, L), memory (B, S, Dm) | None, memory_mask, cache=None)
+        -> (B, L, Dout)
     """
 
     def __init__(
@@ -197,7 +199,13 @@ class FlatMLP(nn.Module):
             w2 = w2 * self.fc2.mask[rows]
         return F.linear(hid, w2, self.fc2.bias[rows])
 
-    def forward(self, x, mask, memory=None, memory_mask=None) -> torch.Tensor:
+    def forward(self, x, mask, memory=None, memory_mask=None, cache=None) -> torch.Tensor:
+        """With ``cache``, the positions after those already seen: a causal student extends its
+        state (``_extend``), a non-causal one re-runs over the prefix."""
+        if cache is not None:
+            if self.causal:
+                return self._extend(x, mask, memory, memory_mask, cache)
+            return recompute(self, x, mask, memory, memory_mask, cache)
         b, n, _ = x.shape
         hid = self.hidden_features(x, mask, memory, memory_mask)
         out = self._outputs(hid, 0, n).view(b, n, self.d_out)  # (B, L, Dout)
@@ -209,15 +217,13 @@ class FlatMLP(nn.Module):
         out = self._outputs(hid, t, t + 1)[:, None]  # (B, 1, Dout)
         return self._finish(out, x[:, t : t + 1], mask[:, t : t + 1])[:, 0]
 
-    def step(self, x, mask, cache: dict, memory=None, memory_mask=None) -> torch.Tensor:
-        """Incremental ``forward`` of a causal student: the new positions ``x`` (B, n, Din) after
-        the ones in ``cache``. Exact: hidden group t reads inputs <= t and output t reads groups
+    def _extend(self, x, mask, memory, memory_mask, cache: dict) -> torch.Tensor:
+        """A causal student's cached ``forward``: the new positions ``x`` (B, n, Din) after the
+        ones in ``cache``. Exact: hidden group t reads inputs <= t and output t reads groups
         <= t, so the cache holds the normalised inputs and hidden groups of earlier positions,
-        and the memory term (computed once per sentence). A non-causal student recomputes."""
-        if not self.causal:
-            return recompute_step(self, x, mask, cache, memory, memory_mask)
-        if self.memory_fc is not None and "memory" not in cache:
-            cache["memory"] = self._memory_term(memory, memory_mask)  # (B, width)
+        and the memory term (computed once per sentence)."""
+        if self.memory_fc is not None:
+            once(cache, "memory", self._memory_term, memory, memory_mask)  # (B, width)
         g, d_in, d_out = self.group, x.size(-1), self.d_out
         w1, b1, w2, b2 = self.fc1.weight, self.fc1.bias, self.fc2.weight, self.fc2.bias
         outs = []
@@ -227,7 +233,7 @@ class FlatMLP(nn.Module):
                 raise ValueError(f"{t + 1} positions exceed the student's max_len {self.max_len}")
             xt = x[:, j : j + 1] * mask[:, j : j + 1, None].to(x.dtype)  # (B, 1, Din)
             xn = self.in_norm.weight[t] * F.layer_norm(xt, (d_in,)) + self.in_norm.bias[t]
-            cache["xn"] = xn if t == 0 else torch.cat([cache["xn"], xn], dim=1)  # (B, t+1, Din)
+            append(cache, "xn", xn, 1)  # (B, t+1, Din)
             # Slices, not an index tensor: views of the weights, nothing copied per step.
             rows = [slice(t * g, (t + 1) * g)]
             if self.activation in GATED:  # gate rows, then value rows
@@ -238,7 +244,7 @@ class FlatMLP(nn.Module):
                 h = [hr + cache["memory"][:, r] for hr, r in zip(h, rows)]
             h = h[0] if len(h) == 1 else torch.cat(h, dim=-1)
             a = self.hidden_norm(apply_activation(self.activation, h))[:, None]  # (B, 1, g)
-            cache["acts"] = a if t == 0 else torch.cat([cache["acts"], a], dim=1)
+            append(cache, "acts", a, 1)
             out_rows = slice(t * d_out, (t + 1) * d_out)
             out = F.linear(cache["acts"].flatten(1), w2[out_rows, : (t + 1) * g], b2[out_rows])
             outs.append(out[:, None])
@@ -258,7 +264,8 @@ class PositionwiseMemoryMLP(nn.Module):
     W_x-decoder products (decoder-conditioned selection of memory features). Still one MLP:
     no softmax over positions and no scores between positions.
 
-    forward(x (B, L, D), mask (B, L), memory (B, S, D), memory_mask (B, S)) -> (B, L, D)
+    forward(x (B, L, D), mask (B, L), memory (B, S, D), memory_mask (B, S), cache=None)
+        -> (B, L, D)
     """
 
     def __init__(self, max_len: int, d: int, hidden: int, activation: str = "leaky_relu"):
@@ -292,17 +299,13 @@ class PositionwiseMemoryMLP(nn.Module):
         h = self.hidden_norm(apply_activation(self.activation, self.fc1(self.in_norm(x)) + mem))
         return self.fc2(h) * mask[..., None].to(x.dtype)  # (B, L, D)
 
-    def forward(self, x, mask, memory, memory_mask) -> torch.Tensor:
+    def forward(self, x, mask, memory, memory_mask, cache=None) -> torch.Tensor:
+        """With ``cache``: the memory term once per sentence, then only the new positions (no
+        prefix is kept: output t reads position t alone)."""
         if x.size(1) > self.max_len:
             raise ValueError(f"{x.size(1)} positions exceed the student's max_len {self.max_len}")
-        return self._positions(x, mask, self.memory_term(memory, memory_mask))
-
-    def step(self, x, mask, cache: dict, memory, memory_mask) -> torch.Tensor:
-        """Incremental ``forward``: the memory term once per sentence, then only the new
-        positions (no prefix is kept: output t reads position t alone)."""
-        if "memory" not in cache:
-            cache["memory"] = self.memory_term(memory, memory_mask)  # (B, 1, width)
-        return self._positions(x, mask, cache["memory"])
+        mem = once(cache, "memory", self.memory_term, memory, memory_mask)  # (B, 1, width)
+        return self._positions(x, mask, mem)
 
 
 class PerHeadStudent(nn.Module):
@@ -312,7 +315,9 @@ class PerHeadStudent(nn.Module):
         super().__init__()
         self.heads = nn.ModuleList(heads)
 
-    def forward(self, x, mask, memory=None, memory_mask=None) -> torch.Tensor:
+    def forward(self, x, mask, memory=None, memory_mask=None, cache=None) -> torch.Tensor:
+        if cache is not None:  # no incremental form
+            return recompute(self, x, mask, memory, memory_mask, cache)
         return torch.cat([head(x, mask) for head in self.heads], dim=-1)  # (B, L, D)
 
 
@@ -324,25 +329,15 @@ class PerPositionStudent(nn.Module):
         super().__init__()
         self.mlp = mlp
 
-    def forward(self, x, mask, memory=None, memory_mask=None) -> torch.Tensor:
+    def forward(self, x, mask, memory=None, memory_mask=None, cache=None) -> torch.Tensor:
+        """With ``cache``, only the new positions, one pass each over the prefix kept there
+        (earlier outputs never change)."""
+        new = x.size(1)
+        x, mask = extend_prefix(cache, x, mask)  # (B, t, D): earlier positions first
         n = x.size(1)
         pos = torch.arange(n, device=x.device)
-        outs = [self.mlp.output_at(x, mask & (pos <= t), t) for t in range(n)]
-        return torch.stack(outs, dim=1)  # (B, L, D)
-
-    def step(self, x, mask, cache: dict) -> torch.Tensor:
-        """Incremental ``forward``: earlier outputs never change, so only the new positions are
-        computed, one pass each over the prefix kept in ``cache``."""
-        outs = []
-        for j in range(x.size(1)):
-            if "x" in cache:
-                cache["x"] = torch.cat([cache["x"], x[:, j : j + 1]], dim=1)
-                cache["mask"] = torch.cat([cache["mask"], mask[:, j : j + 1]], dim=1)
-            else:
-                cache["x"], cache["mask"] = x[:, j : j + 1], mask[:, j : j + 1]
-            t = cache["x"].size(1) - 1
-            outs.append(self.mlp.output_at(cache["x"], cache["mask"], t))
-        return torch.stack(outs, dim=1)
+        outs = [self.mlp.output_at(x, mask & (pos <= t), t) for t in range(n - new, n)]
+        return torch.stack(outs, dim=1)  # (B, new, D)
 
 
 def training_pass(student: nn.Module, x, mask, memory=None, memory_mask=None, probs=None):
@@ -463,8 +458,9 @@ def build_student(spec: StudentSpec | str, cfg: ModelConfig, *args, **kwargs) ->
     """A fresh student of ``spec`` (or of ``StudentSpec(spec, *args, **kwargs)``, a mode name)
     for one site of a teacher of ``cfg``, with the paper's width for its size.
 
-    Every student is called as ``student(x, mask, memory, memory_mask)``; students of modes
-    without memory ignore the last two."""
+    Every student is called as ``student(x, mask, memory, memory_mask, cache=None)``; students
+    of modes without memory ignore the memory, and a cache makes it a decoding step
+    (``distill.cache``)."""
     if isinstance(spec, str):
         spec = StudentSpec(spec, *args, **kwargs)
     name, size, activation, residual = spec.mode, spec.size, spec.activation, spec.residual

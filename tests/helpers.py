@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from distill.model import EOS_ID, PAD_ID, PRESETS, ModelConfig, Seq2SeqTransformer, site_step
+from distill.model import EOS_ID, PAD_ID, PRESETS, ModelConfig, Seq2SeqTransformer
 
 UNIT = ModelConfig(**PRESETS["unit"])  # max_len 8, vocab 96: no corpus, milliseconds
 # ModelConfig overrides that make a teacher of each layer layout (ModelConfig.layout)
@@ -33,9 +33,6 @@ class PassThrough(nn.Module):
 
     def forward(self, *args, **kwargs):
         return self.inner(*args, **kwargs)
-
-    def step(self, x, mask, cache: dict, *memory):
-        return site_step(self.inner, x, mask, cache, *memory)
 
 
 def random_src(b: int = 4, s: int = 6, seed: int = 1) -> torch.Tensor:

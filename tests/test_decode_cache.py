@@ -1,14 +1,25 @@
 """A decoding cache per site: cached steps equal full recomputation, for teacher and students."""
 
+import inspect
+
 import pytest
 import torch
 from torch import nn
 
+from distill.cache import recompute
 from distill.decode import beam_search, greedy
-from distill.model import PAD_ID, PRESETS, ModelConfig, Seq2SeqTransformer, site_path
-from distill.modes import GATED, mode_sites
+from distill.model import (
+    PAD_ID,
+    PRESETS,
+    ModelConfig,
+    Seq2SeqTransformer,
+    list_sites,
+    site_info,
+    site_path,
+)
+from distill.modes import GATED, MODES, mode_sites
 from distill.students import build_student, splice
-from tests.helpers import PassThrough, random_src, tiny_teacher
+from tests.helpers import LAYOUTS, PassThrough, random_src, tiny_teacher
 
 CFG = ModelConfig(**PRESETS["unit"])
 
@@ -20,8 +31,10 @@ class NoStep(nn.Module):
         super().__init__()
         self.inner = inner
 
-    def forward(self, *args):
-        return self.inner(*args)
+    def forward(self, x, mask, memory=None, memory_mask=None, cache=None):
+        if cache is not None:
+            return recompute(self, x, mask, memory, memory_mask, cache)
+        return self.inner(x, mask, memory, memory_mask)
 
 
 def spliced(kind: str) -> Seq2SeqTransformer:
@@ -132,7 +145,7 @@ def test_a_site_without_a_step_recomputes_only_itself():
     model = spliced("no-step")
     calls = []
     site = model.get_submodule(site_path("decoder.1.self_attn", CFG))
-    site.register_forward_hook(lambda m, args, out: calls.append(args[0].size(1)))
+    site.inner.register_forward_hook(lambda m, args, out: calls.append(args[0].size(1)))
     src, tgt = random_src(), torch.randint(4, CFG.vocab_size, (4, 4))
     memory, mask = model.encode(src)
     cache = [{} for _ in model.decoder]
@@ -141,3 +154,24 @@ def test_a_site_without_a_step_recomputes_only_itself():
             model.decode(tgt[:, t : t + 1], memory, mask, cache, start=t)
     assert calls == [1, 2, 3, 4]  # it sees the prefix; every other site saw one position
     assert "memory" in cache[0]["cross"]
+
+
+def test_every_site_module_is_called_one_way():
+    """``forward(..., cache=None)`` is the one call path of every teacher site module (each layout,
+    whole layers aside: the model calls them, never a cache) and of every student: none has a
+    ``step`` twin, inner modules included."""
+    sites = []
+    for overrides in LAYOUTS.values():
+        model = tiny_teacher(**overrides)
+        sites += [
+            model.get_submodule(site_path(s, model.cfg))
+            for s in list_sites(model.cfg)
+            if site_info(s).path
+        ]
+    students = [build_student(m, CFG, "xs", a) for m in MODES for a in ("leaky_relu", *GATED)]
+    kinds = {type(m) for m in sites + students}
+    assert len(kinds) >= 9  # teacher cores and sublayers, shaped attention, every student class
+    for module in sites + students:
+        assert "cache" in inspect.signature(module.forward).parameters, type(module).__name__
+        for inner in module.modules():
+            assert not hasattr(inner, "step"), type(inner).__name__
