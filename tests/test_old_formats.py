@@ -50,14 +50,6 @@ def old(tmp_path) -> Path:
     return Path(shutil.copytree(FIXTURE, tmp_path / "v0_1"))
 
 
-@pytest.fixture
-def hf_modules(tmp_path, monkeypatch):
-    """transformers copies remote code into a modules cache: keep it out of the home dir."""
-    import transformers.dynamic_module_utils as dmu
-
-    monkeypatch.setattr(dmu, "HF_MODULES_CACHE", str(tmp_path / "hf_modules"))
-
-
 def scores(rows: list[dict]) -> dict[tuple[str, str], tuple]:
     """(variant, stage) -> (BLEU, chrF, number of sites replaced, sentences) of a results table."""
     return {
@@ -104,7 +96,7 @@ def test_the_old_export_loads_and_translates_as_the_old_code_did(old):
     assert model.translate(SOURCES, beam=2) == EXPECTED["export_beam2"]
 
 
-def test_transformers_generates_the_old_tokens_from_the_old_export(old, hf_modules):
+def test_transformers_generates_the_old_tokens_from_the_old_export(old):
     from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
     path = str(old / "export")
