@@ -26,13 +26,14 @@ from pathlib import Path
 from typing import Any
 
 from distill.checkpoint import atomic_write_json, read_json
+from distill.config import STAGES
 from distill.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
 SETTINGS = "settings.json"
 # The stages in the order they run; each is built on the ones before it.
-ORDER = ("teacher", "record", "students", "finetune", "evaluate")
+ORDER = STAGES
 # A stage's output dir under RUN_DIR when it is not the stage's name, and what else goes with it:
 # a Marian teacher's training dirs, bench/budget_curve.py's finetune arms (budget/).
 DIRS = {"teacher": ("teacher", "marian", "marian-train"), "finetune": ("finetune", "budget")}

@@ -22,10 +22,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from distill.config import STAGES  # the stages in the order they run
 from distill.errors import ConfigError
 
 log = logging.getLogger("recipes.pipeline")
-STAGES = ("teacher", "record", "students", "finetune", "evaluate")
 
 
 def stage_config(stage: str, base: str, delta: dict[str, Any], run_dir: str):
