@@ -230,10 +230,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="demo | iwslt2017 | FILE.tsv (default: the run's corpus)",
     )
     ev.add_argument("--pair", default="")
-    ev.add_argument("--beam", type=int, default=1)
-    ev.add_argument("--batch-size", type=int, default=64)
     ev.add_argument("--max-sentences", type=int, default=0)
-    ev.add_argument("--device", default="auto", help=DEVICE_HELP)
+    _decoding_options(ev)
     ev.set_defaults(func=cmd_evaluate)
     ex = sub.add_parser("export", help="write one variant of a run as a loadable model dir")
     ex.add_argument("run_dir")
@@ -255,12 +253,17 @@ def build_parser() -> argparse.ArgumentParser:
     tr = sub.add_parser("translate", help="translate lines with an exported model")
     tr.add_argument("path", help="export directory")
     tr.add_argument("file", nargs="?", help="input file, one sentence per line (default: stdin)")
-    tr.add_argument("--beam", type=int, default=1)
-    tr.add_argument("--batch-size", type=int, default=64)
     tr.add_argument("--strict", action="store_true", help="refuse sources longer than max_len")
-    tr.add_argument("--device", default="auto", help=DEVICE_HELP)
+    _decoding_options(tr)
     tr.set_defaults(func=cmd_translate)
     return parser
+
+
+def _decoding_options(parser: argparse.ArgumentParser) -> None:
+    """The decoding options of the commands that translate (evaluate, translate)."""
+    parser.add_argument("--beam", type=int, default=1)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--device", default="auto", help=DEVICE_HELP)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -29,16 +29,8 @@ from transformers import GenerationMixin, PretrainedConfig, PreTrainedModel
 from transformers.initialization import no_init_weights
 from transformers.modeling_outputs import BaseModelOutput, Seq2SeqLMOutput
 
-from distill.export_config import build_model, parse_config
-from distill.model import (
-    BOS_ID,
-    EOS_ID,
-    PAD_ID,
-    UNK_ID,
-    ModelConfig,
-    Seq2SeqTransformer,
-    reorder_cache,
-)
+from distill.export_config import SPECIAL_IDS, build_model, parse_config
+from distill.model import BOS_ID, PAD_ID, ModelConfig, Seq2SeqTransformer, reorder_cache
 
 
 def _config_body(ns: dict) -> None:
@@ -49,11 +41,7 @@ def _config_body(ns: dict) -> None:
         tokenizer=("dict | None", None),
         is_encoder_decoder=("bool", True),
         use_cache=("bool", True),
-        pad_token_id=("int | None", PAD_ID),
-        unk_token_id=("int | None", UNK_ID),
-        bos_token_id=("int | None", BOS_ID),
-        eos_token_id=("int | None", EOS_ID),
-        decoder_start_token_id=("int | None", BOS_ID),
+        **{key: ("int | None", value) for key, value in SPECIAL_IDS.items()},
     )
     ns["__module__"] = __name__
     ns["__doc__"] = "``config.json`` of an export as a transformers config (see ``ModelConfig``)."
