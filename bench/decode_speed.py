@@ -113,10 +113,10 @@ def step_profile(model, big: list[torch.Tensor]) -> dict[str, float]:
     handles = []
 
     def kind_of(layer_part, name):
-        if name == "sublayer2":
+        if name == "ff_sublayer":
             return "ffn"
         student = not isinstance(layer_part.attn, AttentionCore)
-        what = "self-attn" if name == "sublayer0" else "cross-attn"
+        what = "self-attn" if name == "self_attn_sublayer" else "cross-attn"
         return f"{what} ({'student' if student else 'teacher'})"
 
     def watch(module, kind):
@@ -134,7 +134,7 @@ def step_profile(model, big: list[torch.Tensor]) -> dict[str, float]:
         )
 
     for layer in model.decoder:
-        for name in ("sublayer0", "sublayer1", "sublayer2"):
+        for name in ("self_attn_sublayer", "cross_attn_sublayer", "ff_sublayer"):
             watch(getattr(layer, name), kind_of(getattr(layer, name), name))
     watch(model.generator, "generator")
     for layer in model.encoder:

@@ -9,6 +9,7 @@ Dimension letters: B batch, L length, D d_model, H heads, K head dim (D / H).
 from __future__ import annotations
 
 import dataclasses
+from collections import OrderedDict
 from dataclasses import dataclass
 
 import torch
@@ -300,12 +301,14 @@ class AttentionSublayer(nn.Module):
 
 
 def feed_forward(cfg: ModelConfig) -> nn.Sequential:
-    """W2 act(W1 x) with dropout after the activation."""
+    """fc2(act(fc1(x))) with dropout after the activation."""
     return nn.Sequential(
-        nn.Linear(cfg.d_model, cfg.d_ff),
-        FFN_ACTIVATIONS[cfg.activation](),
-        Dropout(cfg.dropout),
-        nn.Linear(cfg.d_ff, cfg.d_model),
+        OrderedDict(
+            fc1=nn.Linear(cfg.d_model, cfg.d_ff),
+            act=FFN_ACTIVATIONS[cfg.activation](),
+            drop=Dropout(cfg.dropout),
+            fc2=nn.Linear(cfg.d_ff, cfg.d_model),
+        )
     )
 
 

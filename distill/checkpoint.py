@@ -211,8 +211,12 @@ def load_checkpoint(
 
 
 def load_state_dict(model: torch.nn.Module, tensors: dict[str, torch.Tensor], source: Path) -> None:
-    """``model.load_state_dict`` with a one-line ``CheckpointError`` for missing/extra/misshaped."""
+    """``model.load_state_dict`` with a one-line ``CheckpointError`` for missing/extra/misshaped;
+    names of an older format read as today's (``distill.formats.current_keys``)."""
+    from distill.formats import current_keys
+
     own = model.state_dict()
+    tensors = current_keys(tensors, own)
     missing = sorted(set(own) - set(tensors))
     extra = sorted(set(tensors) - set(own))
     if missing or extra:

@@ -35,6 +35,7 @@ from distill.data import load_pairs, scored_pairs
 from distill.device import stage_device
 from distill.errors import CheckpointError, ConfigError, DistillError
 from distill.export_config import check_spec, generation_config, make_config
+from distill.formats import current_site
 from distill.model import ModelConfig, count_parameters, teacher_attention
 from distill.modelcard import model_card
 from distill.modes import Variant, resolve_variant
@@ -120,7 +121,8 @@ def _scores(
     if path.is_file():
         results = read_json(path)
         for row in results.get("rows", []):
-            same = row.get("variant") == name and set(row.get("sites", [])) == set(spec)
+            sites = {current_site(s) for s in row.get("sites", [])}  # of an older format too
+            same = row.get("variant") == name and sites == set(spec)
             if same and row.get("stage", "layer-wise") in (stage, ""):
                 log.info("scores of '%s' from %s", name, path)
                 return row, results["note"]

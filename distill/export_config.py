@@ -14,6 +14,7 @@ from pathlib import Path
 
 from distill.blocks import FAMILY_FIELDS
 from distill.errors import CheckpointError, ConfigError
+from distill.formats import FORMAT_VERSION, current_site
 from distill.model import (
     BOS_ID,
     EOS_ID,
@@ -26,10 +27,10 @@ from distill.model import (
 from distill.modes import MODES, mode_sites
 from distill.students import StudentSpec, build_student, splice
 
-# 1: the first; 2: the model code ships in the export (auto_map: distill_hf), the structure
-# fields (FAMILY_FIELDS: norm, positions, final_norm; a version 1 export lacks them and loads with
-# its family's) and base_model.
-FORMAT_VERSION = 2
+# format_version (distill.formats.FORMAT_VERSION): 1: the first; 2: the model code ships in the
+# export (auto_map: distill_hf), the structure fields (FAMILY_FIELDS: norm, positions, final_norm;
+# a version 1 export lacks them and loads with its family's) and base_model; 3: sublayers named
+# after what they are (distill.formats; older names read as today's).
 MODEL_KEYS = tuple(f.name for f in dataclasses.fields(ModelConfig))
 KINDS = {"int": (int,), "float": (int, float), "str": (str,), "bool": (bool,)}
 SPECIAL_IDS = {
@@ -95,6 +96,12 @@ def generation_config(cfg: ModelConfig) -> dict:
 
 def parse_config(config: dict, source: Path | str) -> tuple[ModelConfig, dict[str, dict]]:
     """(ModelConfig, replacements) from a ``config.json`` dict; CheckpointError names the key."""
+    version = config.get("format_version", 1)
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise CheckpointError(
+            f"{source}: format_version {version!r}: written by a newer distill (this one reads "
+            f"up to {FORMAT_VERSION}); upgrade distill"
+        )
     needed = [k for k in MODEL_KEYS if k not in FAMILY_FIELDS] + ["replacements"]
     missing = [k for k in needed if k not in config]
     if missing:
@@ -118,6 +125,7 @@ def parse_config(config: dict, source: Path | str) -> tuple[ModelConfig, dict[st
     replacements = config["replacements"]
     if not isinstance(replacements, dict):
         raise CheckpointError(f"{source}: 'replacements' must be a mapping site -> spec")
+    replacements = {current_site(site): spec for site, spec in replacements.items()}
     for site, spec in replacements.items():
         if not isinstance(spec, dict):
             raise CheckpointError(f"{source}: 'replacements.{site}' must be a mapping")

@@ -30,6 +30,7 @@ from transformers.initialization import no_init_weights
 from transformers.modeling_outputs import BaseModelOutput, Seq2SeqLMOutput
 
 from distill.export_config import SPECIAL_IDS, build_model, parse_config
+from distill.formats import FORMAT_VERSION, old_key_mapping
 from distill.model import BOS_ID, PAD_ID, ModelConfig, Seq2SeqTransformer, reorder_cache
 
 
@@ -118,6 +119,20 @@ class DistillForConditionalGeneration(PreTrainedModel, GenerationMixin):
                 skeleton = build_model(*_spec(self.config))
             for name, buffer in skeleton.named_buffers():
                 module.get_buffer(name).copy_(buffer)
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, config=None, **kwargs):
+        """transformers' loader; an export older than format 3 (parameters named as
+        ``distill.formats`` says) loads through ``key_mapping``. Only a format 1 export needs it:
+        a later one ships the model code its names are from."""
+        if config is None:
+            config, kwargs = cls.config_class.from_pretrained(
+                pretrained_model_name_or_path, return_unused_kwargs=True, **kwargs
+            )
+        if getattr(config, "format_version", 1) < FORMAT_VERSION and "key_mapping" not in kwargs:
+            kwargs["key_mapping"] = old_key_mapping(config.n_enc, config.n_dec)
+        path = pretrained_model_name_or_path
+        return super().from_pretrained(path, *args, config=config, **kwargs)
 
     @classmethod
     def _supports_default_dynamic_cache(cls) -> bool:

@@ -134,11 +134,11 @@ class EncoderLayer(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         sas = cfg.block == "sas"
-        self.sublayer0 = ShapedAttentionSublayer(cfg) if sas else AttentionSublayer(cfg)
-        self.sublayer1 = GainedFeedForwardSublayer(cfg) if sas else FeedForwardSublayer(cfg)
+        self.self_attn_sublayer = ShapedAttentionSublayer(cfg) if sas else AttentionSublayer(cfg)
+        self.ff_sublayer = GainedFeedForwardSublayer(cfg) if sas else FeedForwardSublayer(cfg)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        return self.sublayer1(self.sublayer0(x, mask))
+        return self.ff_sublayer(self.self_attn_sublayer(x, mask))
 
 
 class DecoderLayer(nn.Module):
@@ -149,14 +149,14 @@ class DecoderLayer(nn.Module):
         super().__init__()
         sas = cfg.block == "sas"
         self_attn = ShapedAttentionSublayer if sas else AttentionSublayer
-        self.sublayer0 = self_attn(cfg, causal=True)  # self-attention
-        self.sublayer1 = AttentionSublayer(cfg)  # cross-attention
-        self.sublayer2 = GainedFeedForwardSublayer(cfg) if sas else FeedForwardSublayer(cfg)
+        self.self_attn_sublayer = self_attn(cfg, causal=True)
+        self.cross_attn_sublayer = AttentionSublayer(cfg)
+        self.ff_sublayer = GainedFeedForwardSublayer(cfg) if sas else FeedForwardSublayer(cfg)
 
     def forward(self, y, mask, memory, memory_mask, cache: dict | None = None) -> torch.Tensor:
-        y = self.sublayer0(y, mask, cache=part(cache, "self"))
-        y = self.sublayer1(y, mask, memory, memory_mask, cache=part(cache, "cross"))
-        return self.sublayer2(y)
+        y = self.self_attn_sublayer(y, mask, cache=part(cache, "self"))
+        y = self.cross_attn_sublayer(y, mask, memory, memory_mask, cache=part(cache, "cross"))
+        return self.ff_sublayer(y)
 
 
 class ParallelEncoderLayer(nn.Module):
@@ -165,14 +165,14 @@ class ParallelEncoderLayer(nn.Module):
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        self.sublayer0 = ShapedAttentionSublayer(cfg)  # its norm is the layer's one norm
+        self.self_attn_sublayer = ShapedAttentionSublayer(cfg)  # its norm: the layer's one norm
         self.ff = feed_forward(cfg)
         self.gain = nn.Parameter(torch.tensor(0.1))
         self.drop = Dropout(cfg.dropout)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        h = self.sublayer0.norm(x)
-        return self.sublayer0.attn(h, mask) + self.gain * self.drop(self.ff(h))
+        h = self.self_attn_sublayer.norm(x)
+        return self.self_attn_sublayer.attn(h, mask) + self.gain * self.drop(self.ff(h))
 
 
 class ParallelDecoderLayer(nn.Module):
@@ -181,14 +181,14 @@ class ParallelDecoderLayer(nn.Module):
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        self.sublayer0 = ShapedAttentionSublayer(cfg, causal=True)
-        self.sublayer1 = CrossAttentionBranch(cfg)
+        self.self_attn_sublayer = ShapedAttentionSublayer(cfg, causal=True)
+        self.cross_attn_sublayer = CrossAttentionBranch(cfg)
         self.ff = feed_forward(cfg)
         self.gain = nn.Parameter(torch.tensor(0.1))
         self.drop = Dropout(cfg.dropout)
 
     def forward(self, y, mask, memory, memory_mask, cache: dict | None = None) -> torch.Tensor:
-        h = self.sublayer0.norm(y)
-        own = self.sublayer0.attn(h, mask, cache=part(cache, "self"))
-        cross = self.sublayer1(h, mask, memory, memory_mask, part(cache, "cross"))
+        h = self.self_attn_sublayer.norm(y)
+        own = self.self_attn_sublayer.attn(h, mask, cache=part(cache, "self"))
+        cross = self.cross_attn_sublayer(h, mask, memory, memory_mask, part(cache, "cross"))
         return own + cross + self.gain * self.drop(self.ff(h))

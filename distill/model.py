@@ -16,8 +16,8 @@ A site and any student that replaces it have one call path,
 takes ``(x, mask)``: no cache reaches the encoder):
     encoder.{i}.self_attn   core(x, mask)                          x = LN(h) (pre-LN, SAS, SAS-P),
                                                                    h (post-LN)
-    encoder.{i}.sublayer0   sublayer(x, mask)                      x + W_O(core(LN(x))) (pre-LN),
-                                                                   LN(x + W_O(core(x))) (post-LN):
+    encoder.{i}.self_attn_sublayer                                 x + W_O(core(LN(x))) (pre-LN),
+                            sublayer(x, mask)                      LN(x + W_O(core(x))) (post-LN):
                                                                    ALRR's; SAS and SAS-P lack it
     encoder.{i}             layer(x, mask)                         whole encoder layer
     decoder.{i}.self_attn   core(y, mask, cache=)                  causal in target positions
@@ -215,21 +215,23 @@ class Site:
 # "<stack>.<i>[.<part>]" ("" part: the whole layer i); list_sites, site_path, the name check, the
 # recorder and every reader of a site's tensors (distill.activations.site_io) read this table.
 SITES = {
-    ("encoder", "self_attn"): Site("sublayer0.attn", "source", what="the self-attention core"),
-    # SAS's sublayer0 is A·LN(x), with no skip; SAS-P's layer calls the norm and the attention
-    # itself, so no module there is the sublayer.
-    ("encoder", "sublayer0"): Site(
-        "sublayer0",
+    ("encoder", "self_attn"): Site(
+        "self_attn_sublayer.attn", "source", what="the self-attention core"
+    ),
+    # SAS's self_attn_sublayer is A·LN(x), with no skip; SAS-P's layer calls the norm and the
+    # attention itself, so no module there is the sublayer.
+    ("encoder", "self_attn_sublayer"): Site(
+        "self_attn_sublayer",
         "source",
         layouts=("pre_ln", "post_ln"),
         what="the attention sublayer with its skip",
     ),
     ("encoder", ""): Site("", "source", what="the whole encoder layer"),
     ("decoder", "self_attn"): Site(
-        "sublayer0.attn", "target", what="the causal self-attention core"
+        "self_attn_sublayer.attn", "target", what="the causal self-attention core"
     ),
     ("decoder", "cross_attn"): Site(
-        "sublayer1.attn", "target", memory=True, what="the cross-attention core"
+        "cross_attn_sublayer.attn", "target", memory=True, what="the cross-attention core"
     ),
 }
 STACKS = ("encoder", "decoder")

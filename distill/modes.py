@@ -113,7 +113,7 @@ def _table(*modes: Mode) -> dict[str, Mode]:
 
 MODES = _table(
     Mode("alr", "encoder.{i}.self_attn", "encoder"),
-    Mode("alrr", "encoder.{i}.sublayer0", "encoder", residual=True),
+    Mode("alrr", "encoder.{i}.self_attn_sublayer", "encoder", residual=True),
     Mode("aslr", "encoder.{i}.self_attn", "encoder", per_head=True),
     Mode("elr", "encoder.{i}", "encoder", residual=True),
     Mode("dec_self", "decoder.{i}.self_attn", "decoder", causal=True),

@@ -31,6 +31,7 @@ from safetensors import SafetensorError, safe_open
 from distill.activations import ActBatch, padding_masks, reads_memory, site_hooks, site_io
 from distill.checkpoint import atomic_write_json, load_tensors, read_json, save_tensors
 from distill.errors import DataError
+from distill.formats import current_site
 from distill.model import Seq2SeqTransformer, site_info, site_path, site_stack
 from distill.students import splice, unsplice
 from distill.train import process_state
@@ -321,6 +322,7 @@ class Recording:
         for i, shard in enumerate(self.manifest["shards"]):
             if not isinstance(shard, dict) or not {"file", "sentences", "sha256"} <= set(shard):
                 raise DataError(f"{mpath}: shard entry {i} lacks file/sentences/sha256")
+        self.manifest["sites"] = [current_site(s) for s in self.manifest["sites"]]
         self._verified: set[int] = set()
         self._cache: tuple[int, dict] | None = None
 
@@ -390,6 +392,7 @@ class Recording:
             return self._cache[1]
         self._check(index)
         tensors = load_tensors(self.path / self.manifest["shards"][index]["file"])
+        tensors = {current_site(key): value for key, value in tensors.items()}  # older formats
         self._cache = (index, tensors)
         return tensors
 

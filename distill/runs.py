@@ -35,6 +35,7 @@ from distill.checkpoint import (
 from distill.config import from_dict, load_yaml, to_yaml
 from distill.data import DataConfig
 from distill.errors import CheckpointError, ConfigError
+from distill.formats import FORMAT_VERSION, current_site, model_fields
 from distill.model import ModelConfig, Seq2SeqTransformer
 
 
@@ -51,7 +52,9 @@ def save_model(out_dir: Path, model: Seq2SeqTransformer) -> None:
     """Final teacher weights (safetensors) + its ``ModelConfig`` as JSON."""
     from distill.checkpoint import save_tensors
 
-    atomic_write_json(out_dir / "model.json", dataclasses.asdict(model.cfg))
+    atomic_write_json(
+        out_dir / "model.json", {"format_version": FORMAT_VERSION, **dataclasses.asdict(model.cfg)}
+    )
     save_tensors(out_dir / "model.safetensors", model.state_dict())
 
 
@@ -65,7 +68,7 @@ def load_teacher(path: str | Path, device: str | torch.device = "cpu"):
     if not (path / "model.json").exists():
         raise CheckpointError(f"{path}: no trained teacher here (model.json missing)")
     try:
-        cfg = from_dict(ModelConfig, read_json(path / "model.json"))
+        cfg = from_dict(ModelConfig, model_fields(read_json(path / "model.json")))
     except ConfigError as err:
         raise CheckpointError(f"{path / 'model.json'}: {err}") from None
     model = Seq2SeqTransformer(cfg)
@@ -135,7 +138,10 @@ def student_spec(run_dir: str | Path, mode: str) -> dict:
         raise CheckpointError(
             f"{path}: not found; train them first (distill run students ... mode={mode})"
         )
-    return read_json(path)
+    spec = read_json(path)
+    if isinstance(spec, dict) and isinstance(spec.get("sites"), list):
+        spec["sites"] = [current_site(s) for s in spec["sites"]]  # of an older format
+    return spec
 
 
 def trained_student(run_dir: str | Path, mode: str):
@@ -238,7 +244,8 @@ def load_variant(
             f"{finetune_dir(run_dir, tuned)}: not tuned; run `distill run finetune`"
         )
     info = splice_spec(model, run_dir, spec, fresh=True)
-    if found.get("replacements") != info["replacements"]:
+    stored = {current_site(s): r for s, r in (found.get("replacements") or {}).items()}
+    if stored != info["replacements"]:
         raise CheckpointError(
             f"{finetune_dir(run_dir, tuned)}: tuned other students than RUN_DIR/students holds "
             "now; run the finetune stage again"
