@@ -52,7 +52,7 @@ def test_students_only_leaves_every_teacher_weight_bit_identical(layerwise, tune
     assert kept and all(torch.equal(teacher[k], tuned_weights[k]) for k in kept)
     # ... while the students did move.
     before = load_file(layerwise / "students" / "cross" / "students.safetensors")
-    key = "decoder.0.sublayer1.attn.fc1.weight"
+    key = "decoder.0.cross_attn_sublayer.attn.fc1.weight"
     assert not torch.equal(before["decoder/0/cross_attn.fc1.weight"], tuned_weights[key])
 
 

@@ -21,7 +21,7 @@ from tests.helpers import LAYOUTS, random_src, tiny_teacher
 
 def test_attention_parameter_count_matches_paper_formula():
     model = Seq2SeqTransformer(ModelConfig(**PRESETS["paper"]))
-    sub = model.encoder[0].sublayer0
+    sub = model.encoder[0].self_attn_sublayer
     d = model.cfg.d_model
     assert count_parameters(sub.attn) + count_parameters(sub.out_proj) == 4 * (d * d + d)
 
@@ -34,7 +34,7 @@ def test_every_site_resolves_to_a_module():
     with pytest.raises(ValueError, match="unknown site 'encoder.9.self_attn'"):
         site_path("encoder.9.self_attn", model.cfg)
     with pytest.raises(ValueError, match="unknown site"):
-        site_path("decoder.0.sublayer0", model.cfg)
+        site_path("decoder.0.self_attn_sublayer", model.cfg)
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)
@@ -43,14 +43,15 @@ def test_each_layout_lists_the_sites_it_has_and_a_forward_pass_calls_every_one(l
     assert model.cfg.layout == layout
     sites = list_sites(model.cfg)
     # ALRR's site, the attention sublayer with its skip: SAS's has no skip, SAS-P's is no module
-    assert ("encoder.1.sublayer0" in sites) == (layout in ("pre_ln", "post_ln"))
-    assert len(sites) == 4 * 2 + (2 if "encoder.1.sublayer0" in sites else 0)
+    assert ("encoder.1.self_attn_sublayer" in sites) == (layout in ("pre_ln", "post_ln"))
+    assert len(sites) == 4 * 2 + (2 if "encoder.1.self_attn_sublayer" in sites else 0)
     with site_hooks(model, sites) as got:
         model(random_src(), random_src(seed=2))
     assert sorted(got) == sorted(f"{s}.{part}" for s in sites for part in "xy")
-    if "encoder.1.sublayer0" not in sites:
-        with pytest.raises(ValueError, match=f"'encoder.1.sublayer0' for a '{layout}' teacher"):
-            site_path("encoder.1.sublayer0", model.cfg)
+    if "encoder.1.self_attn_sublayer" not in sites:
+        why = f"'encoder.1.self_attn_sublayer' for a '{layout}' teacher"
+        with pytest.raises(ValueError, match=why):
+            site_path("encoder.1.self_attn_sublayer", model.cfg)
 
 
 def test_padding_does_not_leak_into_real_positions():

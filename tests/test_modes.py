@@ -32,12 +32,13 @@ def test_alrr_on_a_teacher_without_its_site_is_refused_with_the_reason(layout):
         check_modes(["alr", "alrr"], cfg, key="students.modes")
     why = str(err.value)
     assert why.startswith(
-        "students.modes: mode 'alrr' replaces encoder.I.sublayer0, the attention sublayer with its "
-        f"skip, which a '{layout}' teacher does not have (only pre_ln and post_ln teachers do; "
+        "students.modes: mode 'alrr' replaces encoder.I.self_attn_sublayer, the attention "
+        f"sublayer with its skip, which a '{layout}' teacher does not have (only pre_ln and "
+        "post_ln teachers do; "
     )
     fit = why.split(f"modes for {layout}: ")[1].rstrip(")").split(", ")
     assert fit == [name for name in MODES if name != "alrr"]
-    with pytest.raises(ValueError, match="mode 'alrr' replaces encoder.I.sublayer0"):
+    with pytest.raises(ValueError, match="mode 'alrr' replaces encoder.I.self_attn_sublayer"):
         mode_sites("alrr", cfg)
 
 

@@ -19,7 +19,8 @@ EXPECTED = json.loads((FIXTURE / "expected.json").read_text(encoding="utf-8"))
 SOURCES = EXPECTED["sources"]
 OLD_ROWS = json.loads((FIXTURE / "run" / "eval" / "results.json").read_text())["rows"]
 # export arguments of run-dir rows whose old translations (expected.json) the test compares: the
-# teacher, the residual mode at encoder.{i}.sublayer0, and the three other modes together
+# teacher, the residual mode at encoder.{i}.sublayer0 (format 3: self_attn_sublayer), and the
+# three other modes together
 EXPORTS = {
     "teacher": ["--variant", "teacher"],
     "alrr": ["--variant", "alrr"],

@@ -26,7 +26,7 @@ from tests.helpers import tiny_teacher
 CFG = ModelConfig(**PRESETS["unit"])
 SITES = [
     "encoder.0.self_attn",
-    "encoder.1.sublayer0",
+    "encoder.1.self_attn_sublayer",
     "encoder.1",
     "decoder.0.self_attn",
     "decoder.1.cross_attn",
@@ -190,13 +190,15 @@ def test_a_site_that_reads_the_memory_is_recorded_with_it_whatever_its_name(tmp_
     # The decoder's whole cross-attention sublayer, called as (y, mask, memory, memory_mask): a
     # site the table could have, not named cross_attn, and a mode whose students read the memory.
     monkeypatch.setitem(
-        SITE_TABLE, ("decoder", "sublayer1"), Site("sublayer1", "target", memory=True)
+        SITE_TABLE,
+        ("decoder", "cross_attn_sublayer"),
+        Site("cross_attn_sublayer", "target", memory=True),
     )
-    mode = Mode("cross_sub", "decoder.{i}.sublayer1", "decoder", causal=True, memory=True)
+    mode = Mode("cross_sub", "decoder.{i}.cross_attn_sublayer", "decoder", causal=True, memory=True)
     monkeypatch.setitem(MODES, "cross_sub", mode)
     model, ex = tiny_teacher(), examples()
     sites = recorded_sites(["cross_sub"], CFG)
-    assert sites == ["decoder.0.sublayer1", "decoder.1.sublayer1"]
+    assert sites == ["decoder.0.cross_attn_sublayer", "decoder.1.cross_attn_sublayer"]
     assert bytes_per_sentence_token(sites, CFG.d_model, "fp32")["src"] == CFG.d_model * 4
     record(model, ex, sites, tmp_path, shard_size=16, dtype="fp32", batch_size=5, progress=False)
     assert "memory" in Recording(tmp_path).shard(0)

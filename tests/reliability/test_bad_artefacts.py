@@ -121,7 +121,7 @@ def test_a_teacher_that_overflows_fp16_names_the_site(run_copy, capsys):
     weights = run_copy / "teacher" / "model.safetensors"
     tensors = load_file(weights)
     for part in ("weight", "bias"):  # V of encoder layer 0: the attention core's output explodes
-        tensors[f"encoder.0.sublayer0.attn.v_proj.{part}"] *= 1e6
+        tensors[f"encoder.0.self_attn_sublayer.attn.v_proj.{part}"] *= 1e6
     save_file(tensors, weights)
     shutil.rmtree(run_copy / "record")
     fails(
@@ -162,7 +162,7 @@ CHECKPOINT_ERRORS = {
     "teacher_weights_of_other_shape": (
         lambda r, p: _edit_model_json(r, d_ff=64),
         STUDENTS,
-        r"teacher/model\.safetensors: 'decoder\.0\.sublayer2\.ff\.0\.bias' has shape \(32,\), "
+        r"teacher/model\.safetensors: 'decoder\.0\.ff_sublayer\.ff\.fc1\.bias' has shape \(32,\), "
         r"the model expects \(64,\)",
     ),
     "teacher_weights_truncated": (
