@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from distill.cli import main
+from distill.formats import model_fields
 from distill.model import ModelConfig
 
 REPO = Path(__file__).resolve().parent.parent.parent
@@ -46,7 +47,7 @@ def tree(path: Path) -> dict[str, bytes]:
 
 def json_model_cfg(run: Path) -> ModelConfig:
     """The teacher's dimensions, as saved in its run dir."""
-    return ModelConfig(**json.loads((run / "teacher" / "model.json").read_text()))
+    return ModelConfig(**model_fields(json.loads((run / "teacher" / "model.json").read_text())))
 
 
 # Runs the CLI after wrapping MODULE.NAME so that its N-th call, once it has returned, touches
