@@ -54,6 +54,7 @@ from distill.checkpoint import (
 from distill.config import to_dict
 from distill.device import stage_device
 from distill.errors import ConfigError
+from distill.formats import current_site
 from distill.losses import mode_loss, site_loss, student_key
 from distill.lstsq import (
     SUPPORTED_ACTIVATIONS,
@@ -470,6 +471,9 @@ def train_site(cfg: Config, mode: str, site: str, student, teacher, examples, sp
     done its weights are students/<mode>/sites/<site>/student.safetensors, which a later run
     loads instead of training again."""
     out = students_dir(cfg.run_dir) / mode / PARTIAL / site
+    older = [p for p in out.parent.glob("*") if p.name != site and current_site(p.name) == site]
+    if older and not out.exists():
+        older[0].rename(out)  # a site's work from before its name changed (distill.formats)
     weights = out / "student.safetensors"
     if weights.exists():
         load_state_dict(student, load_tensors(weights), weights)

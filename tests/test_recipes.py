@@ -302,6 +302,35 @@ def test_a_progressive_run_stopped_after_a_site_resumes_without_retraining_it(
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_a_progressive_site_finished_under_its_older_name_is_not_trained_again(
+    tiny_run, tmp_path, monkeypatch
+):
+    from distill_recipes import students
+
+    run, calls, real = _teacher_copy(tiny_run, tmp_path), [], students.fit
+    argv = ["-q", "run", "students", "--config", "tiny", f"run_dir={run}", "source=online"]
+    argv += ["modes=[alrr]", "progressive=[alrr]"]
+
+    def spy(model, *args, desc, **kwargs):
+        calls.append(desc.rsplit(":", 1)[1])
+        if len(calls) == 2:
+            raise RuntimeError("killed")
+        return real(model, *args, desc=desc, **kwargs)
+
+    monkeypatch.setattr(students, "fit", spy)
+    with pytest.raises(RuntimeError, match="killed"):
+        main(argv)
+    parts = run / "students" / "alrr" / "sites"
+    assert calls == ["encoder.0.self_attn_sublayer", "encoder.1.self_attn_sublayer"]
+    # the finished site's work as distill wrote it before format 3 (distill.formats)
+    (parts / "encoder.0.self_attn_sublayer").rename(parts / "encoder.0.sublayer0")
+    calls.clear()
+    assert main(argv) == 0
+    assert calls == ["encoder.1.self_attn_sublayer"]  # the first site was not trained again
+    spec = json.loads((run / "students" / "alrr" / "spec.json").read_text())
+    assert spec["sites"] == ["encoder.0.self_attn_sublayer", "encoder.1.self_attn_sublayer"]
+
+
 @pytest.mark.parametrize(
     "override, says",
     [
