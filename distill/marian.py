@@ -33,6 +33,7 @@ import torch
 
 from distill.checkpoint import atomic_dir, read_json
 from distill.errors import CheckpointError
+from distill.importers import Imported
 from distill.model import BOS_ID, EOS_ID, PAD_ID, UNK_ID, ModelConfig, Seq2SeqTransformer
 from distill.tokenizer import MarianVocab, marian_tokenizer
 
@@ -229,3 +230,9 @@ def load_checkpoint(path: str | Path, max_len: int):
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise CheckpointError(f"{path}: cannot load the MarianMTModel ({first})") from None
     return convert(model, order, max_len), model, order, vocab
+
+
+def import_checkpoint(path: str | Path, max_len: int) -> Imported:
+    """``distill.importers``' entry: the converted teacher and its tokenizer's writer."""
+    teacher, _, order, vocab = load_checkpoint(path, max_len)
+    return Imported(teacher, lambda out: write_tokenizer(path, order, vocab, out, max_len))

@@ -26,13 +26,14 @@ from distill.config import to_dict
 from distill.data import DataConfig, Tokenizer, encode_pairs, load_pairs, spread, token_batches
 from distill.device import stage_device
 from distill.errors import DataError
+from distill.importers import import_checkpoint
 from distill.losses import teacher_loss
-from distill.marian import load_checkpoint, vocabulary_order, write_tokenizer
+from distill.marian import vocabulary_order, write_tokenizer
 from distill.marian_train import MarianTraining, opus_mt_config, save_opus_mt_tokenizer
 from distill.model import ModelConfig, Seq2SeqTransformer, count_parameters
 from distill.runs import save_model, teacher_dir, write_config
 from distill.stages import Claim, begin, result_settings
-from distill.tokenizer import MarianVocab
+from distill.tokenizer import MarianVocab, load_tokenizer
 from distill.train import TrainConfig, fit, process_state
 
 log = logging.getLogger("recipes.teacher")
@@ -126,15 +127,16 @@ def score_teacher(cfg: Config, out: Path, model, tok, test_pairs, report) -> dic
 
 
 def import_teacher(cfg: Config, out: Path, test_pairs, claim: Claim) -> Path:
-    """Make the MarianMTModel checkpoint ``cfg.pretrained`` the run's teacher: check it, convert
-    it (``distill.marian``), save it with its renumbered tokenizer, score it. A directory that is
-    not a usable checkpoint fails before anything is written."""
-    model, _, order, vocab = load_checkpoint(cfg.pretrained, cfg.data.max_len)
+    """Make the transformers checkpoint ``cfg.pretrained`` the run's teacher: check it, convert
+    it (``distill.importers``: by its model_type), save it with its renumbered tokenizer, score
+    it. A directory that is not a usable checkpoint fails before anything is written."""
+    imported = import_checkpoint(cfg.pretrained, cfg.data.max_len)
+    model = imported.model
     out.mkdir(parents=True, exist_ok=True)
     claim.store()
     write_config(out, cfg)
-    write_tokenizer(cfg.pretrained, order, vocab, out / "tokenizer", cfg.data.max_len)
-    tok = MarianVocab(out / "tokenizer")
+    imported.write_tokenizer(out / "tokenizer")
+    tok = load_tokenizer(out / "tokenizer")
     _, report = encode_pairs(test_pairs, tok, cfg.data.max_len)
     if not report.kept:
         raise DataError(f"{cfg.data.path or cfg.data.source}: no test pair fits max_len: {report}")

@@ -108,3 +108,42 @@ def test_a_teacher_run_from_before_the_structure_fields_is_still_finished(
     changed = ["-q", "run", "teacher", "--config", "tiny", f"run_dir={run}", "model.norm=post"]
     assert main(changed) == 2  # a structure other than the family's is a setting
     assert 'model.norm was (unset), now "post"' in capsys.readouterr().err
+
+
+def test_a_new_checkpoint_family_is_one_converter_row_and_its_module(
+    tmp_path, tiny_tokenizer, capsys, monkeypatch
+):
+    import sys
+    import types
+
+    from distill import importers
+
+    # A converter for a made-up model_type: it "converts" by building a tiny teacher whose
+    # vocabulary is the tokenizer's, which it saves in distill's own format.
+    teacher = tiny_teacher(vocab_size=tiny_tokenizer.vocab_size, max_len=24)
+
+    def write(out):
+        out.mkdir(parents=True)
+        shutil.copy(tiny_tokenizer.path, out / "spm.model")
+
+    toy = types.ModuleType("toy_converter")
+    toy.import_checkpoint = lambda path, max_len: importers.Imported(teacher, write)
+    monkeypatch.setitem(sys.modules, "toy_converter", toy)
+    checkpoint = tmp_path / "toy-checkpoint"
+    checkpoint.mkdir()
+    (checkpoint / "config.json").write_text(json.dumps({"model_type": "toy"}))
+    run = tmp_path / "run"
+    argv = ["-q", "run", "teacher", "--config", "tiny", f"run_dir={run}"]
+    argv.append(f"pretrained={checkpoint}")
+    assert main(argv) == 2  # not registered: one line naming the file and what is importable
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and f"{checkpoint / 'config.json'}: model_type is 'toy'" in err
+    assert "'marian'" in err and not (run / "teacher").exists()
+
+    monkeypatch.setitem(importers.CONVERTERS, "toy", "toy_converter")
+    assert main(argv) == 0
+    loaded, tok = load_teacher(run)
+    assert tok.vocab_size == tiny_tokenizer.vocab_size
+    for key, value in teacher.state_dict().items():
+        assert torch.equal(loaded.state_dict()[key], value), key
+    assert json.loads((run / "teacher" / "bleu.json").read_text())["n"] > 0  # scored
