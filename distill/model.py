@@ -50,6 +50,7 @@ from distill.blocks import (  # noqa: F401 (ModelConfig and the blocks are re-ex
     ModelConfig,
     dropout,
 )
+from distill.ids import BOS_ID, EOS_ID, PAD_ID, UNK_ID  # noqa: F401 (re-exported)
 from distill.layers import (
     DecoderLayer,
     EncoderLayer,
@@ -57,7 +58,6 @@ from distill.layers import (
     ParallelEncoderLayer,
     ShapedAttention,
 )
-from distill.tokenizer import BOS_ID, EOS_ID, PAD_ID, UNK_ID  # noqa: F401 (re-exported)
 
 # Presets as data; recipe YAMLs repeat the values they use so a run dir is self-describing.
 PRESETS: dict[str, dict] = {

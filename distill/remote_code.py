@@ -23,7 +23,7 @@ from typing import NoReturn
 
 PACKAGE = Path(__file__).resolve().parent
 ROOT = "hf"  # the module of the transformers classes that config.json's auto_map names
-ALLOWED = ("torch", "transformers", "safetensors", "sentencepiece", "tokenizers")
+ALLOWED = ("torch", "transformers", "safetensors", "tokenizers")
 PREFIX = "distill_"  # distill/<module>.py is the export's distill_<module>.py
 _OWN = re.compile(r"from\s+distill\.(\w+)")
 

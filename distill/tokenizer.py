@@ -21,10 +21,10 @@ import sentencepiece as spm
 
 from distill.checkpoint import atomic_write_bytes
 from distill.errors import CheckpointError, DataError
+from distill.ids import BOS_ID, EOS_ID, PAD_ID, UNK_ID  # noqa: F401 (re-exported)
 
 logger = logging.getLogger(__name__)
 
-PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3
 
 # Byte fallback spends 256 pieces on raw bytes; below this size they would crowd out real pieces,
 # so small vocabularies keep every training character instead (character_coverage=1.0).

@@ -24,8 +24,8 @@ import json, os, sys
 repo = sys.argv[1]  # the checkout (its .venv stays: torch, transformers)
 sys.meta_path[:] = [f for f in sys.meta_path if not f.__module__.startswith("__editable__")]
 sys.path[:] = [p for p in sys.path if os.path.realpath(p) != repo and "__editable__" not in p]
-for name in ("distill", "distill_recipes", "distill_eval"):
-    sys.modules[name] = None
+for name in ("distill", "distill_recipes", "distill_eval", "sentencepiece"):
+    sys.modules[name] = None  # sentencepiece too: an export's tokenizer is tokenizer.json
 try:
     import distill
     raise SystemExit("distill is importable")
