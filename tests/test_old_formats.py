@@ -1,6 +1,7 @@
 """Run dirs and exports written by distill 0.1.0 (commit bd181d5, before the StudentSpec and
 site-table refactor) still score, export, load, translate and resume with the current code, and
-give what the old code gave. The fixture and how it was made: tests/fixtures/v0_1/README.md."""
+give what the old code gave; so does an export of format 2 (commit d05e4c7, sublayers still
+numbered). The fixtures and how they were made: tests/fixtures/v0_1/README.md, v0_2/README.md."""
 
 import json
 import logging
@@ -14,9 +15,12 @@ from distill.cli import main
 from distill.model import teacher_attention
 from distill.pretrained import from_pretrained
 
-FIXTURE = Path(__file__).resolve().parent / "fixtures" / "v0_1"
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+FIXTURE = FIXTURES / "v0_1"
 EXPECTED = json.loads((FIXTURE / "expected.json").read_text(encoding="utf-8"))
 SOURCES = EXPECTED["sources"]
+# format of each old export -> (its fixture dir, how many of the 6 attention sites it replaced)
+OLD_EXPORTS = {1: ("v0_1", 6), 2: ("v0_2", 2)}
 OLD_ROWS = json.loads((FIXTURE / "run" / "eval" / "results.json").read_text())["rows"]
 # export arguments of run-dir rows whose old translations (expected.json) the test compares: the
 # teacher, the residual mode at encoder.{i}.sublayer0 (format 3: self_attn_sublayer), and the
@@ -89,27 +93,39 @@ def test_a_variant_exported_from_the_old_run_dir_translates_as_the_old_code_did(
     assert model.translate(SOURCES) == EXPECTED["run_translations"][row]
 
 
-def test_the_old_export_loads_and_translates_as_the_old_code_did(old):
-    model, tok = from_pretrained(old / "export", device="cpu")
-    assert teacher_attention(model) == []  # all six sites hold the exported students
+@pytest.fixture(params=list(OLD_EXPORTS), ids=lambda v: f"format{v}")
+def old_export(request, tmp_path) -> tuple[Path, int, dict]:
+    """(a copy of an old export, the sites it replaced, what the old code made of it)."""
+    name, replaced = OLD_EXPORTS[request.param]
+    export = Path(shutil.copytree(FIXTURES / name / "export", tmp_path / name))
+    assert json.loads((export / "config.json").read_text())["format_version"] == request.param
+    expected = json.loads((FIXTURES / name / "expected.json").read_text(encoding="utf-8"))
+    assert expected["sources"] == SOURCES
+    return export, replaced, expected
+
+
+def test_the_old_export_loads_and_translates_as_the_old_code_did(old_export):
+    export, replaced, expected = old_export
+    model, tok = from_pretrained(export, device="cpu")
+    assert len(teacher_attention(model)) == 6 - replaced  # its students sit where they did
     assert tok.vocab_size == 300
-    assert model.translate(SOURCES) == EXPECTED["export_greedy"]
-    assert model.translate(SOURCES, beam=2) == EXPECTED["export_beam2"]
+    assert model.translate(SOURCES) == expected["export_greedy"]
+    assert model.translate(SOURCES, beam=2) == expected["export_beam2"]
 
 
-def test_transformers_generates_the_old_tokens_from_the_old_export(old):
+def test_transformers_generates_the_old_tokens_from_the_old_export(old_export):
     from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
-    path = str(old / "export")
-    model = AutoModelForSeq2SeqLM.from_pretrained(path, trust_remote_code=True).eval()
-    tok = AutoTokenizer.from_pretrained(path, trust_remote_code=True)
+    export, _, expected = old_export
+    model = AutoModelForSeq2SeqLM.from_pretrained(export, trust_remote_code=True).eval()
+    tok = AutoTokenizer.from_pretrained(export, trust_remote_code=True)
     ids = []
     for line in SOURCES:
         with torch.no_grad():
             out = model.generate(**tok([line], return_tensors="pt"), num_beams=1, do_sample=False)
         ids.append(out[0].tolist())
-    assert len(ids) == 3 and ids == EXPECTED["export_generate_ids"]
-    assert tok.batch_decode(ids, skip_special_tokens=True) == EXPECTED["export_greedy"]
+    assert len(ids) == 3 and ids == expected["export_generate_ids"]
+    assert tok.batch_decode(ids, skip_special_tokens=True) == expected["export_greedy"]
 
 
 def test_the_pipeline_on_the_old_run_dir_trusts_and_skips_every_finished_output(old, caplog):
