@@ -83,6 +83,8 @@ def old_key_mapping(n_enc: int, n_dec: int) -> dict[str, str]:
 def model_fields(data: dict) -> dict:
     """model.json's ``ModelConfig`` fields: less its ``format_version`` (absent before 3), which
     may not be newer than this code's."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"expected a mapping of ModelConfig fields, got {type(data).__name__}")
     fields = dict(data)
     version = fields.pop("format_version", 1)
     if not isinstance(version, int) or version > FORMAT_VERSION:

@@ -87,6 +87,13 @@ def test_model_json_says_its_format_and_a_newer_one_is_refused(tmp_path):
         load_teacher(tmp_path)
 
 
+def test_a_model_json_that_is_no_mapping_is_one_error_naming_it(tmp_path):
+    save_model(tmp_path, tiny_teacher())
+    (tmp_path / "model.json").write_text("[1, 2]")
+    with pytest.raises(CheckpointError, match=r"model\.json: expected a mapping"):
+        load_teacher(tmp_path)
+
+
 def test_an_export_config_of_a_newer_format_is_refused():
     config = make_config(tiny_teacher().cfg, {}, {})
     assert config["format_version"] == FORMAT_VERSION
