@@ -14,7 +14,7 @@ from pathlib import Path
 
 from distill.blocks import FAMILY_FIELDS
 from distill.errors import CheckpointError, ConfigError
-from distill.formats import FORMAT_VERSION, current_site
+from distill.formats import FORMAT_VERSION, check_format, current_site
 from distill.model import (
     BOS_ID,
     EOS_ID,
@@ -96,12 +96,10 @@ def generation_config(cfg: ModelConfig) -> dict:
 
 def parse_config(config: dict, source: Path | str) -> tuple[ModelConfig, dict[str, dict]]:
     """(ModelConfig, replacements) from a ``config.json`` dict; CheckpointError names the key."""
-    version = config.get("format_version", 1)
-    if not isinstance(version, int) or version > FORMAT_VERSION:
-        raise CheckpointError(
-            f"{source}: format_version {version!r}: written by a newer distill (this one reads "
-            f"up to {FORMAT_VERSION}); upgrade distill"
-        )
+    try:
+        check_format(config.get("format_version", 1))
+    except ConfigError as err:
+        raise CheckpointError(f"{source}: {err}") from None
     needed = [k for k in MODEL_KEYS if k not in FAMILY_FIELDS] + ["replacements"]
     missing = [k for k in needed if k not in config]
     if missing:

@@ -86,10 +86,14 @@ def model_fields(data: dict) -> dict:
     if not isinstance(data, dict):
         raise ConfigError(f"expected a mapping of ModelConfig fields, got {type(data).__name__}")
     fields = dict(data)
-    version = fields.pop("format_version", 1)
+    check_format(fields.pop("format_version", 1))
+    return fields
+
+
+def check_format(version) -> None:
+    """``ConfigError`` unless ``version`` (a file's ``format_version``) is one this code reads."""
     if not isinstance(version, int) or version > FORMAT_VERSION:
         raise ConfigError(
             f"format_version {version!r}: written by a newer distill (this one reads up to "
             f"{FORMAT_VERSION}); upgrade distill"
         )
-    return fields
