@@ -78,6 +78,7 @@ def main(cfg: Config) -> Path:
     import importlib
 
     from distill.stages import REPORT
+    from distill.train import process_state
 
     stages = cfg.resolved()
     started = time.perf_counter()
@@ -88,6 +89,9 @@ def main(cfg: Config) -> Path:
         t0 = time.perf_counter()
         log.info("=== stage %s ===", name)
         importlib.import_module(f"distill_recipes.{name}").main(stages[name])
+        # Under `accelerate launch` the main process writes a stage's outputs after the others
+        # return: none may start the next stage before they are there.
+        process_state().wait_for_everyone()
         if name == "evaluate":
             REPORT.append("eval: scored again (evaluation is never skipped)")
         log.info("stage %s: %.1f s", name, time.perf_counter() - t0)

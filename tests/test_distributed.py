@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from distill.cli import main
 from distill.runs import load_teacher
 
 REPO = Path(__file__).resolve().parent.parent
@@ -85,27 +86,15 @@ def launch(argv: list[str], cwd: Path, processes: int = 2, ok: bool = True, **en
 
 
 @pytest.mark.slow
-def test_two_processes_average_their_gradients_and_stay_equal(tmp_path):
-    script = tmp_path / "fit.py"
-    script.write_text(FIT.replace("BATCHES", str(BATCHES)))
-    launch([str(script), str(tmp_path / "out")], tmp_path)
-    ranks = [json.loads((tmp_path / "out" / f"weights-{r}.json").read_text()) for r in (0, 1)]
-    assert ranks[0] == ranks[1]  # one model, kept equal by the all-reduce
-    # The same steps in one process: rank r takes batches r, r + 2, ... so step k averages the
-    # gradients of batches 2k and 2k + 1 (the mean of their losses).
-    for got, want in zip(ranks[0], reference([(2, 6)])):
-        assert got == pytest.approx(want, abs=1e-6)
-    steps = [json.loads(x)["step"] for x in (tmp_path / "out" / "metrics.jsonl").open()]
-    assert steps == list(range(1, 7))  # one writer: 3 steps per epoch, each logged once
-
-
-@pytest.mark.slow
 def test_the_tiny_pipeline_runs_under_two_processes(tmp_path):
-    """teacher, record, students and finetune under two processes: one writer per file, the
-    recording's shards split between the processes and equal to a one-process recording."""
-    run = tmp_path / "run"
-    cli = ["-m", "distill.cli", "run"]
-    launch([*cli, "teacher", "--config", "tiny", f"run_dir={run}", "train.epochs=1"], tmp_path)
+    """The pipeline (teacher, record, students, finetune, evaluate) under two processes: one
+    writer per file, no stage starts before the last one's outputs are written, the recording's
+    shards split between the processes and equal to a one-process recording."""
+    run, modes = tmp_path / "run", "modes=[alr,dec_self,cross]"
+    argv = ["-m", "distill.cli", "run", "pipeline", "--config", "tiny", f"run_dir={run}"]
+    argv += ["teacher.train.epochs=1", f"record.{modes}", f"students.{modes}"]
+    done = launch([*argv, "evaluate.variants=[teacher,attentionless]"], tmp_path)
+    assert "process 0 of 2" in done.stderr and "process 1 of 2" in done.stderr
     records = [json.loads(x) for x in (run / "teacher" / "metrics.jsonl").open()]
     steps = [r["step"] for r in records if "loss" in r]
     assert steps == sorted(set(steps)) and steps  # written once per step, by one process
@@ -113,12 +102,9 @@ def test_the_tiny_pipeline_runs_under_two_processes(tmp_path):
     model, tok = load_teacher(run)
     assert tok.vocab_size == model.cfg.vocab_size
 
-    alone = tmp_path / "alone"
+    alone = tmp_path / "alone"  # the same teacher recorded by this one process
     shutil.copytree(run / "teacher", alone / "teacher")
-    modes = "modes=[alr,dec_self,cross]"
-    done = launch([*cli, "record", "--config", "tiny", f"run_dir={run}", modes], tmp_path)
-    assert "process 0 of 2" in done.stderr and "process 1 of 2" in done.stderr
-    launch([*cli, "record", "--config", "tiny", f"run_dir={alone}", modes], tmp_path, 1)
+    assert main(["-q", "run", "record", "--config", "tiny", f"run_dir={alone}", modes]) == 0
     for split in ("train", "valid"):
         both, one = (
             json.loads((r / "record" / split / "manifest.json").read_text()) for r in (run, alone)
@@ -127,10 +113,14 @@ def test_the_tiny_pipeline_runs_under_two_processes(tmp_path):
         assert len(both["shards"]) > 1 or split == "valid"  # train: both processes recorded
         assert not list((run / "record" / split).glob("manifest.partial*"))
 
-    launch([*cli, "students", "--config", "tiny", f"run_dir={run}", modes], tmp_path)
-    launch([*cli, "finetune", "--config", "tiny", f"run_dir={run}"], tmp_path)
     tuned = json.loads((run / "finetune" / "attentionless" / "spec.json").read_text())
     assert tuned["settings"]["steps"] > 0 and (run / "students" / "cross" / "spec.json").is_file()
+    rows = json.loads((run / "eval" / "results.json").read_text())["rows"]
+    assert [(r["variant"], r["stage"]) for r in rows] == [
+        ("teacher", ""),
+        ("attentionless", "layer-wise"),
+        ("attentionless", "tuned"),
+    ]
 
 
 @pytest.mark.slow
@@ -138,7 +128,9 @@ def test_the_tiny_pipeline_runs_under_two_processes(tmp_path):
 def test_a_killed_run_resumes_under_another_number_of_processes(tmp_path, before, after):
     """Killed in its third step (checkpoint at step 2), resumed with the other process count:
     the resumed run takes the batches the first one had not, in order, and its weights equal
-    that sequence of steps computed by hand."""
+    that sequence of steps computed by hand. Under two processes rank r takes batches r, r + 2,
+    ... so a step averages the gradients of two batches (the mean of their losses), and both
+    ranks end with the same model (the all-reduce keeps them equal)."""
     script = tmp_path / "fit.py"
     script.write_text(FIT.replace("BATCHES", str(BATCHES)))
     out = tmp_path / "out"
@@ -150,6 +142,8 @@ def test_a_killed_run_resumes_under_another_number_of_processes(tmp_path, before
     rest = (BATCHES - 2 * before) // after + BATCHES // after
     want = reference([(before, 2), (after, rest)])
     got = json.loads((out / "weights-0.json").read_text())
+    if after == 2:
+        assert json.loads((out / "weights-1.json").read_text()) == got
     for g, w in zip(got, want):
         assert g == pytest.approx(w, abs=1e-6)
     steps = [json.loads(x)["step"] for x in (out / "metrics.jsonl").open() if "loss" in x]
