@@ -75,7 +75,7 @@ def run_arm(run: Path, arm: str, args) -> tuple[Path, float]:
         over += ["init=random"] if arm == "random" else []
         finetune.main(load_recipe_config("finetune", args.config, over)[1])
     over = [f"run_dir={out}", f"variants=[teacher,{','.join(args.variants)}]"]
-    over += [f"split={args.split}", f"max_sentences={args.sentences}"]
+    over += [f"splits=[{args.split}]", f"max_sentences={args.sentences}"]
     evaluate.main(load_recipe_config("evaluate", args.config, over)[1])
     return out, time.perf_counter() - t0
 

@@ -7,7 +7,7 @@ A hybrid ``<base>+keep<i>[_<j>...]`` is the variant ``base`` with the teacher's 
 cross-attention left at decoder layers i, j, ... (``distill.modes.resolve_variant``). For each k
 this scores the teacher, the base and every hybrid that keeps k layers, layer-wise (the students
 as trained, no finetune), greedy, on ``--valid-sentences`` pairs evenly spread over the
-length-filtered validation split (the pairs ``distill run evaluate ... split=valid
+length-filtered validation split (the pairs ``distill run evaluate ... splits=[valid]
 max_sentences=N`` scores), and prints BLEU, its ratio to the teacher's, parameters (whole model,
 students), decoding sentences/s and the best keep-set per k. Settings are chosen here, on
 validation; report the chosen hybrid on the test split with ``distill run evaluate ...

@@ -118,8 +118,9 @@ def cmd_export(args) -> int:
         stage = best.get("stage", "layer-wise")
         variant, layer_wise = best["variant"], stage != "tuned"
         print(
-            f"distill: exporting '{variant}' ({stage}), the best variant by validation BLEU "
-            f"({best['bleu']:.2f})",
+            f"distill: exporting '{variant}' ({stage}): of the variants that replace every "
+            f"attention site, the best by validation BLEU ({best['bleu']:.2f}); --variant NAME "
+            "exports another (the rows of RUN_DIR/eval/results-valid.md)",
             file=sys.stderr,
         )
     export(args.run_dir, parse_spec(args.spec) if args.spec else variant, args.out, layer_wise)
@@ -238,9 +239,9 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument(
         "--variant",
         default="",
-        help="teacher, alr, ..., attentionless, a hybrid (default: the variant other than the "
-        "teacher with the best BLEU in RUN_DIR/eval/results-valid.json, tuned or layer-wise: "
-        "distill run evaluate ... split=valid writes it)",
+        help="teacher, alr, ..., attentionless, a hybrid (default: of the variants that replace "
+        "every attention site, the one with the best BLEU in RUN_DIR/eval/results-valid.json, "
+        "tuned or layer-wise: distill run evaluate ... splits=[valid] writes it)",
     )
     ex.add_argument("--spec", default="", help="SITE=MODE[,SITE=MODE...] instead of a variant")
     ex.add_argument("--out", required=True, help="export directory (replaced if an old export)")
@@ -266,12 +267,19 @@ def _decoding_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", help=DEVICE_HELP)
 
 
+def _one_file(extra: list[str]) -> bool:
+    """``extra`` is one file name (or ``-``, stdin), not an option argparse did not know."""
+    return len(extra) == 1 and (extra[0] == "-" or not extra[0].startswith("-"))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     # argparse will not take positionals after an option (`run R --config C k=v`): collect them.
     args, extra = parser.parse_known_args(argv)
     if extra and args.command == "run" and all("=" in e and not e.startswith("-") for e in extra):
         args.overrides = args.overrides + extra
+    elif args.command == "translate" and args.file is None and _one_file(extra):
+        args.file = extra[0]  # `translate EXPORT --beam 4 FILE`: the file after the options
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     progress.QUIET = args.quiet

@@ -1,6 +1,6 @@
 """Export one variant of a run as a self-contained directory (layout: ``distill.pretrained``).
 
-    distill export runs/demo --out exports/demo-best      # the best variant on the valid split
+    distill export runs/demo --out exports/demo-best      # best attentionless variant on valid
     distill export runs/demo --variant attentionless --out exports/demo-attentionless
     distill export runs/demo --variant attentionless_pw+keep1 --out DIR   # a hybrid
     distill export runs/demo --spec encoder.0.self_attn=alr,decoder.1.cross_attn=cross --out DIR
@@ -92,23 +92,26 @@ def resolve_spec(
 
 def best_variant(run_dir: str | Path, layer_wise: bool = False) -> dict:
     """The row of the run's validation scores (RUN_DIR/eval/results-valid.json, written by the
-    evaluate stage with ``split=valid``) with the best BLEU among the variants that replace
-    attention: every row but the teacher's, tuned or layer-wise (only layer-wise rows when
-    ``layer_wise``), hybrids included. What ``distill export`` exports without ``--variant``."""
+    evaluate stage with ``splits=[valid,...]``, as the demo does) with the best BLEU among the
+    variants that replace every attention site (attentionless; no hybrid, no partial variant),
+    tuned or layer-wise (only layer-wise rows when ``layer_wise``). What ``distill export``
+    exports without ``--variant``."""
     path = Path(run_dir) / "eval" / "results-valid.json"
     todo = (
         f"score the variants on the validation split first (distill run evaluate --config NAME "
-        f"run_dir={run_dir} split=valid) or pass --variant"
+        f"run_dir={run_dir} splits=[valid]) or pass --variant"
     )
     if not path.is_file():
         raise ConfigError(f"{path}: not found; {todo}")
     rows = [
         row
         for row in read_json(path).get("rows", [])
-        if row["variant"] != "teacher" and (not layer_wise or row.get("stage") == "layer-wise")
+        if row.get("attentionless") and (not layer_wise or row.get("stage") == "layer-wise")
     ]
     if not rows:
-        raise ConfigError(f"{path}: no variant that replaces attention was scored; {todo}")
+        raise ConfigError(
+            f"{path}: no variant that replaces every attention site was scored; {todo}"
+        )
     return max(rows, key=lambda row: row["bleu"])  # the first of equals
 
 

@@ -11,9 +11,10 @@ test split; a variant the finetune stage trained end to end gets a second, "tune
 Variants whose students are not trained yet are skipped. Hybrids (``attentionless_pw+keep1``:
 the teacher's cross-attention kept at decoder layer 1) are scored when named in ``variants``;
 every row says whether the model is attentionless and which sites a hybrid keeps.
-``split=valid`` scores the validation split instead (where settings are chosen). The split is
-length-filtered like the training data (the count is in the table's notes); ``--source FILE``
-scores every line, truncating long sources.
+``splits=[valid,test]`` scores the validation split too (where settings are chosen; the demo
+does, and ``distill export`` picks its default variant from it): RUN_DIR/eval/results-valid.*
+beside results.*. A split is length-filtered like the training data (the count is in the
+table's notes); ``--source FILE`` scores every line.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 from distill_eval.report import write_chart, write_markdown
 
@@ -53,27 +55,29 @@ class Config:
     max_sentences: int = 0  # 0 = the whole (length-filtered) test split
     source: str = ""  # "" = the teacher's own corpus; else demo | iwslt2017 | a .tsv file
     pair: str = ""  # with `source`: "" = the teacher's pair
-    # "valid" scores the validation split instead: where settings are chosen (the test split is
-    # only reported).
-    split: str = "test"
+    # The splits scored, each into its own table: "valid" is where settings are chosen (and what
+    # `distill export` picks its default variant by), "test" is only reported.
+    splits: list[str] = field(default_factory=lambda: ["test"])
     # Where models decode: auto (the stage's device: a GPU if torch sees one), cpu, cuda, cuda:N.
     device: str = "auto"
+
+    REMOVED_KEYS: ClassVar[dict[str, str]] = {"split": "use splits=[valid] (or [valid,test])"}
 
     def __post_init__(self) -> None:
         if self.device != "auto":
             resolve_device(self.device)  # a bad name or a missing GPU fails before any data loads
-        if self.split not in ("test", "valid"):
-            raise ValueError(f"split must be test or valid, got '{self.split}'")
+        if not self.splits or set(self.splits) - {"test", "valid"}:
+            raise ValueError(f"splits must be a list of test and valid, got {self.splits}")
         for v in self.variants:
             resolve_variant(v)
         if self.beam < 1:
             raise ValueError(f"beam must be >= 1, got {self.beam}")
 
 
-def test_pairs(cfg: Config, tok, max_len: int, data: DataConfig | None = None):
+def test_pairs(cfg: Config, tok, max_len: int, data: DataConfig | None = None, split: str = "test"):
     """(pairs to score, note on how they were chosen); default corpus: the teacher's."""
     data = data or teacher_data(cfg.run_dir)
-    return scored_pairs(data, cfg.split, tok, max_len, cfg.max_sentences, cfg.source, cfg.pair)
+    return scored_pairs(data, split, tok, max_len, cfg.max_sentences, cfg.source, cfg.pair)
 
 
 def student_kind(spec: dict) -> str:
@@ -86,11 +90,11 @@ def available_modes(run_dir: str) -> set[str]:
     return {p.parent.name for p in root.glob("*/spec.json")} if root.exists() else set()
 
 
-def evaluate_run(cfg: Config) -> dict:
+def evaluate_run(cfg: Config, split: str = "test") -> dict:
     device = resolve_device(cfg.device)
     teacher, tok = load_teacher(cfg.run_dir)
     variants = resolve_variants(cfg.variants, teacher.cfg)  # a hybrid's layers: before any data
-    pairs, note = test_pairs(cfg, tok, teacher.cfg.max_len)
+    pairs, note = test_pairs(cfg, tok, teacher.cfg.max_len, split=split)
     trained = available_modes(cfg.run_dir)
     rows = []
     for variant in variants:
@@ -133,7 +137,7 @@ def evaluate_run(cfg: Config) -> dict:
     base = next((r["bleu"] for r in rows if r["variant"] == "teacher"), None)
     for r in rows:
         r["bleu_ratio"] = round(r["bleu"] / base, 3) if base else None
-    return {"note": note, "split": cfg.split, "beam": cfg.beam, "rows": rows}
+    return {"note": note, "split": split, "beam": cfg.beam, "rows": rows}
 
 
 def evaluate_export(cfg: Config) -> dict:
@@ -172,13 +176,14 @@ def evaluate_export(cfg: Config) -> dict:
 
 def main(cfg: Config) -> Path:
     out = Path(cfg.run_dir) / "eval"
-    results = evaluate_run(cfg)
-    out.mkdir(parents=True, exist_ok=True)
-    stem = "results" if cfg.split == "test" else f"results-{cfg.split}"  # export reads test's
-    atomic_write_json(out / f"{stem}.json", results)
-    atomic_write_text(out / f"{stem}.md", write_markdown(results))
-    write_chart(results, out / f"{stem}.png")
-    print(write_markdown(results))
+    for split in cfg.splits:
+        results = evaluate_run(cfg, split)
+        out.mkdir(parents=True, exist_ok=True)
+        stem = "results" if split == "test" else f"results-{split}"
+        atomic_write_json(out / f"{stem}.json", results)
+        atomic_write_text(out / f"{stem}.md", write_markdown(results))
+        write_chart(results, out / f"{stem}.png")
+        print(write_markdown(results))
     return out
 
 

@@ -94,3 +94,13 @@ def layerwise(tmp_path_factory) -> Path:
     argv = ["run", "students", "--config", "tiny", f"run_dir={run}", modes, "source=online"]
     assert main(["-q", *argv]) == 0
     return run
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory) -> Path:
+    """The tiny pipeline's run dir (`make demo` on the tiny config): every stage, every mode of
+    the tiny students config, tuned attentionless and attentionless_gate, both splits scored.
+    Read it only; copy it before changing it."""
+    run_dir = tmp_path_factory.mktemp("tiny") / "run"
+    assert main(["-q", "run", "pipeline", "--config", "tiny", f"run_dir={run_dir}"]) == 0
+    return run_dir

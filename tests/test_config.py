@@ -109,3 +109,13 @@ def test_a_list_that_selects_modes_may_set_one_of_them():
     _, cfg = load_recipe_config("students", "tiny", ["modes=[elr, {cross: {epochs: 8}}]"])
     assert list(cfg.modes) == ["elr", "cross"] and cfg.modes["cross"].epochs == 8
     assert cfg.size_of("elr") == "s"  # elr keeps the YAML's settings
+
+
+def test_evaluate_scores_a_list_of_splits_and_the_old_split_key_names_the_new_one():
+    _, cfg = load_recipe_config("evaluate", "demo", [])
+    assert cfg.splits == ["valid", "test"]  # the demo scores where settings are chosen too
+    assert load_recipe_config("evaluate", "demo", ["splits=[test]"])[1].splits == ["test"]
+    with pytest.raises(ConfigError, match=r"'split' was removed: use splits=\[valid\]"):
+        load_recipe_config("evaluate", "demo", ["split=valid"])
+    with pytest.raises(ConfigError, match="splits must be a list of test and valid"):
+        load_recipe_config("evaluate", "demo", ["splits=[train]"])

@@ -35,7 +35,7 @@ from tests.pretend_device import DEVICE, DeviceMismatch, OnDevice, pretend_devic
 from tests.reliability.helpers import fails
 
 REPO = Path(__file__).resolve().parent.parent
-MODES = "modes=[alr,aslr,elr,dec_self,dec_self_pp,cross,cross_pw]"  # every kind of student
+MODES = "modes=[alr,aslr,elr,dec_self,dec_self_pp,cross,cross_pw,cross_gate]"  # every kind
 STAGES = {  # the tiny configs at a few steps each: the device checks run every op in Python
     "teacher": [
         "data.max_train_pairs=120",
@@ -45,9 +45,23 @@ STAGES = {  # the tiny configs at a few steps each: the device checks run every 
     ],
     "record": ["max_sentences=24", "valid_sentences=8"],
     "students": [MODES, "train.max_steps=2"],
-    "finetune": ["max_sentences=16", "valid_sentences=8", "train.max_steps=2", "hidden_weight=1"],
+    "finetune": [
+        "max_sentences=16",
+        "valid_sentences=8",
+        "train.max_steps=2",
+        "hidden_weight=1",
+        "variants=[attentionless,attentionless_gate]",  # the paper's students, the demo's headline
+    ],
 }
-VARIANTS = ["teacher", "aslr", "elr", "dec_self_pp", "cross_pw", "attentionless"]
+VARIANTS = [
+    "teacher",
+    "aslr",
+    "elr",
+    "dec_self_pp",
+    "cross_pw",
+    "attentionless",
+    "attentionless_gate",
+]
 
 
 def run_stage(stage: str, run: Path, *extra: str) -> int:
@@ -149,7 +163,16 @@ def test_students_train_on_the_device_from_a_cpu_recording(cpu_run, tmp_path):
         # Online: the teacher's passes and its greedy decodes (targets=teacher) are there too.
         argv = ["source=online", "modes=[cross_pw]", "max_sentences=16", "targets=teacher"]
         assert run_stage("students", online, *argv) == 0
-    for mode in ("alr", "aslr", "elr", "dec_self", "dec_self_pp", "cross", "cross_pw"):
+    for mode in (
+        "alr",
+        "aslr",
+        "elr",
+        "dec_self",
+        "dec_self_pp",
+        "cross",
+        "cross_pw",
+        "cross_gate",
+    ):
         name = f"students/{mode}/students.safetensors"
         same_tensors(cpu_run / name, run / name)  # same data, same kernels, same Adam
     assert (online / "students/cross_pw/spec.json").is_file()
@@ -161,11 +184,13 @@ def test_finetune_keeps_its_frozen_teacher_on_the_device(cpu_run, tmp_path):
     run = copy_of(cpu_run, tmp_path, "teacher", "students")
     with pretend_device():
         assert run_stage("finetune", run) == 0
-    spec = json.loads((run / "finetune/attentionless/spec.json").read_text())
-    assert spec["settings"]["steps"] == 2
+    for variant in ("attentionless", "attentionless_gate"):
+        spec = json.loads((run / f"finetune/{variant}/spec.json").read_text())
+        assert spec["settings"]["steps"] == 2, variant
     # Written on the device, evaluated on the CPU: the tuned row beside the layer-wise one.
     rows = scores(run, device="cpu")
-    assert [r["stage"] for r in rows if r["variant"] == "attentionless"] == ["layer-wise", "tuned"]
+    for variant in ("attentionless", "attentionless_gate"):
+        assert [r["stage"] for r in rows if r["variant"] == variant] == ["layer-wise", "tuned"]
 
 
 def test_evaluate_and_translate_decode_on_the_device(cpu_run, tmp_path, capsys):

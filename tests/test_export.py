@@ -324,28 +324,39 @@ def test_cli_export_with_a_spec_scores_it_and_evaluate_reads_export_dirs(run_dir
 
 def _valid_results(run: Path, rows: list[tuple[str, str, float]]) -> None:
     """A fabricated RUN_DIR/eval/results-valid.json (the evaluate stage's schema, the keys read
-    here) of (variant, stage, BLEU) rows."""
-    rows = [{"variant": v, "stage": s, "bleu": b, "chrf": 2 * b} for v, s, b in rows]
+    here) of (variant, stage, BLEU) rows; a variant named attentionless* (no hybrid) replaces
+    every attention site."""
+    rows = [
+        {
+            "variant": v,
+            "stage": s,
+            "bleu": b,
+            "chrf": 2 * b,
+            "attentionless": v.startswith("attentionless") and "+keep" not in v,
+        }
+        for v, s, b in rows
+    ]
     results = {"note": "tsv valid split", "split": "valid", "beam": 1, "rows": rows}
     atomic_write_json(run / "eval" / "results-valid.json", results)
 
 
-def test_the_default_variant_is_the_best_replaced_one_on_the_valid_split(tmp_path):
+def test_the_default_variant_is_the_best_on_the_valid_split_that_replaces_every_site(tmp_path):
     run = tmp_path / "run"
     scores = [
         ("teacher", "", 30.0),
-        ("alr", "layer-wise", 20.0),
+        ("alr", "layer-wise", 22.0),  # better, but the decoder keeps its attention
         ("attentionless_gate", "layer-wise", 15.0),
         ("attentionless_gate", "tuned", 21.0),
-        ("attentionless_pw+keep1", "layer-wise", 20.5),
+        ("attentionless_pw+keep1", "tuned", 21.5),  # a hybrid keeps a cross-attention
+        ("attentionless", "layer-wise", 16.0),
     ]
     _valid_results(run, scores)
     best = best_variant(run)
     assert (best["variant"], best["stage"], best["bleu"]) == ("attentionless_gate", "tuned", 21.0)
     best = best_variant(run, layer_wise=True)
-    assert (best["variant"], best["stage"]) == ("attentionless_pw+keep1", "layer-wise")
-    _valid_results(run, scores[:1])
-    with pytest.raises(ConfigError, match="no variant that replaces attention was scored"):
+    assert (best["variant"], best["stage"]) == ("attentionless", "layer-wise")
+    _valid_results(run, scores[:2])
+    with pytest.raises(ConfigError, match="no variant that replaces every attention site"):
         best_variant(run)
     with pytest.raises(ConfigError, match=r"results-valid\.json: not found; .* or pass --variant"):
         best_variant(tmp_path / "unscored")
@@ -357,20 +368,27 @@ def test_cli_export_without_a_variant_exports_the_best_on_the_valid_split(
     run, out = Path(shutil.copytree(run_dir, tmp_path / "run")), tmp_path / "best"
     assert main(["-q", "export", str(run), "--out", str(out)]) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "split=valid) or pass --variant" in err and not out.exists()
-    _valid_results(run, [("teacher", "", 9.0), ("elr", "layer-wise", 3.0), ("alr", "tuned", 2.0)])
+    assert err.count("\n") == 1 and "splits=[valid]) or pass --variant" in err
+    assert not out.exists()
+    scores = [
+        ("teacher", "", 9.0),
+        ("elr", "layer-wise", 5.0),
+        ("attentionless", "layer-wise", 3.0),
+    ]
+    _valid_results(run, scores)
     assert main(["-q", "export", str(run), "--out", str(out)]) == 0
     err = capsys.readouterr().err
-    assert "exporting 'elr' (layer-wise), the best variant by validation BLEU (3.00)" in err
+    assert "exporting 'attentionless' (layer-wise): of the variants that replace every" in err
     config = json.loads((out / "config.json").read_text())
-    assert (config["variant"], config["stage"]) == ("elr", "layer-wise")
+    assert (config["variant"], config["stage"]) == ("attentionless", "layer-wise")
     # the best row's stage decides: tuned weights for a tuned row, else the layer-wise students
     calls = []
     monkeypatch.setattr("distill.export.export", lambda *args: calls.append(args[1:]))
     for tuned, layer_wise in ((5.0, 4.0), (3.0, 4.0)):
-        _valid_results(run, [("alr", "tuned", tuned), ("alr", "layer-wise", layer_wise)])
+        rows = [("attentionless", "tuned", tuned), ("attentionless", "layer-wise", layer_wise)]
+        _valid_results(run, rows)
         assert main(["-q", "export", str(run), "--out", str(out)]) == 0
-    assert calls == [("alr", str(out), False), ("alr", str(out), True)]
+    assert calls == [("attentionless", str(out), False), ("attentionless", str(out), True)]
 
 
 def test_export_refuses_bad_specs_and_foreign_out_dirs(run_dir, tmp_path):

@@ -145,7 +145,7 @@ def test_evaluate_shows_the_layer_wise_and_the_tuned_row_side_by_side(tuned):
         ("attentionless", "tuned"),
     ]
     assert "| attentionless | tuned |" in (tuned / "eval" / "results.md").read_text()
-    assert main(["-q", *argv, "variants=[teacher]", "split=valid"]) == 0
+    assert main(["-q", *argv, "variants=[teacher]", "splits=[valid]"]) == 0
     valid = json.loads((tuned / "eval" / "results-valid.json").read_text())
     assert valid["split"] == "valid" and "valid split" in valid["note"]
 
@@ -255,8 +255,8 @@ def test_the_hybrid_frontier_scores_every_keep_set_on_the_validation_split(layer
     assert rows["attentionless+keep0_1"]["kept"] == ["decoder.0.cross_attn", "decoder.1.cross_attn"]
     for k, names in (("1", keep[:2]), ("2", keep[2:])):
         assert found["best"][k] == max(names, key=lambda n: rows[n]["bleu"])
-    # The same pairs and scores as `distill run evaluate ... split=valid max_sentences=20`.
-    argv = ["run", "evaluate", "--config", "tiny", f"run_dir={run}", "split=valid"]
+    # The same pairs and scores as `distill run evaluate ... splits=[valid] max_sentences=20`.
+    argv = ["run", "evaluate", "--config", "tiny", f"run_dir={run}", "splits=[valid]"]
     argv += ["max_sentences=20", f"variants=[teacher,{','.join(keep)}]"]
     assert main(["-q", *argv]) == 0
     valid = json.loads((run / "eval" / "results-valid.json").read_text())

@@ -20,13 +20,6 @@ from distill.cli import main
 REPO = Path(__file__).resolve().parent.parent
 
 
-@pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory):
-    run_dir = tmp_path_factory.mktemp("tiny") / "run"
-    assert main(["-q", "run", "pipeline", "--config", "tiny", f"run_dir={run_dir}"]) == 0
-    return run_dir
-
-
 def test_teacher_stage_writes_model_tokenizer_metrics_and_bleu(tiny_run):
     t = tiny_run / "teacher"
     for name in ("config.yaml", "spm.model", "model.safetensors", "model.json", "metrics.jsonl"):
@@ -49,7 +42,18 @@ def test_record_and_student_stages_cover_every_mode(tiny_run):
     manifest = json.loads((tiny_run / "record" / "train" / "manifest.json").read_text())
     assert manifest["dtype"] == "fp32" and manifest["sentences"] > 0
     modes = {p.parent.name for p in (tiny_run / "students").glob("*/spec.json")}
-    assert modes == {"alr", "alrr", "aslr", "elr", "dec_self", "dec_self_pp", "cross", "cross_pw"}
+    every = {
+        "alr",
+        "alrr",
+        "aslr",
+        "elr",
+        "dec_self",
+        "dec_self_pp",
+        "cross",
+        "cross_pw",
+        "cross_gate",
+    }
+    assert modes == every
     assert not list((tiny_run / "students").glob("*/checkpoint*"))  # finished: no resume state
     elr = tiny_run / "students" / "elr"
     spec, init = (json.loads((elr / f).read_text()) for f in ("spec.json", "init.json"))
@@ -69,7 +73,8 @@ def test_evaluate_stage_writes_a_row_per_variant(tiny_run):
     results = json.loads((tiny_run / "eval" / "results.json").read_text())
     rows = {r["variant"]: r for r in results["rows"] if r["stage"] != "tuned"}
     tuned = [r["variant"] for r in results["rows"] if r["stage"] == "tuned"]
-    assert tuned == ["attentionless"]  # the tiny finetune stage tunes that one
+    # The tiny pipeline tunes the paper's students and the demo's headline variant.
+    assert tuned == ["attentionless", "attentionless_gate"]
     assert set(rows) == {
         "teacher",
         "alr",
@@ -80,13 +85,18 @@ def test_evaluate_stage_writes_a_row_per_variant(tiny_run):
         "dec_self_pp",
         "cross",
         "cross_pw",
+        "cross_gate",
         "attentionless",
         "attentionless_pw",
+        "attentionless_gate",
     }
     assert rows["attentionless"]["sites"] and rows["teacher"]["params_replaced"] == 0
     assert rows["alr"]["params_student"] > 0
-    assert (tiny_run / "eval" / "results.md").read_text().startswith("| variant |")
-    assert (tiny_run / "eval" / "results.png").read_bytes()[:4] == b"\x89PNG"
+    for stem in ("results", "results-valid"):  # both splits, as the demo scores them
+        assert (tiny_run / "eval" / f"{stem}.md").read_text().startswith("| variant |")
+        assert (tiny_run / "eval" / f"{stem}.png").read_bytes()[:4] == b"\x89PNG"
+    valid = json.loads((tiny_run / "eval" / "results-valid.json").read_text())
+    assert valid["split"] == "valid" and len(valid["rows"]) == len(results["rows"])
 
 
 def test_a_finished_pipeline_is_skipped(tiny_run, caplog):
