@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 from distill.model import FAMILIES, format_count
+from distill.modes import GATED_PAIRS, MODES
 from distill.students import StudentSpec
 
 CARD = """---
@@ -153,27 +154,58 @@ def front_matter(config: dict, row: dict, name: str) -> str:
     return data.to_yaml()
 
 
+def gated_sites(config: dict) -> list[str]:
+    """The sites of ``config`` (an export's config.json) whose students are gated pairs."""
+    return [site for site, kind in config["student_kinds"].items() if kind == GATED_PAIRS]
+
+
 def kind_tag(config: dict) -> list[str]:
-    """``attentionless`` when no teacher attention is left, ``hybrid`` when students replace some
-    of it, nothing for the teacher itself."""
+    """``attentionless`` when every attention site holds a student, with ``attention-free`` when
+    every student is a mixing one and ``gated-pairs`` when some compare two positions' content;
+    ``hybrid`` when students replace some of the attention; nothing for the teacher itself."""
+    gated = ["gated-pairs"] if gated_sites(config) else []
     if config["attentionless"]:
-        return ["attentionless"]
-    return ["hybrid"] if config["replacements"] else []
+        return ["attentionless", *(gated or ["attention-free"])]
+    return ["hybrid", *gated] if config["replacements"] else []
+
+
+# Why a gated-pair student is not called attention-free (docs/pipeline.md, "Two kinds of student").
+GATED_TEXT = (
+    "{n} site(s) hold gated-pair students ({modes}), which the field calls additive attention "
+    "without a softmax (Bahdanau et al. 2015; sigmoid attention, Ramapuram et al. 2024)"
+)
 
 
 def attention_text(config: dict) -> str:
-    """Whether the model is attentionless, and where the teacher's attention is left."""
+    """Whether the model is attentionless (this project's word: every attention site holds a
+    student), whether it is attention-free in the field's sense too (mixing students only), and
+    where the teacher's attention is left."""
+    gated = gated_sites(config)
+    pairs = GATED_TEXT.format(
+        n=len(gated),
+        modes=", ".join(sorted({f"`{config['replacements'][s]['mode']}`" for s in gated})),
+    )
+    if config["attentionless"] and not gated:
+        return (
+            "**Attentionless** (this project's word: every attention site holds a student) and "
+            "attention-free in the field's sense too: every student is a mixing one, whose "
+            "weights never compare the content of two positions."
+        )
     if config["attentionless"]:
-        return "**Attentionless**: every attention site holds a student; no attention is left."
+        return (
+            f"**Attentionless** (this project's word): every attention site replaced; {pairs}. "
+            "It is not attention-free in the field's sense."
+        )
     left = ", ".join(f"`{site}`" for site in config["teacher_attention"])
+    also = f" Of the students, {pairs}." if gated else ""
     hybrid = config.get("hybrid")
     if hybrid:
         kept = ", ".join(f"`{site}`" for site in hybrid["kept"])
         return (
             f"**Hybrid, not attentionless**: the variant `{hybrid['base']}` with the teacher's own "
-            f"attention kept at {kept}. Teacher attention is left at: {left}."
+            f"attention kept at {kept}. Teacher attention is left at: {left}.{also}"
         )
-    return f"**Not attentionless**: teacher attention is left at: {left}."
+    return f"**Not attentionless**: teacher attention is left at: {left}.{also}"
 
 
 BLOCK_TEXT = {  # the simplified blocks of "Simplifying Transformer Blocks" (He & Hofmann, 2024)
@@ -189,14 +221,16 @@ TOKENIZER_TEXT = {
 
 
 def student_table(replacements: dict[str, dict]) -> str:
-    """The markdown table of the replaced sites, one column per ``StudentSpec`` field."""
+    """The markdown table of the replaced sites, one column per ``StudentSpec`` field and the
+    kind of each student (``distill.modes.KINDS``)."""
     names = [f.name for f in dataclasses.fields(StudentSpec)]
-    rows = [f"| site | {' | '.join(names)} |", "|---" * (len(names) + 1) + "|"]
+    rows = [f"| site | {' | '.join(names)} | kind |", "|---" * (len(names) + 2) + "|"]
     for site, spec in replacements.items():
         values = StudentSpec.from_dict(spec).to_dict()
-        rows.append(f"| `{site}` | {' | '.join(str(values[n]) for n in names)} |")
+        kind = MODES[values["mode"]].kind
+        rows.append(f"| `{site}` | {' | '.join(str(values[n]) for n in names)} | {kind} |")
     if not replacements:
-        rows.append("| (none: this is the teacher) |" + " |" * len(names))
+        rows.append("| (none: this is the teacher) |" + " |" * (len(names) + 1))
     return "\n".join(rows)
 
 

@@ -76,7 +76,7 @@ def test_pairs(cfg: Config, tok, max_len: int, data: DataConfig | None = None):
     return scored_pairs(data, cfg.split, tok, max_len, cfg.max_sentences, cfg.source, cfg.pair)
 
 
-def student_kind(spec: dict) -> str:
+def student_label(spec: dict) -> str:
     """``"alrr m residual"``: a mode's students as the results table names them."""
     return StudentSpec.from_dict(spec).label()
 
@@ -102,7 +102,7 @@ def evaluate_run(cfg: Config) -> dict:
         for stage in stages:
             tuned = name if stage == "tuned" else None
             model, _, info = load_variant(cfg.run_dir, modes, tuned, variant.kept, device=device)
-            kinds = [student_kind(student_spec(cfg.run_dir, mode)) for mode in modes]
+            labels = [student_label(student_spec(cfg.run_dir, mode)) for mode in modes]
             sites = list(info["replacements"])
             log.info("evaluating %s, %s (%d sites replaced)", name, stage, len(sites))
             result, _ = evaluate_model(
@@ -113,7 +113,7 @@ def evaluate_run(cfg: Config) -> dict:
                     "variant": name,
                     "stage": stage if modes else "",
                     "modes": modes,
-                    "students": ", ".join(kinds),
+                    "students": ", ".join(labels),
                     "sites": sites,
                     "params_replaced": info["replaced"],
                     "params_student": info["student"],
@@ -159,7 +159,7 @@ def evaluate_export(cfg: Config) -> dict:
         "variant": config.get("variant", Path(cfg.run_dir).name),
         "stage": config.get("stage", "layer-wise") if reps else "",  # the teacher has none
         "modes": sorted({r["mode"] for r in reps.values()}),
-        "students": ", ".join(sorted({student_kind(r) for r in reps.values()})),
+        "students": ", ".join(sorted({student_label(r) for r in reps.values()})),
         "sites": list(reps),
         "params_replaced": config.get("parameters", {}).get("replaced", 0),
         "params_student": config.get("parameters", {}).get("student", 0),

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -29,6 +30,7 @@ from distill.model import (
     Seq2SeqTransformer,
     site_path,
 )
+from distill.modelcard import attention_text, kind_tag
 from distill.modes import MODES, RESIDUAL_MODES, mode_sites
 from distill.runs import load_students, load_teacher, save_model, write_config
 from distill.students import build_student, splice
@@ -158,6 +160,59 @@ def test_exported_model_gives_the_logits_of_the_in_memory_spliced_model(run_dir,
     assert config["auto_map"]["AutoModelForSeq2SeqLM"] and config["max_len"] == 8
     card = (exports[variant] / "README.md").read_text()
     assert "nrefs:1|tok:13a" in card and "trust_remote_code=True" in card
+
+
+def test_config_and_card_name_each_students_kind_and_call_gated_pairs_attention(exports):
+    from huggingface_hub import ModelCard
+
+    for variant, path in exports.items():
+        config = json.loads((path / "config.json").read_text())
+        card = (path / "README.md").read_text()
+        kinds = {s: MODES[r["mode"]].kind for s, r in config["replacements"].items()}
+        assert config["student_kinds"] == kinds, variant
+        for site, kind in kinds.items():  # the card's student table, its last column
+            assert re.search(rf"^\| `{re.escape(site)}` \|.*\| {kind} \|$", card, re.M), site
+        assert "no attention is left" not in card, variant
+    gate = exports["attentionless_gate"]
+    kinds = json.loads((gate / "config.json").read_text())["student_kinds"]
+    assert [s for s, k in kinds.items() if k == "gated pairs"] == [
+        "decoder.0.cross_attn",
+        "decoder.1.cross_attn",
+    ]
+    card = (gate / "README.md").read_text()
+    assert (
+        "**Attentionless** (this project's word): every attention site replaced; 2 site(s) hold "
+        "gated-pair students (`cross_gate`), which the field calls additive attention without a "
+        "softmax (Bahdanau et al. 2015; sigmoid attention, Ramapuram et al. 2024). It is not "
+        "attention-free in the field's sense." in card
+    )
+    tags = ModelCard(card).data.tags
+    assert "attentionless" in tags and "gated-pairs" in tags and "attention-free" not in tags
+    # The paper's flat MLPs everywhere: mixing only, attention-free in the field's sense too.
+    card = (exports["attentionless"] / "README.md").read_text()
+    assert "attention-free in the field's sense too" in card
+    tags = ModelCard(card).data.tags
+    assert "attentionless" in tags and "attention-free" in tags and "gated-pairs" not in tags
+
+
+def test_a_hybrid_with_gated_pairs_says_so_beside_the_attention_it_keeps():
+    config = {
+        "attentionless": False,
+        "teacher_attention": ["decoder.1.cross_attn"],
+        "hybrid": {"base": "attentionless_gate", "kept": ["decoder.1.cross_attn"]},
+        "replacements": {"decoder.0.cross_attn": {"mode": "cross_gate"}},
+        "student_kinds": {"decoder.0.cross_attn": "gated pairs"},
+    }
+    text = attention_text(config)
+    assert text.startswith("**Hybrid, not attentionless**: the variant `attentionless_gate`")
+    assert text.endswith(
+        "Of the students, 1 site(s) hold gated-pair students (`cross_gate`), which the field calls "
+        "additive attention without a softmax (Bahdanau et al. 2015; sigmoid attention, "
+        "Ramapuram et al. 2024)."
+    )
+    assert kind_tag(config) == ["hybrid", "gated-pairs"]
+    config.update(student_kinds={"decoder.0.cross_attn": "mixing"})
+    assert "gated" not in attention_text(config) and kind_tag(config) == ["hybrid"]
 
 
 @pytest.mark.parametrize("variant", ["attentionless", "attentionless_pw"])
