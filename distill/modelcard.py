@@ -6,6 +6,7 @@ import dataclasses
 
 from distill.model import FAMILIES, format_count
 from distill.modes import GATED_PAIRS, MODES
+from distill.runs import trained_text
 from distill.students import StudentSpec
 
 CARD = """---
@@ -244,8 +245,8 @@ def model_card(config: dict, row: dict, note: str, name: str, whole: dict | None
     tuned = config.get("finetune")
     if config.get("stage") == "tuned" and tuned:
         stage_text = (
-            "Stage: **tuned**. After the layer-wise students were spliced in, the finetune stage "
-            f"trained {tuned['trainable']} end to end for {tuned['steps']} steps on "
+            "Stage: **tuned**. After the layer-wise students were spliced in, "
+            f"{trained_text(tuned['trainable'])}, end to end for {tuned['steps']} steps on "
             f"{tuned['sentences']} training sentences: KL to the teacher's next-token "
             f"distributions (weight {tuned['kd_weight']}, temperature {tuned['temperature']}), "
             f"reference cross-entropy (weight {tuned['ce_weight']}), hidden-state MSE (weight "

@@ -364,7 +364,7 @@ def test_translate_keeps_one_line_per_input_line(exports, tmp_path, capsys):
 
 def test_cli_export_with_a_spec_scores_it_and_evaluate_reads_export_dirs(run_dir, tmp_path, capsys):
     out = tmp_path / "custom"
-    spec = "encoder.0.self_attn=alr,decoder.1.cross_attn=cross"
+    spec = "encoder.0.self_attn=alr,decoder.1.cross_attn=cross_gate"
     assert main(["-q", "export", str(run_dir), "--spec", spec, "--out", str(out)]) == 0
     config = json.loads((out / "config.json").read_text())
     assert config["variant"] == "custom" and set(config["replacements"]) == set(parse_spec(spec))
@@ -375,6 +375,9 @@ def test_cli_export_with_a_spec_scores_it_and_evaluate_reads_export_dirs(run_dir
     assert main(["-q", "evaluate", str(out), "--source", "demo", "--max-sentences", "3"]) == 0
     table = capsys.readouterr().out
     assert table.startswith("| variant |") and "| custom |" in table
+    # the kinds are read off the modes (an export older than student_kinds has the same row)
+    row = next(line for line in table.splitlines() if line.startswith("| custom |"))
+    assert row.split(" | ")[3] == "mixing + gated pairs"
 
 
 def _valid_results(run: Path, rows: list[tuple[str, str, float]]) -> None:

@@ -80,6 +80,18 @@ def test_the_old_run_dir_scores_every_variant_as_the_old_code_did(old, capsys):
     got, want = scores(results["rows"]), scores(OLD_ROWS)
     assert ("teacher", "") in got and ("attentionless_gate", "tuned") in got
     assert len(want) == 7 and got == want
+    # rows the old code wrote without kinds or trainable have them now
+    kinds = {r["variant"]: r["kinds"] for r in results["rows"]}
+    assert kinds == {
+        "teacher": "",
+        "alr": "mixing",
+        "alrr": "mixing",
+        "dec_self": "mixing",
+        "cross_gate": "gated pairs",
+        "attentionless_gate": "mixing + gated pairs",
+    }
+    tuned = [r["trainable"] for r in results["rows"] if r["stage"] == "tuned"]
+    assert tuned == ["students"]
 
 
 @pytest.mark.parametrize("row", list(EXPORTS))
