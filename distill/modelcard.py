@@ -31,6 +31,7 @@ at most {max_len} tokens per side) distilled with `distill` on the `{corpus}` co
 | {note} | {bleu:.2f} | {chrf:.2f} | {speed:.1f} | {decoding} |
 {whole_row}
 sacreBLEU signature: `{signature}`.
+{index_text}
 Speed: sentences per second decoded in that evaluation, on the machine that ran it.
 {reproduce}
 ## Parameters
@@ -110,10 +111,18 @@ CORPORA = {
 }
 
 
-def front_matter(config: dict, row: dict, name: str) -> str:
+def filtered_split(config: dict) -> str:
+    """The model-index's name of the length-filtered test pairs (what the results row scored): the
+    corpus's own ``test`` names every pair, which only the whole-split row scored."""
+    return f"test (sources and targets ≤ {config['max_len'] - 1} pieces)"
+
+
+def front_matter(config: dict, row: dict, name: str, whole: dict | None = None) -> str:
     """The card's YAML metadata (language, licence, library, base model (an imported teacher's Hub
     id), tags, datasets, metrics and a model-index with BLEU and chrF), written by huggingface_hub's
-    ``ModelCardData``."""
+    ``ModelCardData``. The model-index's ``test`` is ``whole`` (every pair of the split, long
+    sources truncated as ``distill translate`` does) when it was scored; ``row`` (the
+    length-filtered pairs) is published under its own split name, ``filtered_split``."""
     from huggingface_hub import EvalResult, ModelCardData
 
     src, _, tgt = config["data"]["pair"].partition("-")
@@ -123,19 +132,22 @@ def front_matter(config: dict, row: dict, name: str) -> str:
         task_type="translation",
         task_name=f"Translation {src}-{tgt}",
         dataset_type=dataset or corpus,
-        dataset_name=f"{corpus} {src}-{tgt}",
         dataset_config=f"{src}-{tgt}",
-        dataset_split="test",
         verified=False,
     )
+    scored = [(whole, "test", "")] if whole is not None else []
+    scored.append((row, filtered_split(config), " (length-filtered)"))
     results = [
         EvalResult(
             metric_type=metric,
             metric_name=label,
-            metric_value=row[metric],
-            metric_config=row.get(f"{metric}_signature"),  # the sacreBLEU signature
+            metric_value=scores[metric],
+            metric_config=scores.get(f"{metric}_signature"),  # the sacreBLEU signature
+            dataset_name=f"{corpus} {src}-{tgt}{which}",
+            dataset_split=split,
             **common,
         )
+        for scores, split, which in scored
         for metric, label in (("bleu", "BLEU"), ("chrf", "chrF"))
     ]
     data = ModelCardData(
@@ -256,7 +268,7 @@ def model_card(config: dict, row: dict, note: str, name: str, whole: dict | None
     else:
         stage_text = "Stage: **layer-wise** (no fine-tuning after splicing: the paper's protocol)."
     return CARD.format(
-        front_matter=front_matter(config, row, name),
+        front_matter=front_matter(config, row, name, whole),
         stage_text=stage_text,
         attention_text=attention_text(config),
         name=name,
@@ -272,6 +284,13 @@ def model_card(config: dict, row: dict, note: str, name: str, whole: dict | None
         decoding="greedy" if beam == 1 else f"beam {beam}",
         note=note,
         signature=row["bleu_signature"],
+        index_text=(
+            "In the Hub metadata (model-index), `test` is the row of all pairs; the first row is "
+            f"`{filtered_split(config)}`."
+            if whole is not None
+            else f"In the Hub metadata (model-index) this row is `{filtered_split(config)}`: "
+            "the whole test split was not scored."
+        ),
         whole_row=""
         if whole is None
         else WHOLE_ROW.format(

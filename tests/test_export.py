@@ -15,6 +15,7 @@ import yaml
 from safetensors import safe_open
 
 import distill
+from distill.bleu import evaluate_model
 from distill.checkpoint import atomic_write_json, save_tensors
 from distill.cli import main
 from distill.data import DataConfig
@@ -30,7 +31,7 @@ from distill.model import (
     Seq2SeqTransformer,
     site_path,
 )
-from distill.modelcard import attention_text, kind_tag
+from distill.modelcard import attention_text, front_matter, kind_tag
 from distill.modes import MODES, RESIDUAL_MODES, mode_sites
 from distill.runs import load_students, load_teacher, save_model, write_config
 from distill.students import build_student, splice
@@ -283,12 +284,27 @@ def test_the_model_card_is_hub_metadata_and_its_usage_snippet_runs(exports, hf_m
     data = card.data.to_dict()
     assert data["language"] == ["de", "en"] and data["library_name"] == "transformers"
     assert "translation" in data["tags"] and data["metrics"] == ["bleu", "chrf"]
-    results = {r.metric_type: r for r in card.data.eval_results}
+    results = {(r.metric_type, r.dataset_split): r for r in card.data.eval_results}
+    filtered = "test (sources and targets ≤ 7 pieces)"  # max_len 8: EOS or BOS/EOS added
+    assert set(results) == {(m, split) for m in ("bleu", "chrf") for split in ("test", filtered)}
+    # the run's score, of the length-filtered pairs, under a name of its own
     row = json.loads((path.parent / "run" / "eval" / "results.json").read_text())
-    assert set(results) == {"bleu", "chrf"} and results["bleu"].dataset_split == "test"
     scored = next(r for r in row["rows"] if r["variant"] == "attentionless_pw")
-    assert results["bleu"].metric_value == scored["bleu"]
-    assert results["bleu"].metric_config == scored["bleu_signature"]  # the sacreBLEU signature
+    assert results["bleu", filtered].metric_value == scored["bleu"]
+    assert results["bleu", filtered].metric_config == scored["bleu_signature"]  # sacreBLEU's
+    assert results["bleu", filtered].dataset_name == "tsv de-en (length-filtered)"
+    # `test` is every pair of the split, the long source truncated as `distill translate` does
+    model, tok = distill.from_pretrained(path)
+    whole, _ = evaluate_model(model, tok, TEST_PAIRS)
+    assert whole["truncated_sources"] == 1
+    for metric in ("bleu", "chrf"):
+        assert results[metric, "test"].metric_value == whole[metric]
+    assert results["bleu", "test"].metric_config == whole["bleu_signature"]
+    assert f"`test` is the row of all pairs; the first row is `{filtered}`" in text
+    # without the whole split (its corpus gone), the filtered score is never called `test`
+    config = json.loads((path / "config.json").read_text())
+    alone = ModelCard(f"---\n{front_matter(config, scored, path.name)}\n---\n").data
+    assert {r.dataset_split for r in alone.eval_results} == {filtered}
     snippet = text.split("## Use with transformers", 1)[1].split("```python\n", 1)[1]
     snippet = snippet.split("```", 1)[0]
     expected = distill.from_pretrained(path)[0].translate(["Guten Morgen!"])
