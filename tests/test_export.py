@@ -22,6 +22,7 @@ from distill.data import DataConfig
 from distill.decode import beam_search, greedy, strip_ids
 from distill.errors import CheckpointError, ConfigError
 from distill.export import base_model, best_variant, export, parse_spec
+from distill.formats import FORMAT_VERSION
 from distill.model import (
     EOS_ID,
     PAD_ID,
@@ -161,6 +162,13 @@ def test_exported_model_gives_the_logits_of_the_in_memory_spliced_model(run_dir,
     assert config["auto_map"]["AutoModelForSeq2SeqLM"] and config["max_len"] == 8
     card = (exports[variant] / "README.md").read_text()
     assert "nrefs:1|tok:13a" in card and "trust_remote_code=True" in card
+
+
+def test_an_export_names_the_distill_version_and_the_format_that_wrote_it(exports):
+    for variant, path in exports.items():
+        config = json.loads((path / "config.json").read_text())
+        assert config["distill_version"] == distill.__version__, variant
+        assert config["format_version"] == FORMAT_VERSION, variant
 
 
 def test_config_and_card_name_each_students_kind_and_call_gated_pairs_attention(exports):
