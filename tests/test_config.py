@@ -109,3 +109,21 @@ def test_a_list_that_selects_modes_may_set_one_of_them():
     _, cfg = load_recipe_config("students", "tiny", ["modes=[elr, {cross: {epochs: 8}}]"])
     assert list(cfg.modes) == ["elr", "cross"] and cfg.modes["cross"].epochs == 8
     assert cfg.size_of("elr") == "s"  # elr keeps the YAML's settings
+
+
+@pytest.mark.parametrize("name", available()["evaluate"])
+def test_every_evaluate_config_scores_the_papers_attention_free_row(name):
+    # `attentionless` (the paper's flat MLPs at every site, mixing students only) is the row the
+    # field would call attention-free: it stays beside ours, e.g. attentionless_gate.
+    _, cfg = load_recipe_config("evaluate", name, [])
+    assert "attentionless" in cfg.variants and "attentionless_gate" in cfg.variants
+
+
+@pytest.mark.parametrize("name", ["tiny", "demo", "paper"])
+def test_the_pipeline_trains_and_scores_the_papers_attention_free_row(name):
+    from distill.modes import VARIANTS
+
+    _, cfg = load_recipe_config("pipeline", name, [])
+    stages = cfg.resolved()
+    assert "attentionless" in stages["evaluate"].variants
+    assert set(VARIANTS["attentionless"]) <= set(stages["students"].modes)  # else skipped
