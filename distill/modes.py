@@ -2,8 +2,9 @@
 
 A *mode* names which attention site a student replaces and how that student is shaped; a
 *variant* is a set of modes spliced in together (one row of the results table). Code that needs
-to know whether a mode is causal, reads the encoder memory, can learn a residual or start from
-the least-squares init reads it from ``MODES`` here and nowhere else. A *hybrid*
+to know whether a mode is causal, reads the encoder memory, can learn a residual, start from
+the least-squares init or what kind of student it is (``KINDS``: mixing or gated pairs) reads it
+from ``MODES`` here and nowhere else. A *hybrid*
 (``<base>+keep<i>[_<j>...]``) is a variant that leaves the teacher's cross-attention at some
 decoder layers: every stage turns a variant name into modes and kept sites with
 ``resolve_variant``.
