@@ -7,7 +7,7 @@ TORCH_INDEX ?=
 
 .PHONY: setup demo test lint bench clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml distill/__init__.py  # the version lives in __init__.py
 	test -d $(VENV) || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	# torch first, at the one version the tests ran on (pyproject.toml allows 2.13.x). A version

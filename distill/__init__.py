@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-__version__ = "0.1.0"
+# A new file format (distill.formats.FORMAT_VERSION) is a new version: 0.3 writes format 3, and an
+# export's config.json carries both numbers.
+__version__ = "0.3.0"
 
 if TYPE_CHECKING:
     from distill.pretrained import from_pretrained

@@ -3,9 +3,12 @@
 ``cross_pw`` adds the decoder state to ONE vector per sentence computed from the whole flattened
 memory: the decoder never meets a single source position, the bottleneck of the encoder-decoders
 before attention. The two students here give every (target position, source position) pair its
-own say, inside the line every student stays in (README, "What a student may be"): linear maps,
-elementwise activations and gates, weights shared over (query, key) pairs, and sums over
-positions whose weights are never normalised by data-dependent scores.
+own say, inside the line every student stays in (docs/pipeline.md, "What a student may be"):
+linear maps, elementwise activations and gates, weights shared over (query, key) pairs, and sums
+over positions whose weights are never normalised by data-dependent scores. The two differ in
+kind (``distill.modes.KINDS``): the pair gates weigh a source position by a learned
+compatibility of its content with the target's (gated pairs: additive attention without a
+softmax, in the field's words), the slots by positions and the mask alone (mixing).
 
 Dimension letters: B batch, T target length, S source length, M max_len, D d_model, H heads,
 K head dim, P pair hidden width, W pre-activation width (2P for gated activations).

@@ -10,9 +10,12 @@ card with the variant's BLEU/chrF (from RUN_DIR/eval/results.json when that vari
 there, else scored now on the run's test split) and the modelling code transformers needs to
 load and ``generate`` without distill installed (``distill.remote_code``: the package's own
 modules, written at export time). config.json
-and the card say whether the model is attentionless and which sites keep the teacher's attention
-(a hybrid's kept sites, or the sites no student replaced). Everything is written into a temporary
-sibling that is renamed into place: an interrupted export leaves no OUT.
+and the card say whether the model is attentionless, which kind of student holds each replaced
+site (mixing or gated pairs) and which sites keep the teacher's attention (a hybrid's kept sites,
+or the sites no student replaced). The card's model-index calls the whole test split, scored here
+with long sources truncated, ``test``, and the run's length-filtered score by its own name.
+Everything is written into a temporary sibling that is renamed into place: an interrupted export
+leaves no OUT.
 """
 
 from __future__ import annotations

@@ -3,7 +3,9 @@ built into the spliced model it describes (``build_model``), by distill and by t
 
 ``config.json`` is the one description of the architecture: teacher dimensions, tokenizer,
 ``replacements`` {site: a ``StudentSpec``'s dict} and the keys transformers reads (model_type,
-auto_map, ids). Loading checks it strictly and names the key that does not fit. This module is
+auto_map, ids). Loading checks it strictly and names the key that does not fit; ``student_kinds``
+({site: ``mixing`` or ``gated pairs``, ``distill.modes.KINDS``}) is for people and is not read
+back, so exports written before it existed load as they did. This module is
 part of every export's remote code (``distill.remote_code``): it imports only what that may.
 """
 
@@ -24,7 +26,7 @@ from distill.model import (
     Seq2SeqTransformer,
     site_path,
 )
-from distill.modes import MODES, mode_sites
+from distill.modes import MODES, mode_sites, site_kinds
 from distill.students import StudentSpec, build_student, splice
 
 # format_version (distill.formats.FORMAT_VERSION): 1: the first; 2: the model code ships in the
@@ -72,6 +74,7 @@ def make_config(cfg: ModelConfig, replacements: dict[str, dict], tokenizer: dict
         "format_version": FORMAT_VERSION,
         **dataclasses.asdict(cfg),
         "replacements": replacements,
+        "student_kinds": site_kinds({site: r["mode"] for site, r in replacements.items()}),
         "tokenizer": tokenizer,
         **SPECIAL_IDS,
         **extra,

@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 
 from distill.model import FAMILIES, format_count
+from distill.modes import GATED_PAIRS, MODES
+from distill.runs import trained_text
 from distill.students import StudentSpec
 
 CARD = """---
@@ -29,6 +31,7 @@ at most {max_len} tokens per side) distilled with `distill` on the `{corpus}` co
 | {note} | {bleu:.2f} | {chrf:.2f} | {speed:.1f} | {decoding} |
 {whole_row}
 sacreBLEU signature: `{signature}`.
+{index_text}
 Speed: sentences per second decoded in that evaluation, on the machine that ran it.
 {reproduce}
 ## Parameters
@@ -108,10 +111,18 @@ CORPORA = {
 }
 
 
-def front_matter(config: dict, row: dict, name: str) -> str:
+def filtered_split(config: dict) -> str:
+    """The model-index's name of the length-filtered test pairs (what the results row scored): the
+    corpus's own ``test`` names every pair, which only the whole-split row scored."""
+    return f"test (sources and targets ≤ {config['max_len'] - 1} pieces)"
+
+
+def front_matter(config: dict, row: dict, name: str, whole: dict | None = None) -> str:
     """The card's YAML metadata (language, licence, library, base model (an imported teacher's Hub
     id), tags, datasets, metrics and a model-index with BLEU and chrF), written by huggingface_hub's
-    ``ModelCardData``."""
+    ``ModelCardData``. The model-index's ``test`` is ``whole`` (every pair of the split, long
+    sources truncated as ``distill translate`` does) when it was scored; ``row`` (the
+    length-filtered pairs) is published under its own split name, ``filtered_split``."""
     from huggingface_hub import EvalResult, ModelCardData
 
     src, _, tgt = config["data"]["pair"].partition("-")
@@ -121,19 +132,22 @@ def front_matter(config: dict, row: dict, name: str) -> str:
         task_type="translation",
         task_name=f"Translation {src}-{tgt}",
         dataset_type=dataset or corpus,
-        dataset_name=f"{corpus} {src}-{tgt}",
         dataset_config=f"{src}-{tgt}",
-        dataset_split="test",
         verified=False,
     )
+    scored = [(whole, "test", "")] if whole is not None else []
+    scored.append((row, filtered_split(config), " (length-filtered)"))
     results = [
         EvalResult(
             metric_type=metric,
             metric_name=label,
-            metric_value=row[metric],
-            metric_config=row.get(f"{metric}_signature"),  # the sacreBLEU signature
+            metric_value=scores[metric],
+            metric_config=scores.get(f"{metric}_signature"),  # the sacreBLEU signature
+            dataset_name=f"{corpus} {src}-{tgt}{which}",
+            dataset_split=split,
             **common,
         )
+        for scores, split, which in scored
         for metric, label in (("bleu", "BLEU"), ("chrf", "chrF"))
     ]
     data = ModelCardData(
@@ -153,27 +167,58 @@ def front_matter(config: dict, row: dict, name: str) -> str:
     return data.to_yaml()
 
 
+def gated_sites(config: dict) -> list[str]:
+    """The sites of ``config`` (an export's config.json) whose students are gated pairs."""
+    return [site for site, kind in config["student_kinds"].items() if kind == GATED_PAIRS]
+
+
 def kind_tag(config: dict) -> list[str]:
-    """``attentionless`` when no teacher attention is left, ``hybrid`` when students replace some
-    of it, nothing for the teacher itself."""
+    """``attentionless`` when every attention site holds a student, with ``attention-free`` when
+    every student is a mixing one and ``gated-pairs`` when some compare two positions' content;
+    ``hybrid`` when students replace some of the attention; nothing for the teacher itself."""
+    gated = ["gated-pairs"] if gated_sites(config) else []
     if config["attentionless"]:
-        return ["attentionless"]
-    return ["hybrid"] if config["replacements"] else []
+        return ["attentionless", *(gated or ["attention-free"])]
+    return ["hybrid", *gated] if config["replacements"] else []
+
+
+# Why a gated-pair student is not called attention-free (docs/pipeline.md, "Two kinds of student").
+GATED_TEXT = (
+    "{n} site(s) hold gated-pair students ({modes}), which the field calls additive attention "
+    "without a softmax (Bahdanau et al. 2015; sigmoid attention, Ramapuram et al. 2024)"
+)
 
 
 def attention_text(config: dict) -> str:
-    """Whether the model is attentionless, and where the teacher's attention is left."""
+    """Whether the model is attentionless (this project's word: every attention site holds a
+    student), whether it is attention-free in the field's sense too (mixing students only), and
+    where the teacher's attention is left."""
+    gated = gated_sites(config)
+    pairs = GATED_TEXT.format(
+        n=len(gated),
+        modes=", ".join(sorted({f"`{config['replacements'][s]['mode']}`" for s in gated})),
+    )
+    if config["attentionless"] and not gated:
+        return (
+            "**Attentionless** (this project's word: every attention site holds a student) and "
+            "attention-free in the field's sense too: every student is a mixing one, whose "
+            "weights never compare the content of two positions."
+        )
     if config["attentionless"]:
-        return "**Attentionless**: every attention site holds a student; no attention is left."
+        return (
+            f"**Attentionless** (this project's word): every attention site replaced; {pairs}. "
+            "It is not attention-free in the field's sense."
+        )
     left = ", ".join(f"`{site}`" for site in config["teacher_attention"])
+    also = f" Of the students, {pairs}." if gated else ""
     hybrid = config.get("hybrid")
     if hybrid:
         kept = ", ".join(f"`{site}`" for site in hybrid["kept"])
         return (
             f"**Hybrid, not attentionless**: the variant `{hybrid['base']}` with the teacher's own "
-            f"attention kept at {kept}. Teacher attention is left at: {left}."
+            f"attention kept at {kept}. Teacher attention is left at: {left}.{also}"
         )
-    return f"**Not attentionless**: teacher attention is left at: {left}."
+    return f"**Not attentionless**: teacher attention is left at: {left}.{also}"
 
 
 BLOCK_TEXT = {  # the simplified blocks of "Simplifying Transformer Blocks" (He & Hofmann, 2024)
@@ -189,14 +234,16 @@ TOKENIZER_TEXT = {
 
 
 def student_table(replacements: dict[str, dict]) -> str:
-    """The markdown table of the replaced sites, one column per ``StudentSpec`` field."""
+    """The markdown table of the replaced sites, one column per ``StudentSpec`` field and the
+    kind of each student (``distill.modes.KINDS``)."""
     names = [f.name for f in dataclasses.fields(StudentSpec)]
-    rows = [f"| site | {' | '.join(names)} |", "|---" * (len(names) + 1) + "|"]
+    rows = [f"| site | {' | '.join(names)} | kind |", "|---" * (len(names) + 2) + "|"]
     for site, spec in replacements.items():
         values = StudentSpec.from_dict(spec).to_dict()
-        rows.append(f"| `{site}` | {' | '.join(str(values[n]) for n in names)} |")
+        kind = MODES[values["mode"]].kind
+        rows.append(f"| `{site}` | {' | '.join(str(values[n]) for n in names)} | {kind} |")
     if not replacements:
-        rows.append("| (none: this is the teacher) |" + " |" * len(names))
+        rows.append("| (none: this is the teacher) |" + " |" * (len(names) + 1))
     return "\n".join(rows)
 
 
@@ -210,8 +257,8 @@ def model_card(config: dict, row: dict, note: str, name: str, whole: dict | None
     tuned = config.get("finetune")
     if config.get("stage") == "tuned" and tuned:
         stage_text = (
-            "Stage: **tuned**. After the layer-wise students were spliced in, the finetune stage "
-            f"trained {tuned['trainable']} end to end for {tuned['steps']} steps on "
+            "Stage: **tuned**. After the layer-wise students were spliced in, "
+            f"{trained_text(tuned['trainable'])}, end to end for {tuned['steps']} steps on "
             f"{tuned['sentences']} training sentences: KL to the teacher's next-token "
             f"distributions (weight {tuned['kd_weight']}, temperature {tuned['temperature']}), "
             f"reference cross-entropy (weight {tuned['ce_weight']}), hidden-state MSE (weight "
@@ -221,7 +268,7 @@ def model_card(config: dict, row: dict, note: str, name: str, whole: dict | None
     else:
         stage_text = "Stage: **layer-wise** (no fine-tuning after splicing: the paper's protocol)."
     return CARD.format(
-        front_matter=front_matter(config, row, name),
+        front_matter=front_matter(config, row, name, whole),
         stage_text=stage_text,
         attention_text=attention_text(config),
         name=name,
@@ -237,6 +284,13 @@ def model_card(config: dict, row: dict, note: str, name: str, whole: dict | None
         decoding="greedy" if beam == 1 else f"beam {beam}",
         note=note,
         signature=row["bleu_signature"],
+        index_text=(
+            "In the Hub metadata (model-index), `test` is the row of all pairs; the first row is "
+            f"`{filtered_split(config)}`."
+            if whole is not None
+            else f"In the Hub metadata (model-index) this row is `{filtered_split(config)}`: "
+            "the whole test split was not scored."
+        ),
         whole_row=""
         if whole is None
         else WHOLE_ROW.format(

@@ -2,8 +2,9 @@
 
 A *mode* names which attention site a student replaces and how that student is shaped; a
 *variant* is a set of modes spliced in together (one row of the results table). Code that needs
-to know whether a mode is causal, reads the encoder memory, can learn a residual or start from
-the least-squares init reads it from ``MODES`` here and nowhere else. A *hybrid*
+to know whether a mode is causal, reads the encoder memory, can learn a residual, start from
+the least-squares init or what kind of student it is (``KINDS``: mixing or gated pairs) reads it
+from ``MODES`` here and nowhere else. A *hybrid*
 (``<base>+keep<i>[_<j>...]``) is a variant that leaves the teacher's cross-attention at some
 decoder layers: every stage turns a variant name into modes and kept sites with
 ``resolve_variant``.
@@ -12,8 +13,8 @@ decoder layers: every stage turns a variant name into modes and kept sites with
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -30,6 +31,13 @@ ACTIVATIONS = ("leaky_relu", "relu", "gelu", "swiglu", "geglu")
 # mixing, still one MLP with no scores between positions.
 GATED = ("swiglu", "geglu")
 PAIR_SIZES = {"xs": 16, "s": 32, "m": 128, "l": 256}  # pair students: hidden width per pair
+# The two kinds of student (docs/pipeline.md, "Two kinds of student"), named in every table, card
+# and config because "attentionless" (every attention site holds a student) is this project's
+# word, not the field's: a MIXING student has no weight that compares the content of two
+# positions; a GATED_PAIRS student makes an unnormalised weight from a learned compatibility of two
+# positions' content, what the field calls additive attention without a softmax.
+MIXING, GATED_PAIRS = "mixing", "gated pairs"
+KINDS = (MIXING, GATED_PAIRS)
 
 
 def apply_activation(name: str, h: torch.Tensor) -> torch.Tensor:
@@ -68,6 +76,10 @@ class Mode:
                    true of pre-LN teachers (``ModelConfig.residual_sites``) only: a post-LN site
                    (Marian's) normalises after adding its input. Every other ability holds for
                    every teacher family (``ModelConfig.family``).
+    kind           one of ``KINDS``, by keyword: whether a weight of the student compares the
+                   content of two positions (``GATED_PAIRS``) or none does (``MIXING``). A mode
+                   that does not say is refused; the results table, the model card and an
+                   export's config.json name it per site.
     """
 
     name: str
@@ -81,8 +93,14 @@ class Mode:
     pair: bool = False
     slots: bool = False
     residual: bool = False
+    kind: str = field(default="", kw_only=True)
 
     def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(
+                f"mode '{self.name}': kind must be one of {', '.join(map(repr, KINDS))} (does a "
+                f"weight compare two positions' content?), got {self.kind!r}"
+            )
         row, stack = site_info(self.site.format(i=0)), site_stack(self.site)
         if stack != self.stack:
             raise ValueError(f"mode '{self.name}': {self.site} is a {stack} site, not {self.stack}")
@@ -112,19 +130,27 @@ def _table(*modes: Mode) -> dict[str, Mode]:
 
 
 MODES = _table(
-    Mode("alr", "encoder.{i}.self_attn", "encoder"),
-    Mode("alrr", "encoder.{i}.self_attn_sublayer", "encoder", residual=True),
-    Mode("aslr", "encoder.{i}.self_attn", "encoder", per_head=True),
-    Mode("elr", "encoder.{i}", "encoder", residual=True),
-    Mode("dec_self", "decoder.{i}.self_attn", "decoder", causal=True),
-    Mode("dec_self_pp", "decoder.{i}.self_attn", "decoder", per_position=True),
-    Mode("cross", "decoder.{i}.cross_attn", "decoder", causal=True, memory=True),
+    # The paper's flat MLPs: each output is one MLP of the whole (flattened) sentence, whose
+    # weights are fixed per position, never made from two positions' content.
+    Mode("alr", "encoder.{i}.self_attn", "encoder", kind=MIXING),
+    Mode("alrr", "encoder.{i}.self_attn_sublayer", "encoder", residual=True, kind=MIXING),
+    Mode("aslr", "encoder.{i}.self_attn", "encoder", per_head=True, kind=MIXING),
+    Mode("elr", "encoder.{i}", "encoder", residual=True, kind=MIXING),
+    Mode("dec_self", "decoder.{i}.self_attn", "decoder", causal=True, kind=MIXING),
+    Mode("dec_self_pp", "decoder.{i}.self_attn", "decoder", per_position=True, kind=MIXING),
+    Mode("cross", "decoder.{i}.cross_attn", "decoder", causal=True, memory=True, kind=MIXING),
     # Ours: one MLP shared by every decoder position, reading that position and the whole memory
     # (cross-attention's output at t depends on the decoder only through position t's query).
-    Mode("cross_pw", "decoder.{i}.cross_attn", "decoder", True, True, position_wise=True),
-    # Ours: students that read individual source positions (distill/cross_students.py).
-    Mode("cross_gate", "decoder.{i}.cross_attn", "decoder", True, True, pair=True),
-    Mode("cross_slot", "decoder.{i}.cross_attn", "decoder", True, True, slots=True),
+    Mode(
+        "cross_pw", "decoder.{i}.cross_attn", "decoder", True, True, position_wise=True, kind=MIXING
+    ),
+    # Ours: students that read individual source positions (distill/cross_students.py). The pair
+    # gates score each (target, source) pair from both states' content: additive attention
+    # without a softmax. The slots are fixed, mask-only averages read by an ordinary MLP.
+    Mode(
+        "cross_gate", "decoder.{i}.cross_attn", "decoder", True, True, pair=True, kind=GATED_PAIRS
+    ),
+    Mode("cross_slot", "decoder.{i}.cross_attn", "decoder", True, True, slots=True, kind=MIXING),
 )
 RESIDUAL_MODES = tuple(name for name, m in MODES.items() if m.residual)
 # The modes record and students take when a config names none: the paper's.
@@ -134,11 +160,25 @@ DEFAULT_MODES = ["alr", "alrr", "aslr", "elr", "dec_self", "cross"]
 VARIANTS = {
     "teacher": [],
     **{name: [name] for name in MODES},
+    # The paper's flat MLPs at every site: mixing students only, so attention-free in the
+    # field's sense too (the tables keep this row beside the better variants of ours).
     "attentionless": ["alr", "dec_self", "cross"],
     "attentionless_pw": ["alr", "dec_self", "cross_pw"],
     "attentionless_gate": ["alr", "dec_self", "cross_gate"],
     "attentionless_slot": ["alr", "dec_self", "cross_slot"],
 }
+
+
+def site_kinds(spec: Mapping[str, str]) -> dict[str, str]:
+    """{site: kind} of a {site: mode} spec: which kind of student replaced each site."""
+    return {site: mode(name).kind for site, name in spec.items()}
+
+
+def kinds_label(kinds: Iterable[str]) -> str:
+    """``"mixing"``, ``"mixing + gated pairs"``: the kinds present, in ``KINDS`` order ("" for
+    none, the teacher), as the results table and the model card name a model's students."""
+    present = set(kinds)
+    return " + ".join(k for k in KINDS if k in present)
 
 
 def mode(name: str) -> Mode:

@@ -4,9 +4,10 @@ An export directory (written by ``distill.export.export``) holds:
     config.json             teacher dimensions, tokenizer, ``replacements`` {site: a
                             ``StudentSpec``'s dict} and the keys transformers reads
                             (model_type, auto_map, ids); schema: ``distill.export_config``; for
-                            people, not read back: ``attentionless``, ``teacher_attention`` (the
-                            sites that keep the teacher's attention), ``hybrid`` ({base, kept} or
-                            null) and ``base_model`` (an imported teacher's Hub id, or null)
+                            people, not read back: ``attentionless``, ``student_kinds`` ({site:
+                            ``mixing`` or ``gated pairs``}), ``teacher_attention`` (the sites that
+                            keep the teacher's attention), ``hybrid`` ({base, kept} or null) and
+                            ``base_model`` (an imported teacher's Hub id, or null)
     model.safetensors       state dict of the spliced model: replaced attention has no weights here
     spm.model               the SentencePiece tokenizer, with tokenizer.json for transformers (a
                             Marian teacher's export: its renumbered MarianTokenizer files instead,

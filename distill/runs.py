@@ -215,6 +215,21 @@ def finetune_dir(run_dir: str | Path, variant: str) -> Path:
     return Path(run_dir) / "finetune" / variant
 
 
+# What the finetune stage's ``trainable`` lets move (its allowed values), in the words the results
+# table and the model card use beside a tuned score: "tuned" alone would hide that the teacher's
+# own weights moved too.
+TRAINABLE = {
+    "students": "the students alone, every teacher weight kept as it was",
+    "students+norms": "the students and every LayerNorm, the teacher's other weights kept",
+    "all": "every weight, the teacher's included",
+}
+
+
+def trained_text(trainable: str) -> str:
+    """What a tuned model's finetune stage trained, from its ``trainable`` setting."""
+    return f"the finetune stage trained {TRAINABLE[trainable]} (`trainable: {trainable}`)"
+
+
 def tuned_spec(run_dir: str | Path, variant: str) -> dict | None:
     """RUN_DIR/finetune/<variant>/spec.json (what was tuned and how), or None if not tuned."""
     path = finetune_dir(run_dir, variant) / "spec.json"

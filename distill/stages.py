@@ -9,8 +9,9 @@ resumes an unfinished one; a difference is one ``ConfigError`` naming the first 
 its old and new value and the two ways out: a new ``run_dir=``, or ``--redo STAGE`` (``redo``
 below), which deletes that output and every later output built on it before anything runs.
 
-Run dirs written before settings were stored are trusted, with one warning per output.
-``REPORT`` collects what each stage did with its outputs, for the pipeline's summary.
+Run dirs written before settings were stored are trusted, with one warning per output, and
+reported as trusted (``TRUSTED``), never as "finished with the same settings": there was nothing
+to compare. ``REPORT`` collects what each stage did with its outputs, for the pipeline's summary.
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ RESULT_FREE = (
     "eval.batch_size",
 )
 REPORT: list[str] = []
+TRUSTED = "trusted (written before settings were recorded)"
 
 
 def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -136,7 +138,7 @@ def begin(
     run_dir, out = Path(run_dir), Path(out)
     label = _label(out, run_dir)
     new = {**settings, **{f"after.{_label(a, run_dir)}": digest(a) for a in after}}
-    path = out / SETTINGS
+    path, trusted = out / SETTINGS, False
     if path.is_file():
         old = read_json(path)
         key = first_difference(old, new)
@@ -157,17 +159,19 @@ def begin(
         if report:
             log.warning("%s: no stored settings (written by an older version): trusted", out)
         status = "skip" if finished else "resume"
+        trusted = True
     else:
         status = "start"
+    why = TRUSTED if trusted else "finished with the same settings"
     what = {
-        "skip": "skipped: finished with the same settings",
-        "resume": "resumed from its checkpoint",
+        "skip": f"skipped: {why}",
+        "resume": "resumed from its checkpoint" + (f", {TRUSTED}" if trusted else ""),
         "start": "started",
-    }
+    }[status]
     if report:
-        REPORT.append(f"{label}: {what[status]}")
+        REPORT.append(f"{label}: {what}")
     if report and status == "skip":
-        log.info("%s: finished with the same settings, skipped: %s", label, out)
+        log.info("%s: %s, skipped: %s", label, why, out)
     return Claim(out, new, status)
 
 

@@ -6,24 +6,36 @@ from pathlib import Path
 
 from distill.checkpoint import atomic_file
 from distill.model import format_count
+from distill.runs import trained_text
+
+KINDS_NOTE = (
+    "Kinds: mixing = no weight compares the content of two positions (a model of mixing "
+    "students only is attention-free in the field's sense too); gated pairs = a learned "
+    "compatibility of two positions' content weights each source position (`cross_gate`), "
+    "which the field calls additive attention without a softmax (Bahdanau et al. 2015; sigmoid "
+    "attention, Ramapuram et al. 2024). Attentionless (this project's word) = every attention "
+    "site holds a student, of either kind."
+)
 
 
 def write_markdown(results: dict) -> str:
     """A Markdown table: one row per variant."""
     lines = [
-        "| variant | stage | students | BLEU | chrF | BLEU / teacher | sites | params replaced "
-        "| student params | sentences/s |",
-        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| variant | stage | students | kinds | BLEU | chrF | BLEU / teacher | sites "
+        "| params replaced | student params | sentences/s |",
+        "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    hybrids = {}
+    hybrids, tuned = {}, {}
     for r in results["rows"]:
+        if r.get("stage") == "tuned":
+            tuned.setdefault(r["trainable"], []).append(r["variant"])
         ratio = "" if r.get("bleu_ratio") is None else f"{r['bleu_ratio']:.3f}"
         name = r["variant"]
         if r.get("kept"):
             hybrids[name] = r["kept"]
             name += " (hybrid)"
         lines.append(
-            f"| {name} | {r.get('stage', '')} | {r.get('students', '')} "
+            f"| {name} | {r.get('stage', '')} | {r.get('students', '')} | {r.get('kinds', '')} "
             f"| {r['bleu']:.2f} | {r['chrf']:.2f} "
             f"| {ratio} | {len(r['sites'])} "
             f"| {format_count(r['params_replaced'])} | {format_count(r['params_student'])} "
@@ -35,7 +47,9 @@ def write_markdown(results: dict) -> str:
         f"Scored on: {results['note']}; decoding: "
         f"{'greedy' if results['beam'] == 1 else 'beam ' + str(results['beam'])}. Stage: "
         "layer-wise = students trained one site at a time and spliced in with no fine-tuning (the "
-        "paper's protocol); tuned = the same students after the end-to-end finetune stage.",
+        "paper's protocol); tuned = the spliced model after the end-to-end finetune stage.",
+        *(f"Tuned {', '.join(names)}: {trained_text(t)}." for t, names in tuned.items()),
+        KINDS_NOTE,
         *(
             f"{name}: hybrid, not attentionless: keeps the teacher's attention at "
             + ", ".join(f"`{site}`" for site in kept)

@@ -10,7 +10,9 @@ of each mode at once, no fine-tuning: the paper's protocol, the "layer-wise" row
 test split; a variant the finetune stage trained end to end gets a second, "tuned" row beside it.
 Variants whose students are not trained yet are skipped. Hybrids (``attentionless_pw+keep1``:
 the teacher's cross-attention kept at decoder layer 1) are scored when named in ``variants``;
-every row says whether the model is attentionless and which sites a hybrid keeps.
+every row says whether the model is attentionless, which kinds of student it holds (``kinds``:
+mixing, gated pairs; distill/modes.py), which sites a hybrid keeps and, for a tuned row, what
+the finetune stage trained (``trainable``).
 ``splits=[valid,test]`` scores the validation split too (where settings are chosen; the demo
 does, and ``distill export`` picks its default variant from it): RUN_DIR/eval/results-valid.*
 beside results.*. A split is length-filtered like the training data (the count is in the
@@ -32,7 +34,7 @@ from distill.data import DataConfig, scored_pairs
 from distill.device import resolve_device
 from distill.errors import ConfigError
 from distill.model import teacher_attention
-from distill.modes import VARIANTS, resolve_variant, resolve_variants
+from distill.modes import VARIANTS, kinds_label, resolve_variant, resolve_variants, site_kinds
 from distill.runs import (
     load_teacher,
     load_variant,
@@ -80,9 +82,14 @@ def test_pairs(cfg: Config, tok, max_len: int, data: DataConfig | None = None, s
     return scored_pairs(data, split, tok, max_len, cfg.max_sentences, cfg.source, cfg.pair)
 
 
-def student_kind(spec: dict) -> str:
+def student_label(spec: dict) -> str:
     """``"alrr m residual"``: a mode's students as the results table names them."""
     return StudentSpec.from_dict(spec).label()
+
+
+def kinds(replacements: dict[str, dict]) -> str:
+    """``"mixing + gated pairs"``: the kinds of student at a model's replaced sites."""
+    return kinds_label(site_kinds({s: r["mode"] for s, r in replacements.items()}).values())
 
 
 def available_modes(run_dir: str) -> set[str]:
@@ -102,11 +109,12 @@ def evaluate_run(cfg: Config, split: str = "test") -> dict:
         if not set(modes) <= trained:
             log.info("skipping %s: students for %s not trained", name, sorted(set(modes) - trained))
             continue
-        stages = ["layer-wise"] + (["tuned"] if modes and tuned_spec(cfg.run_dir, name) else [])
+        tuned_as = tuned_spec(cfg.run_dir, name) if modes else None
+        stages = ["layer-wise"] + (["tuned"] if tuned_as else [])
         for stage in stages:
             tuned = name if stage == "tuned" else None
             model, _, info = load_variant(cfg.run_dir, modes, tuned, variant.kept, device=device)
-            kinds = [student_kind(student_spec(cfg.run_dir, mode)) for mode in modes]
+            labels = [student_label(student_spec(cfg.run_dir, mode)) for mode in modes]
             sites = list(info["replacements"])
             log.info("evaluating %s, %s (%d sites replaced)", name, stage, len(sites))
             result, _ = evaluate_model(
@@ -117,12 +125,14 @@ def evaluate_run(cfg: Config, split: str = "test") -> dict:
                     "variant": name,
                     "stage": stage if modes else "",
                     "modes": modes,
-                    "students": ", ".join(kinds),
+                    "students": ", ".join(labels),
                     "sites": sites,
+                    "kinds": kinds(info["replacements"]),
                     "params_replaced": info["replaced"],
                     "params_student": info["student"],
                     "attentionless": not teacher_attention(model),
                     "kept": list(variant.kept),
+                    "trainable": tuned_as["settings"]["trainable"] if stage == "tuned" else "",
                     **result,
                 }
             )
@@ -159,16 +169,19 @@ def evaluate_export(cfg: Config) -> dict:
         model, tok, pairs, beam=cfg.beam, batch_size=cfg.batch_size, progress=True
     )
     reps = config["replacements"]
+    stage = config.get("stage", "layer-wise") if reps else ""  # the teacher has none
     row = {
         "variant": config.get("variant", Path(cfg.run_dir).name),
-        "stage": config.get("stage", "layer-wise") if reps else "",  # the teacher has none
+        "stage": stage,
         "modes": sorted({r["mode"] for r in reps.values()}),
-        "students": ", ".join(sorted({student_kind(r) for r in reps.values()})),
+        "students": ", ".join(sorted({student_label(r) for r in reps.values()})),
         "sites": list(reps),
+        "kinds": kinds(reps),  # read off the modes: older exports have no student_kinds
         "params_replaced": config.get("parameters", {}).get("replaced", 0),
         "params_student": config.get("parameters", {}).get("student", 0),
         "attentionless": not teacher_attention(model),
         "kept": (config.get("hybrid") or {}).get("kept", []),
+        "trainable": config["finetune"]["trainable"] if stage == "tuned" else "",
         **result,
     }
     return {"note": note, "beam": cfg.beam, "rows": [row]}

@@ -41,6 +41,7 @@ from distill.model import PAD_ID, site_path
 from distill.modes import VARIANTS, Variant, resolve_variant, resolve_variants
 from distill.prefixes import TARGETS
 from distill.runs import (
+    TRAINABLE,
     finetune_dir,
     load_teacher,
     splice_spec,
@@ -56,7 +57,6 @@ from distill.train import TrainConfig, TrainingDiverged, fit, masked_mean, proce
 
 log = logging.getLogger("recipes.finetune")
 
-TRAINABLE = ("students", "students+norms", "all")
 INITS = ("layerwise", "random")
 
 

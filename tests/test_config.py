@@ -119,3 +119,21 @@ def test_evaluate_scores_a_list_of_splits_and_the_old_split_key_names_the_new_on
         load_recipe_config("evaluate", "demo", ["split=valid"])
     with pytest.raises(ConfigError, match="splits must be a list of test and valid"):
         load_recipe_config("evaluate", "demo", ["splits=[train]"])
+
+
+@pytest.mark.parametrize("name", available()["evaluate"])
+def test_every_evaluate_config_scores_the_papers_attention_free_row(name):
+    # `attentionless` (the paper's flat MLPs at every site, mixing students only) is the row the
+    # field would call attention-free: it stays beside ours, e.g. attentionless_gate.
+    _, cfg = load_recipe_config("evaluate", name, [])
+    assert "attentionless" in cfg.variants and "attentionless_gate" in cfg.variants
+
+
+@pytest.mark.parametrize("name", ["tiny", "demo", "paper"])
+def test_the_pipeline_trains_and_scores_the_papers_attention_free_row(name):
+    from distill.modes import VARIANTS
+
+    _, cfg = load_recipe_config("pipeline", name, [])
+    stages = cfg.resolved()
+    assert "attentionless" in stages["evaluate"].variants
+    assert set(VARIANTS["attentionless"]) <= set(stages["students"].modes)  # else skipped

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -14,12 +15,14 @@ import yaml
 from safetensors import safe_open
 
 import distill
+from distill.bleu import evaluate_model
 from distill.checkpoint import atomic_write_json, save_tensors
 from distill.cli import main
 from distill.data import DataConfig
 from distill.decode import beam_search, greedy, strip_ids
 from distill.errors import CheckpointError, ConfigError
 from distill.export import base_model, best_variant, export, parse_spec
+from distill.formats import FORMAT_VERSION
 from distill.model import (
     EOS_ID,
     PAD_ID,
@@ -29,6 +32,7 @@ from distill.model import (
     Seq2SeqTransformer,
     site_path,
 )
+from distill.modelcard import attention_text, front_matter, kind_tag
 from distill.modes import MODES, RESIDUAL_MODES, mode_sites
 from distill.runs import load_students, load_teacher, save_model, write_config
 from distill.students import build_student, splice
@@ -160,6 +164,66 @@ def test_exported_model_gives_the_logits_of_the_in_memory_spliced_model(run_dir,
     assert "nrefs:1|tok:13a" in card and "trust_remote_code=True" in card
 
 
+def test_an_export_names_the_distill_version_and_the_format_that_wrote_it(exports):
+    for variant, path in exports.items():
+        config = json.loads((path / "config.json").read_text())
+        assert config["distill_version"] == distill.__version__, variant
+        assert config["format_version"] == FORMAT_VERSION, variant
+
+
+def test_config_and_card_name_each_students_kind_and_call_gated_pairs_attention(exports):
+    from huggingface_hub import ModelCard
+
+    for variant, path in exports.items():
+        config = json.loads((path / "config.json").read_text())
+        card = (path / "README.md").read_text()
+        kinds = {s: MODES[r["mode"]].kind for s, r in config["replacements"].items()}
+        assert config["student_kinds"] == kinds, variant
+        for site, kind in kinds.items():  # the card's student table, its last column
+            assert re.search(rf"^\| `{re.escape(site)}` \|.*\| {kind} \|$", card, re.M), site
+        assert "no attention is left" not in card, variant
+    gate = exports["attentionless_gate"]
+    kinds = json.loads((gate / "config.json").read_text())["student_kinds"]
+    assert [s for s, k in kinds.items() if k == "gated pairs"] == [
+        "decoder.0.cross_attn",
+        "decoder.1.cross_attn",
+    ]
+    card = (gate / "README.md").read_text()
+    assert (
+        "**Attentionless** (this project's word): every attention site replaced; 2 site(s) hold "
+        "gated-pair students (`cross_gate`), which the field calls additive attention without a "
+        "softmax (Bahdanau et al. 2015; sigmoid attention, Ramapuram et al. 2024). It is not "
+        "attention-free in the field's sense." in card
+    )
+    tags = ModelCard(card).data.tags
+    assert "attentionless" in tags and "gated-pairs" in tags and "attention-free" not in tags
+    # The paper's flat MLPs everywhere: mixing only, attention-free in the field's sense too.
+    card = (exports["attentionless"] / "README.md").read_text()
+    assert "attention-free in the field's sense too" in card
+    tags = ModelCard(card).data.tags
+    assert "attentionless" in tags and "attention-free" in tags and "gated-pairs" not in tags
+
+
+def test_a_hybrid_with_gated_pairs_says_so_beside_the_attention_it_keeps():
+    config = {
+        "attentionless": False,
+        "teacher_attention": ["decoder.1.cross_attn"],
+        "hybrid": {"base": "attentionless_gate", "kept": ["decoder.1.cross_attn"]},
+        "replacements": {"decoder.0.cross_attn": {"mode": "cross_gate"}},
+        "student_kinds": {"decoder.0.cross_attn": "gated pairs"},
+    }
+    text = attention_text(config)
+    assert text.startswith("**Hybrid, not attentionless**: the variant `attentionless_gate`")
+    assert text.endswith(
+        "Of the students, 1 site(s) hold gated-pair students (`cross_gate`), which the field calls "
+        "additive attention without a softmax (Bahdanau et al. 2015; sigmoid attention, "
+        "Ramapuram et al. 2024)."
+    )
+    assert kind_tag(config) == ["hybrid", "gated-pairs"]
+    config.update(student_kinds={"decoder.0.cross_attn": "mixing"})
+    assert "gated" not in attention_text(config) and kind_tag(config) == ["hybrid"]
+
+
 @pytest.mark.parametrize("variant", ["attentionless", "attentionless_pw"])
 def test_attentionless_export_holds_no_attention_at_replaced_sites(exports, variant):
     model, _ = distill.from_pretrained(exports[variant])
@@ -228,12 +292,27 @@ def test_the_model_card_is_hub_metadata_and_its_usage_snippet_runs(exports, hf_m
     data = card.data.to_dict()
     assert data["language"] == ["de", "en"] and data["library_name"] == "transformers"
     assert "translation" in data["tags"] and data["metrics"] == ["bleu", "chrf"]
-    results = {r.metric_type: r for r in card.data.eval_results}
+    results = {(r.metric_type, r.dataset_split): r for r in card.data.eval_results}
+    filtered = "test (sources and targets ≤ 7 pieces)"  # max_len 8: EOS or BOS/EOS added
+    assert set(results) == {(m, split) for m in ("bleu", "chrf") for split in ("test", filtered)}
+    # the run's score, of the length-filtered pairs, under a name of its own
     row = json.loads((path.parent / "run" / "eval" / "results.json").read_text())
-    assert set(results) == {"bleu", "chrf"} and results["bleu"].dataset_split == "test"
     scored = next(r for r in row["rows"] if r["variant"] == "attentionless_pw")
-    assert results["bleu"].metric_value == scored["bleu"]
-    assert results["bleu"].metric_config == scored["bleu_signature"]  # the sacreBLEU signature
+    assert results["bleu", filtered].metric_value == scored["bleu"]
+    assert results["bleu", filtered].metric_config == scored["bleu_signature"]  # sacreBLEU's
+    assert results["bleu", filtered].dataset_name == "tsv de-en (length-filtered)"
+    # `test` is every pair of the split, the long source truncated as `distill translate` does
+    model, tok = distill.from_pretrained(path)
+    whole, _ = evaluate_model(model, tok, TEST_PAIRS)
+    assert whole["truncated_sources"] == 1
+    for metric in ("bleu", "chrf"):
+        assert results[metric, "test"].metric_value == whole[metric]
+    assert results["bleu", "test"].metric_config == whole["bleu_signature"]
+    assert f"`test` is the row of all pairs; the first row is `{filtered}`" in text
+    # without the whole split (its corpus gone), the filtered score is never called `test`
+    config = json.loads((path / "config.json").read_text())
+    alone = ModelCard(f"---\n{front_matter(config, scored, path.name)}\n---\n").data
+    assert {r.dataset_split for r in alone.eval_results} == {filtered}
     snippet = text.split("## Use with transformers", 1)[1].split("```python\n", 1)[1]
     snippet = snippet.split("```", 1)[0]
     expected = distill.from_pretrained(path)[0].translate(["Guten Morgen!"])
@@ -309,7 +388,7 @@ def test_translate_keeps_one_line_per_input_line(exports, tmp_path, capsys):
 
 def test_cli_export_with_a_spec_scores_it_and_evaluate_reads_export_dirs(run_dir, tmp_path, capsys):
     out = tmp_path / "custom"
-    spec = "encoder.0.self_attn=alr,decoder.1.cross_attn=cross"
+    spec = "encoder.0.self_attn=alr,decoder.1.cross_attn=cross_gate"
     assert main(["-q", "export", str(run_dir), "--spec", spec, "--out", str(out)]) == 0
     config = json.loads((out / "config.json").read_text())
     assert config["variant"] == "custom" and set(config["replacements"]) == set(parse_spec(spec))
@@ -320,6 +399,9 @@ def test_cli_export_with_a_spec_scores_it_and_evaluate_reads_export_dirs(run_dir
     assert main(["-q", "evaluate", str(out), "--source", "demo", "--max-sentences", "3"]) == 0
     table = capsys.readouterr().out
     assert table.startswith("| variant |") and "| custom |" in table
+    # the kinds are read off the modes (an export older than student_kinds has the same row)
+    row = next(line for line in table.splitlines() if line.startswith("| custom |"))
+    assert row.split(" | ")[3] == "mixing + gated pairs"
 
 
 def _valid_results(run: Path, rows: list[tuple[str, str, float]]) -> None:

@@ -101,6 +101,18 @@ def test_teacher_lr_scale_gives_the_teacher_weights_a_slower_rate(layerwise, tmp
     assert student > 0 and rest == pytest.approx(0.1 * student, rel=0.05), (student, rest)
 
 
+def test_the_table_and_the_card_say_when_the_teacher_was_retrained_too(layerwise, tmp_path):
+    run = Path(shutil.copytree(layerwise, tmp_path / "run"))
+    assert main(["-q", *FINETUNE, f"run_dir={run}", "trainable=all", "train.max_steps=1"]) == 0
+    said = "the finetune stage trained every weight, the teacher's included (`trainable: all`)"
+    argv = ["run", "evaluate", "--config", "tiny", f"run_dir={run}", "max_sentences=2"]
+    assert main(["-q", *argv, "variants=[attentionless]"]) == 0
+    table = (run / "eval" / "results.md").read_text()
+    assert f"Tuned attentionless: {said}." in table.splitlines()
+    card = (export(run, "attentionless", tmp_path / "export") / "README.md").read_text()
+    assert f"spliced in, {said}, end to end for 1 steps" in card
+
+
 @pytest.mark.slow
 def test_a_killed_finetune_resumes_to_the_same_tuned_weights(layerwise, tuned, tmp_path):
     broken = Path(shutil.copytree(layerwise, tmp_path / "broken"))
@@ -144,7 +156,14 @@ def test_evaluate_shows_the_layer_wise_and_the_tuned_row_side_by_side(tuned):
         ("attentionless", "layer-wise"),
         ("attentionless", "tuned"),
     ]
-    assert "| attentionless | tuned |" in (tuned / "eval" / "results.md").read_text()
+    assert [r["kinds"] for r in rows] == ["", "mixing", "mixing"]
+    assert [r["trainable"] for r in rows] == ["", "", "students"]  # the tiny config's
+    table = (tuned / "eval" / "results.md").read_text()
+    assert "| attentionless | tuned | alr xs, dec_self xs, cross xs | mixing |" in table
+    assert (
+        "Tuned attentionless: the finetune stage trained the students alone, every teacher "
+        "weight kept as it was (`trainable: students`)." in table
+    )
     assert main(["-q", *argv, "variants=[teacher]", "splits=[valid]"]) == 0
     valid = json.loads((tuned / "eval" / "results-valid.json").read_text())
     assert valid["split"] == "valid" and "valid split" in valid["note"]

@@ -11,6 +11,7 @@ import pytest
 import torch
 from torch import nn
 
+import distill
 from distill.checkpoint import load_state_dict
 from distill.errors import CheckpointError
 from distill.export_config import make_config, parse_config
@@ -102,3 +103,9 @@ def test_an_export_config_of_a_newer_format_is_refused():
         CheckpointError, match=r"config\.json: format_version \d+: written by a new"
     ):
         parse_config({**config, "format_version": FORMAT_VERSION + 1}, "config.json")
+
+
+def test_the_package_version_moved_with_the_format():
+    # 0.1.0 wrote formats 1 and 2 alike, so an export's distill_version could not tell them apart.
+    major, minor = (int(part) for part in distill.__version__.split(".")[:2])
+    assert (major, minor) >= (0, FORMAT_VERSION)

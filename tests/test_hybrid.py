@@ -12,7 +12,7 @@ import distill
 from distill.cli import main
 from distill.export import export
 from distill.model import AttentionCore, site_path, teacher_attention
-from distill.modes import CROSS_SITE, MODES, VARIANTS, Mode, mode_sites, resolve_variant
+from distill.modes import CROSS_SITE, MIXING, MODES, VARIANTS, Mode, mode_sites, resolve_variant
 from distill.runs import load_teacher, load_variant, splice_spec, variant_spec
 from distill.students import build_student, splice
 from tests.helpers import UNIT, tiny_teacher
@@ -100,7 +100,8 @@ def test_layer_indices_are_checked_once_the_teacher_is_known(run_dir, capsys):
 
 
 def test_a_new_mode_at_the_cross_site_makes_its_variants_hybrid_bases(monkeypatch):
-    monkeypatch.setitem(MODES, "cross_new", Mode("cross_new", CROSS_SITE, "decoder", True, True))
+    new = Mode("cross_new", CROSS_SITE, "decoder", True, True, kind=MIXING)
+    monkeypatch.setitem(MODES, "cross_new", new)
     monkeypatch.setitem(VARIANTS, "mix", ["alr", "cross_new"])
     assert resolve_variant("mix+keep0", UNIT).kept == ("decoder.0.cross_attn",)
     with pytest.raises(ValueError, match=r"bases that do: .*\bmix\b"):

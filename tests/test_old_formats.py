@@ -80,6 +80,18 @@ def test_the_old_run_dir_scores_every_variant_as_the_old_code_did(old, capsys):
     got, want = scores(results["rows"]), scores(OLD_ROWS)
     assert ("teacher", "") in got and ("attentionless_gate", "tuned") in got
     assert len(want) == 7 and got == want
+    # rows the old code wrote without kinds or trainable have them now
+    kinds = {r["variant"]: r["kinds"] for r in results["rows"]}
+    assert kinds == {
+        "teacher": "",
+        "alr": "mixing",
+        "alrr": "mixing",
+        "dec_self": "mixing",
+        "cross_gate": "gated pairs",
+        "attentionless_gate": "mixing + gated pairs",
+    }
+    tuned = [r["trainable"] for r in results["rows"] if r["stage"] == "tuned"]
+    assert tuned == ["students"]
 
 
 @pytest.mark.parametrize("row", list(EXPORTS))
@@ -100,7 +112,9 @@ def old_export(request, tmp_path) -> tuple[Path, int, dict]:
     export = Path(shutil.copytree(FIXTURES / name / "export", tmp_path / name))
     for code in export.glob("*.py.fixture"):  # stored so, not to count as this repo's code
         code.rename(code.with_suffix(""))
-    assert json.loads((export / "config.json").read_text())["format_version"] == request.param
+    config = json.loads((export / "config.json").read_text())
+    assert config["format_version"] == request.param
+    assert "student_kinds" not in config  # written since 0.3.0, for people: not needed to load
     expected = json.loads((FIXTURES / name / "expected.json").read_text(encoding="utf-8"))
     assert expected["sources"] == SOURCES
     return export, replaced, expected
@@ -139,14 +153,16 @@ def test_the_pipeline_on_the_old_run_dir_trusts_and_skips_every_finished_output(
     report = [r.getMessage() for r in caplog.records if r.getMessage().startswith("pipeline: ")]
     outputs = ["teacher", "record", *(f"students/{m}" for m in STUDENT_MODES)]
     outputs.append("finetune/attentionless_gate")
+    trusted = "skipped: trusted (written before settings were recorded)"
     for out in outputs:
-        assert f"pipeline: {out}: skipped: finished with the same settings" in report, out
+        assert f"pipeline: {out}: {trusted}" in report, out
         assert any(
             r.levelno == logging.WARNING and "no stored settings" in r.getMessage()
             for r in caplog.records
             if r.getMessage().startswith(str(run / out))
         ), out
     after = file_bytes(run)
+    assert not [line for line in report if "same settings" in line]  # none were compared
     assert {k: after.get(k) for k in before} == before  # nothing retrained or rewritten
     assert all(k.endswith("settings.json") for k in after.keys() - before.keys())
     rescored = json.loads((run / "eval" / "results.json").read_text())["rows"]

@@ -10,7 +10,7 @@ from distill.errors import DataError
 from distill.losses import mode_loss, site_loss
 from distill.model import EOS_ID, PRESETS, ModelConfig, Site
 from distill.model import SITES as SITE_TABLE
-from distill.modes import MODES, Mode, mode_sites, recorded_sites
+from distill.modes import MIXING, MODES, Mode, mode_sites, recorded_sites
 from distill.record import (
     DiskBatches,
     OnlineBatches,
@@ -194,7 +194,8 @@ def test_a_site_that_reads_the_memory_is_recorded_with_it_whatever_its_name(tmp_
         ("decoder", "cross_attn_sublayer"),
         Site("cross_attn_sublayer", "target", memory=True),
     )
-    mode = Mode("cross_sub", "decoder.{i}.cross_attn_sublayer", "decoder", causal=True, memory=True)
+    site = "decoder.{i}.cross_attn_sublayer"
+    mode = Mode("cross_sub", site, "decoder", causal=True, memory=True, kind=MIXING)
     monkeypatch.setitem(MODES, "cross_sub", mode)
     model, ex = tiny_teacher(), examples()
     sites = recorded_sites(["cross_sub"], CFG)

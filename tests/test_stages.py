@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from distill.errors import ConfigError
-from distill.stages import begin, digest, redo, result_settings
+from distill.stages import REPORT, begin, digest, redo, result_settings
 
 
 def test_result_settings_flatten_and_drop_the_keys_that_change_no_result():
@@ -40,6 +40,27 @@ def test_an_output_built_on_a_changed_one_is_refused(tmp_path):
     (teacher / "settings.json").write_text('{"lr": 2}')
     with pytest.raises(ConfigError, match="alr: was built on other teacher settings"):
         begin(students, tmp_path, {"size": "m"}, finished=True, after=[teacher])
+
+
+def test_an_output_from_before_stored_settings_is_reported_trusted_not_compared(tmp_path):
+    REPORT.clear()
+    old, killed = tmp_path / "students" / "alr", tmp_path / "students" / "cross"
+    old.mkdir(parents=True)
+    (old / "spec.json").write_text("{}")  # finished by a version that stored no settings
+    (killed / "checkpoint").mkdir(parents=True)
+    assert begin(old, tmp_path, {"size": "m"}, finished=True).status == "skip"
+    assert begin(killed, tmp_path, {"size": "m"}, finished=False).status == "resume"
+    new = tmp_path / "teacher"
+    begin(new, tmp_path, {"lr": 1}, finished=False).store()
+    begin(new, tmp_path, {"lr": 1}, finished=True)
+    assert REPORT == [
+        "students/alr: skipped: trusted (written before settings were recorded)",
+        "students/cross: resumed from its checkpoint, trusted (written before settings were "
+        "recorded)",
+        "teacher: started",
+        "teacher: skipped: finished with the same settings",  # only what was compared says so
+    ]
+    REPORT.clear()
 
 
 def test_redo_of_a_stage_removes_it_and_every_later_output_only(tmp_path):

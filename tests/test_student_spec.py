@@ -48,9 +48,9 @@ def test_a_new_student_setting_is_one_field_and_reaches_every_record(with_gain, 
         export_config.parse_config(config, "config.json")
     # the model card's table and the results table's name for the students
     table = modelcard.student_table({site: spec.to_dict()})
-    assert table.splitlines()[0] == "| site | mode | size | activation | residual | gain |"
-    assert table.splitlines()[2] == f"| `{site}` | alr | xs | leaky_relu | False | 2.0 |"
-    assert evaluate.student_kind(spec.to_dict()) == "alr xs 2.0"
+    assert table.splitlines()[0] == "| site | mode | size | activation | residual | gain | kind |"
+    assert table.splitlines()[2] == f"| `{site}` | alr | xs | leaky_relu | False | 2.0 | mixing |"
+    assert evaluate.student_label(spec.to_dict()) == "alr xs 2.0"
 
 
 def test_a_spec_is_checked_where_it_is_made():
