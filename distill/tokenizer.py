@@ -115,6 +115,10 @@ class Tokenizer:
         )
         return tok
 
+    def pieces(self) -> list[str]:
+        """The piece strings by id (what ``distill.chunks.boundary_ids`` reads)."""
+        return [self._sp.id_to_piece(i) for i in range(self.vocab_size)]
+
     def encode(self, text: str) -> list[int]:
         """Piece ids of ``text``, without BOS/EOS."""
         return self._sp.encode(text)
@@ -243,6 +247,11 @@ class MarianVocab:
         return self.hf(text_target=list(texts), add_special_tokens=False, verbose=False)[
             "input_ids"
         ]
+
+    def pieces(self) -> list[str]:
+        """The piece strings by id (vocab.json: both sides share the ids)."""
+        by_id = {i: piece for piece, i in self.hf.encoder.items()}
+        return [by_id.get(i, "") for i in range(self.vocab_size)]
 
     def encode(self, text: str) -> list[int]:
         return self.encode_batch([text])[0]
