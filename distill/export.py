@@ -149,8 +149,9 @@ def base_model(run_dir: Path) -> str | None:
 
 
 def _whole_split(data, model, tok) -> dict | None:
-    """Scores on every pair of the run's test split, long sources truncated: what translating
-    the split's sources with ``distill translate`` and scoring them with sacreBLEU reproduces."""
+    """Scores on every pair of the run's test split, long sources split into parts: what
+    translating the split's sources with ``distill translate`` and scoring them with sacreBLEU
+    reproduces."""
     try:
         pairs = load_pairs(data, "test")
     except DistillError as err:  # e.g. a corpus that is not on this machine any more

@@ -76,15 +76,20 @@ token).
 
 ## Limits
 
-Sources longer than {max_src} tokens plus EOS are truncated (`distill translate --strict` refuses
-them); translations stop at {max_len} tokens. Decoding is incremental at every site: the
-teacher's attention caches keys and values, each decoder student its own state (the cross
-student its memory term once per sentence), in `distill translate` and in `generate` alike.
+A source longer than {max_src} tokens plus EOS is split after sentence ends (`.`, `!`, `?`, ...),
+within a sentence still too long after clause ends (`,`, `;`, `:`, ...), else every {max_src}
+pieces; neighbouring segments are packed into parts as long as fit, each part is translated without
+the others as context and the translations are joined (`distill translate --strict` refuses such
+lines, `--truncate` cuts them). Each part's translation stops at {max_len} tokens.
+
+Decoding is incremental at every site: the teacher's attention caches keys and values, each
+decoder student its own state (the cross student its memory term once per sentence), in
+`distill translate` and in `generate` alike.
 """
 
 
 WHOLE_ROW = (
-    "| all {n} pairs of the test split ({truncated} long sources truncated) | {bleu:.2f} "
+    "| all {n} pairs of the test split ({split} long sources split) | {bleu:.2f} "
     "| {chrf:.2f} | {speed:.1f} | greedy |\n"
 )
 
@@ -241,7 +246,7 @@ def model_card(config: dict, row: dict, note: str, name: str, whole: dict | None
         if whole is None
         else WHOLE_ROW.format(
             n=whole["n"],
-            truncated=whole["truncated_sources"],
+            split=whole["split_sources"],
             bleu=whole["bleu"],
             chrf=whole["chrf"],
             speed=whole["sentences_per_s"],

@@ -13,7 +13,8 @@ the teacher's cross-attention kept at decoder layer 1) are scored when named in 
 every row says whether the model is attentionless and which sites a hybrid keeps.
 ``split=valid`` scores the validation split instead (where settings are chosen). The split is
 length-filtered like the training data (the count is in the table's notes); ``--source FILE``
-scores every line, truncating long sources.
+scores every line: a source too long for the model is translated in parts, split at sentence or
+clause ends (``distill.decode.translate_texts``), never truncated.
 """
 
 from __future__ import annotations
