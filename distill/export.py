@@ -30,6 +30,7 @@ from distill.checkpoint import (
     read_json,
     save_tensors,
 )
+from distill.chunks import boundary_ids
 from distill.config import load_yaml
 from distill.data import load_pairs, scored_pairs
 from distill.device import stage_device
@@ -222,6 +223,7 @@ def export(
         cfg,
         replacements,
         tok.export_info(),
+        boundary_ids(tok.pieces()),
         variant=name,
         stage=stage,
         finetune=tuned["settings"] if tuned is not None else None,
@@ -237,7 +239,7 @@ def export(
     )
     with atomic_dir(out_dir) as tmp:
         save_tensors(tmp / "model.safetensors", model.state_dict())
-        tok.export_files(tmp, cfg.max_len)
+        tok.export_files(tmp)
         atomic_write_json(tmp / "generation_config.json", generation_config(cfg))
         for filename, source in code.items():
             atomic_write_text(tmp / filename, source)

@@ -193,8 +193,9 @@ def test_transformers_generate_equals_distill_greedy_and_beam(exports, hf_models
         assert [strip_ids(r[1:]) for r in short.tolist()] == greedy(model, src, max_len=3)
 
 
-HUB_TEXTS = [  # a long one (truncated to max_len 8 like distill translate --truncate), two short
-    "Der Hund sieht den Ball und die Katze mag ein Buch heute oft.",
+HUB_TEXTS = [  # three too long for max_len 8 (split as distill translate splits them), one short
+    "Der Hund sieht den Ball und die Katze mag ein Buch heute oft.",  # no end inside: cut hard
+    "Die Katze! Ja. Der Hund sieht den Ball.",  # cut after the sentence ends
     "Die Katze mag nie den Ball.",
     "Hallo",
 ]
@@ -207,15 +208,16 @@ def test_the_hub_three_line_usage_gives_exactly_distill_translate(exports, hf_mo
     tok = AutoTokenizer.from_pretrained(str(exports[variant]), trust_remote_code=True)
     model, ours = distill.from_pretrained(exports[variant])
     batch = tok(HUB_TEXTS, return_tensors="pt", padding=True, truncation=True)
-    ids = [x[: model.cfg.max_len - 1] + [EOS_ID] for x in ours.encode_batch(HUB_TEXTS)]
+    ids = [x + [EOS_ID] for x in ours.encode_batch(HUB_TEXTS)]  # truncation=True cuts nothing
     width = max(map(len, ids))
+    assert width > model.cfg.max_len and len(model.too_long(HUB_TEXTS)) == 3
     assert batch["input_ids"].tolist() == [x + [PAD_ID] * (width - len(x)) for x in ids]
     assert batch["attention_mask"].tolist() == [[1] * len(x) + [0] * (width - len(x)) for x in ids]
     for beam in (1, 4):
         with torch.no_grad():
             out = hf_models[variant].generate(**batch, num_beams=beam)
         assert tok.batch_decode(out, skip_special_tokens=True) == model.translate(
-            HUB_TEXTS, beam=beam, long="truncate"
+            HUB_TEXTS, beam=beam
         ), beam
 
 
@@ -236,8 +238,7 @@ def test_the_model_card_is_hub_metadata_and_its_usage_snippet_runs(exports, hf_m
     assert results["bleu"].metric_config == scored["bleu_signature"]  # the sacreBLEU signature
     snippet = text.split("## Use with transformers", 1)[1].split("```python\n", 1)[1]
     snippet = snippet.split("```", 1)[0]
-    # 12 pieces of the tiny vocabulary: the card's tokenizer still cuts it as --truncate does
-    expected = distill.from_pretrained(path)[0].translate(["Guten Morgen!"], long="truncate")
+    expected = distill.from_pretrained(path)[0].translate(["Guten Morgen!"])
     cwd = os.getcwd()
     os.chdir(path.parent)  # the card names the export by its directory name
     try:

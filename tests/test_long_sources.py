@@ -2,8 +2,10 @@
 distill's translate, `distill translate` and `evaluate --source`, and transformers' generate of an
 export (the same parts and tokens; left padding and too large a length limit made safe)."""
 
+import json
 import logging
 import random
+import shutil
 
 import pytest
 import torch
@@ -13,8 +15,10 @@ from distill.bleu import score
 from distill.chunks import boundary_ids, split_ids
 from distill.cli import main
 from distill.decode import beam_search, greedy, translate_texts
+from distill.errors import CheckpointError
 from distill.export import export
-from distill.model import EOS_ID, PAD_ID
+from distill.model import BOS_ID, EOS_ID, PAD_ID
+from distill.tokenizer import EXPORT_MAX_PIECES
 from tests.helpers import tiny_teacher
 from tests.test_export import write_run
 
@@ -113,6 +117,39 @@ def exports(tmp_path_factory, tiny_tokenizer):
     return {v: export(run, v, root / v) for v in ("teacher", "attentionless_gate")}
 
 
+@pytest.fixture(scope="module")
+def hf_models(exports):
+    from transformers import AutoModelForSeq2SeqLM
+
+    return {
+        v: AutoModelForSeq2SeqLM.from_pretrained(str(path), trust_remote_code=True).eval()
+        for v, path in exports.items()
+    }
+
+
+@pytest.fixture(scope="module")
+def hf_tok(exports):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(exports["teacher"]))
+
+
+def test_the_export_records_the_ends_and_its_tokenizer_cuts_nothing_the_model_can_split(
+    exports, hf_tok, tiny_tokenizer, tmp_path
+):
+    config = json.loads((exports["teacher"] / "config.json").read_text())
+    sentence, clause = boundary_ids(tiny_tokenizer.pieces())
+    assert sentence and (config["sentence_end_ids"], config["clause_end_ids"]) == (sentence, clause)
+    assert hf_tok.model_max_length == EXPORT_MAX_PIECES
+    long = " ".join(["Der Hund sieht den Ball."] * 40)  # 520 pieces
+    ids = hf_tok([long], truncation=True)["input_ids"][0]
+    assert ids == tiny_tokenizer.encode(long) + [EOS_ID] and len(ids) > 500
+    bad = shutil.copytree(exports["teacher"], tmp_path / "bad")
+    (bad / "config.json").write_text(json.dumps({**config, "clause_end_ids": [3, 96]}))
+    with pytest.raises(CheckpointError, match="'clause_end_ids' must be a list of piece ids"):
+        distill.from_pretrained(bad)
+
+
 def test_distill_translate_splits_long_lines_and_strict_and_truncate_keep_the_old_ways(
     exports, tmp_path, capsys, caplog
 ):
@@ -164,3 +201,98 @@ def test_evaluate_with_a_source_file_translates_long_sources_whole(exports, tmp_
         whole["chrf"],
     )
     assert score(model.translate(sources, long="truncate"), references)["chrf"] != whole["chrf"]
+
+
+def _batch(hf_tok, texts: list[str], side: str = "right") -> dict:
+    return hf_tok(texts, return_tensors="pt", padding=True, truncation=True, padding_side=side)
+
+
+@pytest.mark.parametrize("variant", ["teacher", "attentionless_gate"])
+def test_generate_splits_long_rows_as_distill_translate_does(hf_models, hf_tok, exports, variant):
+    model, _ = distill.from_pretrained(exports[variant])
+    texts = [LONG[1], SHORT[0], LONG[0], SHORT[2]]
+    batch = _batch(hf_tok, texts)
+    assert batch["input_ids"].size(1) == 37  # the long rows reach the model whole
+    for beam in (1, 3):
+        with torch.no_grad():
+            out = hf_models[variant].generate(**batch, num_beams=beam)
+        assert hf_tok.batch_decode(out, skip_special_tokens=True) == model.translate(texts, beam)
+        assert out[:, 0].eq(BOS_ID).all() and out.size(1) > model.cfg.max_len + 1
+        tokens = out[:, 1:].tolist()  # each row: its parts' tokens, EOS or PAD only at the end
+        assert all(
+            EOS_ID not in row[:-1] or set(row[row.index(EOS_ID) + 1 :]) <= {PAD_ID}
+            for row in tokens
+        )
+
+
+def test_generate_refuses_options_whose_rows_cannot_be_joined(hf_models, hf_tok):
+    hf = hf_models["teacher"]
+    long, short = _batch(hf_tok, LONG), _batch(hf_tok, SHORT)
+    with torch.no_grad():
+        assert hf.generate(**short, return_dict_in_generate=True).sequences.size(0) == 3
+        with pytest.raises(ValueError, match="split into parts .* which return_dict_in_generate"):
+            hf.generate(**long, return_dict_in_generate=True)
+        with pytest.raises(ValueError, match="which num_return_sequences cannot be"):
+            hf.generate(**long, num_beams=2, num_return_sequences=2)
+
+
+def test_an_export_without_the_end_ids_splits_every_max_len_minus_one_pieces(
+    exports, tiny_tokenizer, tmp_path
+):
+    from distill.hf import DistillConfig, DistillForConditionalGeneration
+
+    old = shutil.copytree(exports["teacher"], tmp_path / "old")
+    config = json.loads((old / "config.json").read_text())
+    for key in ("sentence_end_ids", "clause_end_ids"):
+        del config[key]
+    (old / "config.json").write_text(json.dumps(config))
+    hf = DistillForConditionalGeneration.from_pretrained(str(old)).eval()
+    assert hf.config.sentence_end_ids is None
+    model, tok = distill.from_pretrained(old)
+    ids = tok.encode(LONG[0])  # "Ja." | "Die Katze!" at the sentence end; hard: 7 | 4 pieces
+    src = torch.tensor([ids + [EOS_ID]])
+    with torch.no_grad():
+        out = hf.generate(src)
+    hard = [ids[:7] + [EOS_ID], ids[7:] + [EOS_ID, PAD_ID, PAD_ID, PAD_ID]]
+    assert out[0, 1:].tolist() == sum(greedy(model, torch.tensor(hard)), [])  # no EOS: max_len
+    assert DistillConfig.from_pretrained(str(exports["teacher"])).sentence_end_ids
+
+
+def test_generate_lowers_a_length_limit_past_max_len_with_one_warning(hf_models, caplog):
+    from transformers import GenerationConfig
+    from transformers.utils.logging import warning_once
+
+    hf = hf_models["attentionless_gate"]
+    src = torch.tensor([[5, 6, 7, EOS_ID], [8, 9, EOS_ID, PAD_ID]])
+    never = {"suppress_tokens": [PAD_ID, EOS_ID]}  # nothing ends early: decode to the limit
+    warning_once.cache_clear()
+    with torch.no_grad():
+        full = hf.generate(src, max_new_tokens=8, **never)
+        assert not caplog.records and full.size(1) == 9
+        assert torch.equal(hf.generate(src, max_new_tokens=100, **never), full)
+        assert torch.equal(hf.generate(src, max_new_tokens=100, **never), full)
+        clamped = [r.getMessage() for r in caplog.records]
+        assert clamped == [
+            "generate: max_new_tokens=100 is more than this model decodes "
+            "(max_len 8 tokens); using max_new_tokens=8"
+        ]
+        # a GenerationConfig of the user's own: lowered in a copy, the user's left as it was
+        mine = GenerationConfig(max_new_tokens=30, **never)
+        assert torch.equal(hf.generate(src, generation_config=mine), full)
+        assert mine.max_new_tokens == 30 and "using max_new_tokens=8" in caplog.messages[-1]
+        assert torch.equal(hf.generate(src, max_length=9, max_new_tokens=None, **never), full)
+        assert torch.equal(hf.generate(src, max_length=60, max_new_tokens=None, **never), full)
+        assert caplog.messages[-1].endswith("(max_len 8 tokens); using max_length=9")
+
+
+@pytest.mark.parametrize("beam", [1, 3])
+def test_a_left_padded_batch_gives_what_the_right_padded_one_gives(hf_models, hf_tok, beam):
+    hf = hf_models["attentionless_gate"]
+    for texts in (SHORT, SHORT + LONG):
+        right, left = _batch(hf_tok, texts), _batch(hf_tok, texts, "left")
+        assert left["attention_mask"][:, 0].tolist() != [1] * len(texts)  # padded before
+        with torch.no_grad():
+            expected = hf.generate(**right, num_beams=beam)
+            assert torch.equal(hf.generate(**left, num_beams=beam), expected)
+            # no attention mask: the PAD ids say where the padding is
+            assert torch.equal(hf.generate(left["input_ids"], num_beams=beam), expected)
