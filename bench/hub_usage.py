@@ -4,10 +4,10 @@
     python bench/hub_usage.py --run-dir runs/demo --variant attentionless_pw \\
         --export exports/demo-attentionless_pw --sentences 500                 # export first
 
-For every source of the run's test split (all pairs, long sources truncated as `distill
-translate` truncates them): AutoTokenizer + AutoModelForSeq2SeqLM.generate + batch_decode, and
-distill's own `translate`, in batches of the same size; prints how many outputs differ (the
-target: none) and the time each took.
+For every source of the run's test split (all pairs, long sources split into parts by `generate`
+as `distill translate` splits them): AutoTokenizer + AutoModelForSeq2SeqLM.generate +
+batch_decode, and distill's own `translate`, in batches of the same size; prints how many outputs
+differ (the target: none) and the time each took.
 """
 
 from __future__ import annotations

@@ -32,12 +32,14 @@ def evaluate_model(
     batch_size: int = 64,
     progress: bool = False,
 ) -> tuple[dict[str, Any], list[str]]:
-    """Translate the sources of ``pairs`` and score them; adds decoding speed and truncations."""
+    """Translate the sources of ``pairs`` and score them; adds decoding speed and how many
+    sources were too long for the model (``split_sources``: translated in parts, nothing
+    dropped; ``distill.decode.translate_texts``)."""
     from distill.decode import translate_texts
 
     sources = [s for s, _ in pairs]
     started = time.perf_counter()
-    hyps, truncated = translate_texts(
+    hyps, n_long = translate_texts(
         model, tok, sources, beam=beam, batch_size=batch_size, progress=progress
     )
     elapsed = time.perf_counter() - started
@@ -45,6 +47,6 @@ def evaluate_model(
     result.update(
         beam=beam,
         sentences_per_s=round(len(pairs) / max(elapsed, 1e-9), 2),
-        truncated_sources=truncated,
+        split_sources=n_long,
     )
     return result, hyps

@@ -5,7 +5,7 @@
     distill run RECIPE --config NAME|FILE.yaml [--redo STAGE] [--print-config] [key=value ...]
     distill evaluate RUN_OR_EXPORT_DIR [--source demo|iwslt2017|FILE] [--beam N] [--device D]
     distill export RUN_DIR [--variant NAME | --spec SITE=MODE,...] --out DIR
-    distill translate EXPORT_DIR [--beam N] [--batch-size B] [--strict] [--device D] [FILE|stdin]
+    distill translate EXPORT_DIR [--beam N] [--strict|--truncate] [--device D] [FILE|stdin]
     distill --version                           the installed version
 
 Run: ``--config`` takes a shipped config NAME (``distill ls``) or a YAML file of deltas from
@@ -159,9 +159,17 @@ def cmd_translate(args) -> int:
         )
         if args.strict:
             raise DataError(f"{args.file or 'stdin'}: {what}; shorten or split them")
-        print(f"distill: warning: {what}; truncating them", file=sys.stderr)
+        if args.truncate:
+            print(f"distill: warning: {what}; truncating them", file=sys.stderr)
+        else:
+            print(
+                f"distill: {what}; each is split at sentence or clause ends into parts that fit, "
+                "and their translations joined (--truncate cuts them, --strict refuses them)",
+                file=sys.stderr,
+            )
     started = time.perf_counter()
-    out, _ = translate_texts(model, tok, lines, args.beam, args.batch_size, progress=True)
+    how = "truncate" if args.truncate else "split"
+    out, _ = translate_texts(model, tok, lines, args.beam, args.batch_size, progress=True, long=how)
     sys.stdout.write("".join(line + "\n" for line in out))
     sys.stdout.flush()
     elapsed = time.perf_counter() - started
@@ -254,7 +262,17 @@ def build_parser() -> argparse.ArgumentParser:
     tr = sub.add_parser("translate", help="translate lines with an exported model")
     tr.add_argument("path", help="export directory")
     tr.add_argument("file", nargs="?", help="input file, one sentence per line (default: stdin)")
-    tr.add_argument("--strict", action="store_true", help="refuse sources longer than max_len")
+    long = tr.add_mutually_exclusive_group()  # what to do with a line longer than max_len
+    long.add_argument(
+        "--strict",
+        action="store_true",
+        help="refuse sources longer than max_len (default: split them into parts that fit)",
+    )
+    long.add_argument(
+        "--truncate",
+        action="store_true",
+        help="cut sources longer than max_len to fit, dropping their ends (the old behaviour)",
+    )
     _decoding_options(tr)
     tr.set_defaults(func=cmd_translate)
     return parser

@@ -481,7 +481,7 @@ def scored_pairs(
 
     Default: ``split`` of ``data`` length-filtered at ``max_len`` like the training data;
     ``source`` demo | iwslt2017 scores that corpus instead (``pair``, default data's), a .tsv
-    file every line of it (long sources are truncated when translated). ``max_sentences`` > 0
+    file every line of it (long sources are split into parts when translated). ``max_sentences`` > 0
     keeps that many, evenly spread (``spread``)."""
     if source:
         pair = pair or data.pair
@@ -492,7 +492,7 @@ def scored_pairs(
             kept = spread(pairs, max_sentences)
             subset = f"{len(kept)} pairs evenly spread over the {len(pairs)}"
             which = subset if len(kept) < len(pairs) else f"all {len(pairs)} pairs"
-            return kept, f"{which} of {source} (long sources truncated)"
+            return kept, f"{which} of {source} (long sources split)"
         else:
             raise ConfigError(f"source must be demo, iwslt2017 or a .tsv file, got '{source}'")
     pairs = load_pairs(data, split)

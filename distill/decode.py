@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import torch
 
+from distill.chunks import boundary_ids, split_ids
 from distill.data import sentence_batches, unsort
 from distill.model import BOS_ID, EOS_ID, PAD_ID, Seq2SeqTransformer, reorder_cache
 from distill.progress import progress_bar
@@ -166,6 +167,9 @@ def translate_ids(
     return beam_search(model, src, beam, length_penalty)
 
 
+LONG = ("split", "truncate")  # what translate_texts does with a source over max_len - 1 pieces
+
+
 @torch.no_grad()
 def translate_texts(
     model: Seq2SeqTransformer,
@@ -175,26 +179,41 @@ def translate_texts(
     batch_size: int = 64,
     length_penalty: float = 1.0,
     progress: bool = False,
+    long: str = "split",
 ) -> tuple[list[str], int]:
-    """Translate ``texts`` in length-sorted batches; returns (translations, n_truncated).
+    """Translate ``texts`` in length-sorted batches; returns (translations, n_long): how many
+    sources were longer than ``max_len`` tokens with their EOS.
 
-    A source longer than ``max_len`` tokens (with its EOS) is truncated to fit, and counted.
-    Empty inputs give empty outputs without running the model.
+    ``long="split"``: such a source is cut into parts that fit (``distill.chunks.split_ids``, at
+    the tokenizer's sentence and clause ends), every part of every text is translated in the same
+    batches and a text's translation is the decoded concatenation of its parts' tokens (what
+    ``generate`` of an export returns for it). ``long="truncate"``: its first ``max_len - 1``
+    pieces only (the old behaviour, for comparison). Empty inputs give empty outputs without
+    running the model.
     """
+    if long not in LONG:
+        raise ValueError(f"long must be one of {', '.join(LONG)}, got '{long}'")
     model.eval()
     device = next(model.parameters()).device
     limit = model.cfg.max_len - 1
-    encoded, truncated = [], 0
-    for ids in tok.encode_batch(texts):
+    ends = boundary_ids(tok.pieces()) if long == "split" else ((), ())
+    parts, owner, n_long = [], [], 0  # every part to translate, and the text it belongs to
+    for i, ids in enumerate(tok.encode_batch(texts)):
         if len(ids) > limit:
-            ids, truncated = ids[:limit], truncated + 1
-        encoded.append(ids)
-    kept = [i for i, ids in enumerate(encoded) if ids]
-    batches, order = sentence_batches([encoded[i] + [EOS_ID] for i in kept], batch_size)
+            n_long += 1
+            ids_parts = split_ids(ids, limit, *ends) if long == "split" else [ids[:limit]]
+        else:
+            ids_parts = [ids] if ids else []
+        parts += ids_parts
+        owner += [i] * len(ids_parts)
+    batches, order = sentence_batches([ids + [EOS_ID] for ids in parts], batch_size)
     hyps = []
     for src in progress_bar(batches, desc="translate", unit="batch", show=progress, leave=False):
-        hyps += tok.decode_batch(translate_ids(model, src.to(device), beam, length_penalty))
+        hyps += translate_ids(model, src.to(device), beam, length_penalty)
+    joined: dict[int, list[int]] = {}
+    for i, ids in zip(owner, unsort(hyps, order)):
+        joined[i] = joined.get(i, []) + ids
     out = [""] * len(texts)
-    for i, text in zip(kept, unsort(hyps, order)):
+    for i, text in zip(joined, tok.decode_batch(list(joined.values())) if joined else []):
         out[i] = text
-    return out, truncated
+    return out, n_long

@@ -33,6 +33,7 @@ from distill.checkpoint import (
     read_json,
     save_tensors,
 )
+from distill.chunks import boundary_ids
 from distill.config import load_yaml
 from distill.data import load_pairs, scored_pairs
 from distill.device import stage_device
@@ -155,8 +156,9 @@ def base_model(run_dir: Path) -> str | None:
 
 
 def _whole_split(data, model, tok) -> dict | None:
-    """Scores on every pair of the run's test split, long sources truncated: what translating
-    the split's sources with ``distill translate`` and scoring them with sacreBLEU reproduces."""
+    """Scores on every pair of the run's test split, long sources split into parts: what
+    translating the split's sources with ``distill translate`` and scoring them with sacreBLEU
+    reproduces."""
     try:
         pairs = load_pairs(data, "test")
     except DistillError as err:  # e.g. a corpus that is not on this machine any more
@@ -227,6 +229,7 @@ def export(
         cfg,
         replacements,
         tok.export_info(),
+        boundary_ids(tok.pieces()),
         variant=name,
         stage=stage,
         finetune=tuned["settings"] if tuned is not None else None,
@@ -242,7 +245,7 @@ def export(
     )
     with atomic_dir(out_dir) as tmp:
         save_tensors(tmp / "model.safetensors", model.state_dict())
-        tok.export_files(tmp, cfg.max_len)
+        tok.export_files(tmp)
         atomic_write_json(tmp / "generation_config.json", generation_config(cfg))
         for filename, source in code.items():
             atomic_write_text(tmp / filename, source)

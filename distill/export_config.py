@@ -42,6 +42,10 @@ SPECIAL_IDS = {
     "eos_token_id": EOS_ID,
     "decoder_start_token_id": BOS_ID,
 }
+# The ids of the pieces that end a sentence and a clause (distill.chunks.boundary_ids of the
+# export's tokenizer), where transformers' generate splits a source too long for the model. An
+# export without them (older than these keys) splits every max_len - 1 pieces.
+BOUNDARY_KEYS = ("sentence_end_ids", "clause_end_ids")
 
 
 def check_spec(spec: dict[str, str], cfg: ModelConfig) -> None:
@@ -60,8 +64,15 @@ def check_spec(spec: dict[str, str], cfg: ModelConfig) -> None:
             raise ValueError(f"sites '{a}' and '{b}' overlap: only one of them can be replaced")
 
 
-def make_config(cfg: ModelConfig, replacements: dict[str, dict], tokenizer: dict, **extra) -> dict:
-    """The ``config.json`` of an export (plain JSON, readable by distill and by transformers)."""
+def make_config(
+    cfg: ModelConfig,
+    replacements: dict[str, dict],
+    tokenizer: dict,
+    boundaries: tuple[list[int], list[int]] | None = None,
+    **extra,
+) -> dict:
+    """The ``config.json`` of an export (plain JSON, readable by distill and by transformers);
+    ``boundaries``: (sentence end ids, clause end ids) of its tokenizer (``BOUNDARY_KEYS``)."""
     return {
         "model_type": "distill",
         "architectures": ["DistillForConditionalGeneration"],
@@ -77,6 +88,7 @@ def make_config(cfg: ModelConfig, replacements: dict[str, dict], tokenizer: dict
         "student_kinds": site_kinds({site: r["mode"] for site, r in replacements.items()}),
         "tokenizer": tokenizer,
         **SPECIAL_IDS,
+        **({} if boundaries is None else dict(zip(BOUNDARY_KEYS, map(list, boundaries)))),
         **extra,
     }
 
@@ -123,6 +135,12 @@ def parse_config(config: dict, source: Path | str) -> tuple[ModelConfig, dict[st
         cfg = ModelConfig(**values)
     except ValueError as err:
         raise CheckpointError(f"{source}: {err}") from None
+    for key in BOUNDARY_KEYS:
+        ids = config.get(key)
+        if ids is not None and not (
+            isinstance(ids, list) and all(type(i) is int and 0 <= i < cfg.vocab_size for i in ids)
+        ):
+            raise CheckpointError(f"{source}: '{key}' must be a list of piece ids, got {ids!r}")
     replacements = config["replacements"]
     if not isinstance(replacements, dict):
         raise CheckpointError(f"{source}: 'replacements' must be a mapping site -> spec")

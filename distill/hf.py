@@ -9,16 +9,19 @@ auto_map names the classes here), so
 works without ``distill`` installed (torch, transformers and sentencepiece suffice: this module
 and what it imports may use nothing else, ``remote_code.ALLOWED``). With the export's
 ``generation_config.json``, ``generate`` gives the tokens of ``distill.decode`` (greedy, and beam
-search: both use transformers' default ``early_stopping=False``) for sources that end with EOS and
-are right-padded (positions are absolute, as in training). Decoding is incremental through the
-same per-site cache as ``distill.decode`` (``DecoderCache``: the teacher's K/V and each student's
-own state), which ``generate`` carries from step to step and reorders for beam search;
-``use_cache=False`` re-runs the decoder over the whole prefix at every step and gives the same
-tokens.
+search: both use transformers' default ``early_stopping=False``) for sources that end with EOS.
+``generate`` first takes what the model cannot take as it is: left padding (positions are
+absolute, as in training) is moved to the right, a source longer than ``max_len`` tokens is split
+into parts as ``distill translate`` splits it (``distill.chunks``), and a length limit beyond
+``max_len`` is lowered to it. Decoding is incremental through the same per-site cache as
+``distill.decode`` (``DecoderCache``: the teacher's K/V and each student's own state), which
+``generate`` carries from step to step and reorders for beam search; ``use_cache=False`` re-runs
+the decoder over the whole prefix at every step and gives the same tokens.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import types
 from dataclasses import dataclass
@@ -28,10 +31,23 @@ import torch.nn.functional as F
 from transformers import GenerationMixin, PretrainedConfig, PreTrainedModel
 from transformers.initialization import no_init_weights
 from transformers.modeling_outputs import BaseModelOutput, Seq2SeqLMOutput
+from transformers.utils import logging
 
-from distill.export_config import SPECIAL_IDS, build_model, parse_config
+from distill.chunks import split_ids
+from distill.export_config import BOUNDARY_KEYS, SPECIAL_IDS, build_model, parse_config
 from distill.formats import FORMAT_VERSION, old_key_mapping
-from distill.model import BOS_ID, PAD_ID, ModelConfig, Seq2SeqTransformer, reorder_cache
+from distill.model import BOS_ID, EOS_ID, PAD_ID, ModelConfig, Seq2SeqTransformer, reorder_cache
+
+logger = logging.get_logger(__name__)
+# generate() options whose output has a row (or a step's scores) per generated sequence, and when a
+# value sets them: the parts of a split source are generated as rows of their own, which cannot be
+# joined back into these.
+UNSTITCHABLE = {
+    "return_dict_in_generate": bool,
+    "num_return_sequences": lambda n: (n or 1) > 1,
+    "decoder_input_ids": lambda ids: ids is not None,
+    "streamer": lambda streamer: streamer is not None,
+}
 
 
 def _config_body(ns: dict) -> None:
@@ -43,6 +59,7 @@ def _config_body(ns: dict) -> None:
         is_encoder_decoder=("bool", True),
         use_cache=("bool", True),
         **{key: ("int | None", value) for key, value in SPECIAL_IDS.items()},
+        **{key: ("list | None", None) for key in BOUNDARY_KEYS},  # None: an older export
     )
     ns["__module__"] = __name__
     ns["__doc__"] = "``config.json`` of an export as a transformers config (see ``ModelConfig``)."
@@ -152,6 +169,96 @@ class DistillForConditionalGeneration(PreTrainedModel, GenerationMixin):
         inputs["cache"] = cache
         return inputs
 
+    def generate(self, inputs: torch.Tensor | None = None, generation_config=None, **kwargs):
+        """transformers' ``generate``, after what distill's model cannot take as it is:
+
+        - padding before a row's tokens (zeros before ones in ``attention_mask``, or PAD ids) is
+          moved after them: positions are absolute, a left-padded row would encode shifted;
+        - a row longer than ``max_len`` tokens (tokenized without a cut) is split into parts as
+          ``distill translate`` splits it (``distill.chunks.split_ids`` at the config's
+          ``sentence_end_ids`` and ``clause_end_ids``; every ``max_len - 1`` pieces for an export
+          without them), each part ending with EOS. Every part of every row is generated in one
+          batch; a row's output is the decoder start, its parts' tokens joined, and EOS if its
+          last part ended with one, right-padded with PAD. Options that return a row per
+          generated sequence (``UNSTITCHABLE``) cannot be joined so: a ValueError;
+        - ``max_new_tokens`` (``max_length``) beyond the ``max_len`` tokens the decoder can hold
+          (plus the decoder start) is lowered to it, with a warning once.
+        """
+        generation_config = self._clamp_length(generation_config, kwargs)
+        ids = inputs if inputs is not None else kwargs.pop("input_ids", None)
+        if ids is None or ids.dim() != 2 or kwargs.get("encoder_outputs") is not None:
+            return super().generate(ids, generation_config, **kwargs)
+        keep = ids != PAD_ID  # (B, S): what the encoder reads (distill masks by PAD)
+        if kwargs.get("attention_mask") is not None:
+            keep &= kwargs["attention_mask"].bool()
+        right = torch.arange(ids.size(1), device=ids.device) < keep.sum(dim=1, keepdim=True)
+        if bool((keep == right).all()) and ids.size(1) <= self.config.max_len:
+            return super().generate(ids, generation_config, **kwargs)  # as it always was
+        rows = [[t for t, k in zip(row, ks) if k] for row, ks in zip(ids.tolist(), keep.tolist())]
+        if max(map(len, rows), default=0) <= self.config.max_len:  # left-padded, or too wide
+            parts, owner = rows, None
+        else:
+            self._check_joinable(generation_config, kwargs)
+            split = self._parts(rows)
+            parts = [part for row_parts in split for part in row_parts]
+            owner = [i for i, row_parts in enumerate(split) for _ in row_parts]
+        width = max(map(len, parts), default=0)
+        batch = torch.tensor([part + [PAD_ID] * (width - len(part)) for part in parts])
+        kwargs["attention_mask"] = (batch != PAD_ID).long().to(ids.device)
+        out = super().generate(batch.to(ids.device), generation_config, **kwargs)  # (parts, T)
+        return out if owner is None else _join(out.tolist(), owner, len(rows)).to(ids.device)
+
+    def _check_joinable(self, generation_config, kwargs: dict) -> None:
+        """ValueError naming the first option set (in ``kwargs`` or the config) whose output has
+        a row per generated sequence (``UNSTITCHABLE``): split rows could not be joined into it."""
+        config = generation_config if generation_config is not None else self.generation_config
+        for key, is_set in UNSTITCHABLE.items():
+            if is_set(kwargs.get(key, getattr(config, key, None))):
+                raise ValueError(
+                    f"generate: a source longer than max_len {self.config.max_len} tokens is "
+                    f"split into parts whose outputs are joined, which {key} cannot be; pass "
+                    f"shorter sources (tokenize with truncation=True, "
+                    f"max_length={self.config.max_len})"
+                )
+
+    def _parts(self, rows: list[list[int]]) -> list[list[list[int]]]:
+        """Each row as the sources its parts are: itself if it fits, else ``split_ids`` of its
+        pieces (without its EOS) with EOS after each part."""
+        limit = self.config.max_len - 1
+        ends = [getattr(self.config, key, None) or () for key in BOUNDARY_KEYS]
+        out = []
+        for row in rows:
+            if len(row) <= self.config.max_len:
+                out.append([row])
+                continue
+            body = row[:-1] if row[-1] == EOS_ID else row
+            out.append([part + [EOS_ID] for part in split_ids(body, limit, *ends)])
+        return out
+
+    def _clamp_length(self, generation_config, kwargs: dict):
+        """``generation_config`` (a copy if changed), after lowering its or ``kwargs``'
+        ``max_new_tokens`` (without one, ``max_length``: it counts the decoder start) to what the
+        decoder's ``max_len`` positions can hold: past them decoding would fail half way."""
+        config = generation_config if generation_config is not None else self.generation_config
+        most = self.config.max_len
+        if kwargs.get("max_new_tokens", config.max_new_tokens) is not None:
+            key, allowed = "max_new_tokens", most
+        else:
+            key, allowed = "max_length", most + 1
+        value = kwargs.get(key, getattr(config, key))
+        if value is None or value <= allowed:
+            return generation_config
+        logger.warning_once(
+            f"generate: {key}={value} is more than this model decodes (max_len {most} tokens); "
+            f"using {key}={allowed}"
+        )
+        if key in kwargs or generation_config is None:
+            kwargs[key] = allowed
+        else:  # a config and keywords together are deprecated in transformers: change the config
+            generation_config = copy.deepcopy(generation_config)
+            setattr(generation_config, key, allowed)
+        return generation_config
+
     def forward(
         self,
         input_ids: torch.Tensor | None = None,
@@ -204,6 +311,24 @@ class DistillForConditionalGeneration(PreTrainedModel, GenerationMixin):
         return Seq2SeqLMOutput(
             loss=loss, logits=logits, cache=cache, encoder_last_hidden_state=memory
         )
+
+
+def _join(sequences: list[list[int]], owner: list[int], n_rows: int) -> torch.Tensor:
+    """(n_rows, T) generate output of split sources from that of their parts (``sequences``,
+    part k of row ``owner[k]``, in order): the first part's decoder start, every part's tokens up
+    to its EOS (or PAD), EOS if the row's last part ended with one; right-padded with PAD."""
+    rows: list[list[int]] = [[] for _ in range(n_rows)]
+    ended = [False] * n_rows
+    for i, seq in zip(owner, sequences):
+        if not rows[i]:
+            rows[i].append(seq[0])
+        tokens = seq[1:]
+        stop = next((k for k, t in enumerate(tokens) if t in (EOS_ID, PAD_ID)), len(tokens))
+        rows[i] += tokens[:stop]
+        ended[i] = stop < len(tokens) and tokens[stop] == EOS_ID
+    rows = [row + [EOS_ID] * end for row, end in zip(rows, ended)]
+    width = max(map(len, rows))
+    return torch.tensor([row + [PAD_ID] * (width - len(row)) for row in rows])
 
 
 __all__ = ["DistillConfig", "DistillForConditionalGeneration"]

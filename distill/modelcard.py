@@ -8,6 +8,7 @@ from distill.model import FAMILIES, format_count
 from distill.modes import GATED_PAIRS, MODES
 from distill.runs import trained_text
 from distill.students import StudentSpec
+from distill.tokenizer import EXPORT_MAX_PIECES
 
 CARD = """---
 {front_matter}
@@ -67,9 +68,11 @@ batch = tok(["{sample}"], return_tensors="pt", padding=True, truncation=True)
 print(tok.batch_decode(model.generate(**batch, num_beams=1), skip_special_tokens=True))
 ```
 
-{tokenizer_text}: it appends EOS, right-pads, and with `truncation=True` keeps a source's first
-{max_src} pieces, as `distill translate` does; `generate` (greedy, or `num_beams=k`) then returns
-distill's tokens. `trust_remote_code=True` runs the modelling code in this folder
+{tokenizer_text}: it appends EOS, right-pads, and with `truncation=True` cuts only a source over
+{export_max} pieces. `generate` (greedy, or `num_beams=k`) returns the tokens `distill translate`
+writes: a source over {max_src} pieces is split into parts as there (see Limits), all parts are
+generated in one batch and each source's row joins its parts' tokens; a left-padded batch is
+re-padded to the right first. `trust_remote_code=True` runs the modelling code in this folder
 (`distill_hf.py` and the `distill_*.py` files it imports: distill's own modules, written when the
 model was exported), which needs torch, transformers and sentencepiece, not distill. AutoTokenizer
 reads `config.json` too, whose architecture is distill's: without the flag it asks whether to run
@@ -79,15 +82,21 @@ token).
 
 ## Limits
 
-Sources longer than {max_src} tokens plus EOS are truncated (`distill translate --strict` refuses
-them); translations stop at {max_len} tokens. Decoding is incremental at every site: the
-teacher's attention caches keys and values, each decoder student its own state (the cross
-student its memory term once per sentence), in `distill translate` and in `generate` alike.
+A source longer than {max_src} tokens plus EOS is split after sentence ends (`.`, `!`, `?`, ...),
+within a sentence still too long after clause ends (`,`, `;`, `:`, ...), else every {max_src}
+pieces; neighbouring segments are packed into parts as long as fit, each part is translated without
+the others as context and the translations are joined (`distill translate --strict` refuses such
+lines, `--truncate` cuts them). Each part's translation stops at {max_len} tokens (`generate`
+lowers a larger `max_new_tokens` or `max_length` to that, with a warning).
+
+Decoding is incremental at every site: the teacher's attention caches keys and values, each
+decoder student its own state (the cross student its memory term once per sentence), in
+`distill translate` and in `generate` alike.
 """
 
 
 WHOLE_ROW = (
-    "| all {n} pairs of the test split ({truncated} long sources truncated) | {bleu:.2f} "
+    "| all {n} pairs of the test split ({split} long sources split) | {bleu:.2f} "
     "| {chrf:.2f} | {speed:.1f} | greedy |\n"
 )
 
@@ -295,7 +304,7 @@ def model_card(config: dict, row: dict, note: str, name: str, whole: dict | None
         if whole is None
         else WHOLE_ROW.format(
             n=whole["n"],
-            truncated=whole["truncated_sources"],
+            split=whole["split_sources"],
             bleu=whole["bleu"],
             chrf=whole["chrf"],
             speed=whole["sentences_per_s"],
@@ -310,6 +319,7 @@ def model_card(config: dict, row: dict, note: str, name: str, whole: dict | None
         eos=config["eos_token_id"],
         pad=config["pad_token_id"],
         max_src=config["max_len"] - 1,
+        export_max=EXPORT_MAX_PIECES,
         architecture=FAMILIES[config["family"]].card.format(norm=config["norm"])
         + BLOCK_TEXT.get(config["block"], ""),
         tokenizer_text=TOKENIZER_TEXT[config["tokenizer"]["type"]],

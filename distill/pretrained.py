@@ -45,25 +45,40 @@ class TranslationModel(Seq2SeqTransformer):
     tokenizer = None  # set by ``from_pretrained``
 
     def too_long(self, texts: list[str]) -> list[int]:
-        """Indices of ``texts`` longer than ``max_len`` tokens with their EOS (truncated if run)."""
+        """Indices of ``texts`` longer than ``max_len`` tokens with their EOS (split if run)."""
         limit = self.cfg.max_len - 1
         return [i for i, ids in enumerate(self.tokenizer.encode_batch(texts)) if len(ids) > limit]
 
     def translate(
-        self, texts: list[str], beam: int = 1, batch_size: int = 64, progress: bool = False
+        self,
+        texts: list[str],
+        beam: int = 1,
+        batch_size: int = 64,
+        progress: bool = False,
+        long: str = "split",
     ) -> list[str]:
-        """One translation per text (empty in, empty out); long sources are truncated, logged."""
+        """One translation per text (empty in, empty out). A source longer than the model can
+        encode is split into parts that are translated and joined (``long="truncate"``: cut, the
+        old behaviour; ``distill.decode.translate_texts``); how many is logged."""
         from distill.decode import translate_texts
 
-        out, truncated = translate_texts(
-            self, self.tokenizer, texts, beam=beam, batch_size=batch_size, progress=progress
+        out, n_long = translate_texts(
+            self,
+            self.tokenizer,
+            texts,
+            beam=beam,
+            batch_size=batch_size,
+            progress=progress,
+            long=long,
         )
-        if truncated:
-            log.warning(
-                "%d of %d sources exceed max_len %d tokens and were truncated",
-                truncated,
+        if n_long:  # a split drops nothing; a cut does
+            log.log(
+                logging.INFO if long == "split" else logging.WARNING,
+                "%d of %d sources exceed max_len %d tokens with EOS: %s",
+                n_long,
                 len(texts),
                 self.cfg.max_len,
+                "split into parts, translated and joined" if long == "split" else "truncated",
             )
         return out
 

@@ -10,6 +10,7 @@ the module constants without a tokenizer at hand; loading one with other ids is 
 from __future__ import annotations
 
 import io
+import json
 import logging
 import os
 import random
@@ -34,6 +35,10 @@ BYTE_FALLBACK_MIN_VOCAB = 1024
 # unigram on 2 cores.
 MAX_TRAIN_SENTENCES = 200_000
 SAMPLE_SEED = 0
+# An export's transformers tokenizer cuts a source only beyond this many pieces, with
+# ``truncation=True``: the model splits a longer source than it can encode into parts itself
+# (``distill.hf``), so cutting at ``max_len`` would drop text the model can translate.
+EXPORT_MAX_PIECES = 4096
 
 
 class Tokenizer:
@@ -115,6 +120,10 @@ class Tokenizer:
         )
         return tok
 
+    def pieces(self) -> list[str]:
+        """The piece strings by id (what ``distill.chunks.boundary_ids`` reads)."""
+        return [self._sp.id_to_piece(i) for i in range(self.vocab_size)]
+
     def encode(self, text: str) -> list[int]:
         """Piece ids of ``text``, without BOS/EOS."""
         return self._sp.encode(text)
@@ -139,11 +148,11 @@ class Tokenizer:
         """An export's ``tokenizer`` entry in config.json: its type, its file, its size."""
         return {"file": "spm.model", "type": "sentencepiece", "vocab_size": self.vocab_size}
 
-    def export_files(self, out: Path, max_len: int) -> None:
+    def export_files(self, out: Path) -> None:
         """Write it into the export directory ``out``: spm.model, and the transformers tokenizer
         of it for ``AutoTokenizer`` (``hf_tokenizer``)."""
         shutil.copyfile(self.path, Path(out) / "spm.model")
-        hf_tokenizer(self.path, max_len).save_pretrained(out)
+        hf_tokenizer(self.path, EXPORT_MAX_PIECES).save_pretrained(out)
 
     def __repr__(self) -> str:
         return f"Tokenizer({str(self.path)!r}, vocab_size={self.vocab_size})"
@@ -161,13 +170,13 @@ def _strip_specials(ids: Sequence[int]) -> list[int]:
     return out
 
 
-def hf_tokenizer(model_path: str | Path, max_len: int):
+def hf_tokenizer(model_path: str | Path, max_length: int):
     """The transformers tokenizer of a SentencePiece model: a fast tokenizer that transformers'
     own SentencePiece conversion builds (``SpmConverter.build_tokenizer_from_spm_proto``: the
     model's normalizer, dummy prefix, merges and byte fallback), plus EOS appended to every
     sequence. It gives the ids ``Tokenizer.encode`` + EOS gives and decodes them back to the same
-    text; with ``truncation=True`` a source keeps its first ``max_len - 1`` pieces and its EOS,
-    as ``distill translate`` does."""
+    text; with ``truncation=True`` a source keeps its first ``max_length - 1`` pieces and its
+    EOS."""
     from tokenizers import processors
     from transformers import PreTrainedTokenizerFast
     from transformers.convert_slow_tokenizer import SpmConverter, import_protobuf
@@ -188,7 +197,7 @@ def hf_tokenizer(model_path: str | Path, max_len: int):
         unk_token=proto.pieces[UNK_ID].piece,
         bos_token=proto.pieces[BOS_ID].piece,
         eos_token=eos,
-        model_max_length=max_len,
+        model_max_length=max_length,
         padding_side="right",
         truncation_side="right",
     )
@@ -244,6 +253,11 @@ class MarianVocab:
             "input_ids"
         ]
 
+    def pieces(self) -> list[str]:
+        """The piece strings by id (vocab.json: both sides share the ids)."""
+        by_id = {i: piece for piece, i in self.hf.encoder.items()}
+        return [by_id.get(i, "") for i in range(self.vocab_size)]
+
     def encode(self, text: str) -> list[int]:
         return self.encode_batch([text])[0]
 
@@ -262,11 +276,16 @@ class MarianVocab:
         """An export's ``tokenizer`` entry in config.json: its type, its file, its size."""
         return {"file": "vocab.json", "type": "marian", "vocab_size": self.vocab_size}
 
-    def export_files(self, out: Path, max_len: int) -> None:
-        """Copy its files into the export directory ``out``: ``AutoTokenizer`` loads the
-        renumbered MarianTokenizer as it is (its length limit was set when it was written)."""
+    def export_files(self, out: Path) -> None:
+        """Copy its files into the export directory ``out``, where ``AutoTokenizer`` loads the
+        renumbered MarianTokenizer; its length limit (``max_len`` in the teacher's run dir)
+        becomes ``EXPORT_MAX_PIECES``, as ``Tokenizer``'s export has."""
         for file in sorted(p.name for p in self.path.iterdir() if p.is_file()):
             shutil.copyfile(self.path / file, Path(out) / file)
+        config = Path(out) / "tokenizer_config.json"
+        settings = json.loads(config.read_text(encoding="utf-8"))
+        settings["model_max_length"] = EXPORT_MAX_PIECES
+        config.write_text(json.dumps(settings, indent=2, ensure_ascii=False), encoding="utf-8")
 
     def __repr__(self) -> str:
         return f"MarianVocab({str(self.path)!r}, vocab_size={self.vocab_size})"

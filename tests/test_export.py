@@ -257,8 +257,9 @@ def test_transformers_generate_equals_distill_greedy_and_beam(exports, hf_models
         assert [strip_ids(r[1:]) for r in short.tolist()] == greedy(model, src, max_len=3)
 
 
-HUB_TEXTS = [  # a long one (truncated to max_len 8 like distill translate) and two short ones
-    "Der Hund sieht den Ball und die Katze mag ein Buch heute oft.",
+HUB_TEXTS = [  # three too long for max_len 8 (split as distill translate splits them), one short
+    "Der Hund sieht den Ball und die Katze mag ein Buch heute oft.",  # no end inside: cut hard
+    "Die Katze! Ja. Der Hund sieht den Ball.",  # cut after the sentence ends
     "Die Katze mag nie den Ball.",
     "Hallo",
 ]
@@ -271,8 +272,9 @@ def test_the_hub_three_line_usage_gives_exactly_distill_translate(exports, hf_mo
     tok = AutoTokenizer.from_pretrained(str(exports[variant]), trust_remote_code=True)
     model, ours = distill.from_pretrained(exports[variant])
     batch = tok(HUB_TEXTS, return_tensors="pt", padding=True, truncation=True)
-    ids = [x[: model.cfg.max_len - 1] + [EOS_ID] for x in ours.encode_batch(HUB_TEXTS)]
+    ids = [x + [EOS_ID] for x in ours.encode_batch(HUB_TEXTS)]  # truncation=True cuts nothing
     width = max(map(len, ids))
+    assert width > model.cfg.max_len and len(model.too_long(HUB_TEXTS)) == 3
     assert batch["input_ids"].tolist() == [x + [PAD_ID] * (width - len(x)) for x in ids]
     assert batch["attention_mask"].tolist() == [[1] * len(x) + [0] * (width - len(x)) for x in ids]
     for beam in (1, 4):
@@ -394,7 +396,7 @@ def test_cli_export_with_a_spec_scores_it_and_evaluate_reads_export_dirs(run_dir
     assert config["variant"] == "custom" and set(config["replacements"]) == set(parse_spec(spec))
     card = (out / "README.md").read_text()
     assert "tsv test split: 3 of 4 pairs" in card  # no results row: scored now
-    assert "all 4 pairs of the test split (1 long sources truncated)" in card
+    assert "all 4 pairs of the test split (1 long sources split)" in card
     capsys.readouterr()
     assert main(["-q", "evaluate", str(out), "--source", "demo", "--max-sentences", "3"]) == 0
     table = capsys.readouterr().out

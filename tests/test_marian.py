@@ -25,7 +25,7 @@ from distill.marian_train import opus_mt_config, save_opus_mt_tokenizer
 from distill.model import BOS_ID, PAD_ID, ModelConfig, list_sites, site_path
 from distill.record import capture
 from distill.students import splice
-from distill.tokenizer import MarianVocab, load_tokenizer
+from distill.tokenizer import EXPORT_MAX_PIECES, MarianVocab, load_tokenizer, marian_tokenizer
 from tests.conftest import make_tiny_pairs
 from tests.helpers import PassThrough
 
@@ -161,12 +161,15 @@ def test_the_renumbered_tokenizer_segments_like_the_users_marian_tokenizer(impor
 
 def test_the_renumbered_tokenizer_writes_itself_into_an_export(imported, tmp_path):
     tok = imported[3]
-    tok.export_files(tmp_path, max_len=MAX_LEN)
+    tok.export_files(tmp_path)
     info = tok.export_info()
     assert info == {"file": "vocab.json", "type": "marian", "vocab_size": tok.vocab_size}
     again = load_tokenizer(tmp_path)
     texts = [s for s, _ in make_tiny_pairs(4, seed=7)]
     assert isinstance(again, MarianVocab) and again.encode_batch(texts) == tok.encode_batch(texts)
+    # transformers' copy cuts only beyond EXPORT_MAX_PIECES: the model splits what it cannot take
+    assert tok.hf.model_max_length == MAX_LEN
+    assert marian_tokenizer(tmp_path).model_max_length == EXPORT_MAX_PIECES
 
 
 @pytest.fixture(scope="module")

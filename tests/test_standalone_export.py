@@ -16,7 +16,8 @@ from distill.export import export
 from tests.test_export import write_run
 
 REPO = Path(__file__).resolve().parent.parent
-LINES = ["Die Katze!", "Hallo", "Ja.", "Der Hund."]  # each fits max_len 8
+# The first four fit max_len 8, the last two are split into parts (distill_chunks.py).
+LINES = ["Die Katze!", "Hallo", "Ja.", "Der Hund.", "Ja. Die Katze!", "Der Hund sieht den Ball."]
 
 # A Hub user's Python: no distill, no distill_recipes, no distill_eval, however it is installed.
 PRELUDE = """
@@ -57,13 +58,14 @@ def test_transformers_loads_and_generates_an_export_without_distill(exports, tmp
     expected = {}
     for variant, path in exports.items():
         model, _ = distill.from_pretrained(path)
-        assert not model.too_long(LINES)  # the three lines do not truncate
+        assert model.too_long(LINES) == [4, 5]
         expected[variant] = model.translate(LINES)  # what `distill translate` writes
         assert any(expected[variant]), variant
     elsewhere = {v: shutil.copytree(path, tmp_path / "hub" / v) for v, path in exports.items()}
     for path in elsewhere.values():
         code = sorted(p.name for p in path.glob("*.py"))
         assert "distill_hf.py" in code and all(name.startswith("distill_") for name in code)
+        assert "distill_chunks.py" in code
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     env.update(HF_MODULES_CACHE=str(tmp_path / "modules"), HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
     argv = [sys.executable, "-c", PRELUDE + HUB_USAGE, str(REPO), json.dumps(LINES)]

@@ -83,7 +83,7 @@ def test_load_tokenizer_finds_it_and_it_writes_itself_into_an_export(tiny_tokeni
     shutil.copyfile(tiny_tokenizer.path, teacher / "spm.model")
     tok = load_tokenizer(teacher)
     assert isinstance(tok, Tokenizer) and tok.vocab_size == tiny_tokenizer.vocab_size
-    tok.export_files(out, max_len=8)
+    tok.export_files(out)
     info = tok.export_info()
     assert info == {"file": "spm.model", "type": "sentencepiece", "vocab_size": tok.vocab_size}
     text = "Der Hund sieht den Ball."
