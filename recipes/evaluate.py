@@ -16,8 +16,9 @@ the finetune stage trained (``trainable``).
 ``splits=[valid,test]`` scores the validation split too (where settings are chosen; the demo
 does, and ``distill export`` picks its default variant from it): RUN_DIR/eval/results-valid.*
 beside results.*. A split is length-filtered like the training data (the count is in the
-table's notes); ``--source FILE`` scores every line: a source too long for the model is translated in parts,
-split at sentence or clause ends (``distill.decode.translate_texts``), never truncated.
+table's notes); ``--source FILE`` scores every line: a source too long for the model is
+translated in parts, split at sentence or clause ends (``distill.decode.translate_texts``), never
+truncated.
 """
 
 from __future__ import annotations
