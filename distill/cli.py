@@ -173,7 +173,7 @@ def cmd_translate(args) -> int:
     sys.stdout.write("".join(line + "\n" for line in out))
     sys.stdout.flush()
     elapsed = time.perf_counter() - started
-    print(f"distill: translated {len(lines)} lines in {elapsed:.1f}s", file=sys.stderr)
+    print(f"distill: translated {len(lines)} lines in {elapsed:.2f}s", file=sys.stderr)
     return 0
 
 

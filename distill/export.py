@@ -13,7 +13,8 @@ modules, written at export time). config.json
 and the card say whether the model is attentionless, which kind of student holds each replaced
 site (mixing or gated pairs) and which sites keep the teacher's attention (a hybrid's kept sites,
 or the sites no student replaced). The card's model-index calls the whole test split, scored here
-with long sources truncated, ``test``, and the run's length-filtered score by its own name.
+with long sources split as ``distill translate`` does, ``test``, and the run's length-filtered
+score by its own name.
 Everything is written into a temporary sibling that is renamed into place: an interrupted export
 leaves no OUT.
 """

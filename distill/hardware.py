@@ -8,8 +8,10 @@ them, so the slow case measured that way takes the slow case's path too.
 
 from __future__ import annotations
 
+import datetime
 import os
 import platform
+import subprocess
 from functools import lru_cache
 
 FEATURES = ("avx2", "avx512f", "avx512_bf16", "amx_bf16")
@@ -56,3 +58,25 @@ def describe_cpu() -> str:
     if info["onednn_max_isa"]:
         line += f", ONEDNN_MAX_CPU_ISA={info['onednn_max_isa']}"
     return line + ")"
+
+
+def provenance(command: list[str]) -> dict:
+    """Where and when a measurement was taken, for a results file: CPU, date, the commit of the
+    checkout it ran in (``+changes`` when tracked files differed from it), the command."""
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False
+    ).stdout.strip()
+    dirty = subprocess.run(
+        ["git", "status", "--porcelain", "--untracked-files=no"],
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout.strip()
+    return {
+        "cpu": describe_cpu(),
+        "cpu_info": cpu_info(),
+        "threads": os.cpu_count(),
+        "date": datetime.date.today().isoformat(),
+        "commit": commit + ("+changes" if dirty else ""),
+        "command": " ".join(command),
+    }

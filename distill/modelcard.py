@@ -130,7 +130,7 @@ def front_matter(config: dict, row: dict, name: str, whole: dict | None = None) 
     """The card's YAML metadata (language, licence, library, base model (an imported teacher's Hub
     id), tags, datasets, metrics and a model-index with BLEU and chrF), written by huggingface_hub's
     ``ModelCardData``. The model-index's ``test`` is ``whole`` (every pair of the split, long
-    sources truncated as ``distill translate`` does) when it was scored; ``row`` (the
+    sources split as ``distill translate`` does) when it was scored; ``row`` (the
     length-filtered pairs) is published under its own split name, ``filtered_split``."""
     from huggingface_hub import EvalResult, ModelCardData
 

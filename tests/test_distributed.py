@@ -93,6 +93,7 @@ def test_the_tiny_pipeline_runs_under_two_processes(tmp_path):
     run, modes = tmp_path / "run", "modes=[alr,dec_self,cross]"
     argv = ["-m", "distill.cli", "run", "pipeline", "--config", "tiny", f"run_dir={run}"]
     argv += ["teacher.train.epochs=1", f"record.{modes}", f"students.{modes}"]
+    argv += ["finetune.variants=[attentionless]"]
     done = launch([*argv, "evaluate.variants=[teacher,attentionless]"], tmp_path)
     assert "process 0 of 2" in done.stderr and "process 1 of 2" in done.stderr
     records = [json.loads(x) for x in (run / "teacher" / "metrics.jsonl").open()]

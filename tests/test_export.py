@@ -303,10 +303,10 @@ def test_the_model_card_is_hub_metadata_and_its_usage_snippet_runs(exports, hf_m
     assert results["bleu", filtered].metric_value == scored["bleu"]
     assert results["bleu", filtered].metric_config == scored["bleu_signature"]  # sacreBLEU's
     assert results["bleu", filtered].dataset_name == "tsv de-en (length-filtered)"
-    # `test` is every pair of the split, the long source truncated as `distill translate` does
+    # `test` is every pair of the split, the long source split as `distill translate` does
     model, tok = distill.from_pretrained(path)
     whole, _ = evaluate_model(model, tok, TEST_PAIRS)
-    assert whole["truncated_sources"] == 1
+    assert whole["split_sources"] == 1
     for metric in ("bleu", "chrf"):
         assert results[metric, "test"].metric_value == whole[metric]
     assert results["bleu", "test"].metric_config == whole["bleu_signature"]
