@@ -124,14 +124,15 @@ def compare(a: dict, b: dict, what: str, failed: list[str]) -> float:
     return gap
 
 
-def tiny(work: Path, device: str, failed: list[str]) -> dict:
-    """(a): the tiny pipeline on ``device`` and on the CPU, the export, the cross-device eval;
-    a check that does not hold goes to ``failed`` (b still runs and measures)."""
+def tiny(work: Path, device: str, failed: list[str], overrides: list[str] = ()) -> dict:
+    """(a): the tiny pipeline (with the pipeline ``overrides``) on ``device`` and on the CPU, the
+    export, the cross-device eval; a check that does not hold goes to ``failed`` (b still runs
+    and measures)."""
     runs, seconds = {}, {}
     for where in dict.fromkeys((device, "cpu")):
         use(where)
         runs[where] = work / f"tiny-{where}"
-        seconds[where] = run_stage("pipeline", "tiny", runs[where], [])["seconds"]
+        seconds[where] = run_stage("pipeline", "tiny", runs[where], list(overrides))["seconds"]
     found = {
         "seconds": seconds,
         "bleu_gap_vs_cpu": compare(table(runs[device]), table(runs["cpu"]), "tiny", failed),
@@ -212,6 +213,12 @@ def main() -> None:
     parser.add_argument("--out", required=True, help="work dir; gpu_check.json is written here")
     parser.add_argument("--cpu", action="store_true", help="(a) only, the CPU as the device")
     parser.add_argument("--steps-scale", type=float, default=1.0, help="scales (b)'s steps")
+    parser.add_argument(
+        "--tiny",
+        nargs="*",
+        default=[],
+        help="overrides of (a)'s tiny pipeline (the test suite runs fewer modes on the CPU)",
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     progress.QUIET = True
@@ -226,7 +233,7 @@ def main() -> None:
         "device": "cpu" if args.cpu else torch.cuda.get_device_name(),
         "torch": torch.__version__,
         "cuda": torch.version.cuda,
-        "tiny": tiny(out, device, failed),
+        "tiny": tiny(out, device, failed, args.tiny),
     }
     print(f"(a) tiny, {found['device']}: {json.dumps(found['tiny'])}", flush=True)
     if not args.cpu:
