@@ -24,6 +24,7 @@ truncated.
 from __future__ import annotations
 
 import logging
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
@@ -35,6 +36,7 @@ from distill.checkpoint import atomic_write_json, atomic_write_text, read_json
 from distill.data import DataConfig, scored_pairs
 from distill.device import resolve_device
 from distill.errors import ConfigError
+from distill.hardware import provenance
 from distill.model import teacher_attention
 from distill.modes import VARIANTS, kinds_label, resolve_variant, resolve_variants, site_kinds
 from distill.runs import (
@@ -193,6 +195,7 @@ def main(cfg: Config) -> Path:
     out = Path(cfg.run_dir) / "eval"
     for split in cfg.splits:
         results = evaluate_run(cfg, split)
+        results["provenance"] = provenance(["distill", *sys.argv[1:]])  # CPU, date, commit
         out.mkdir(parents=True, exist_ok=True)
         stem = "results" if split == "test" else f"results-{split}"
         atomic_write_json(out / f"{stem}.json", results)
