@@ -23,9 +23,11 @@ setup: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/distill run pipeline --config demo
 
+# The suite in one worker per core (at most 4), each on one thread (tests/conftest.py): 2 cores
+# run it in ~80 s instead of ~130 s in one process.
 test: $(STAMP)
 	$(BIN)/ruff check .
-	$(BIN)/pytest
+	$(BIN)/pytest -n auto --maxprocesses 4
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

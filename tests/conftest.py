@@ -12,6 +12,14 @@ from distill.data import Tokenizer
 # Every stage runs on accelerate's device, a GPU where torch sees one; the suite's equivalences
 # are CPU results (tests/test_device.py checks the device placement with a pretend one).
 os.environ.setdefault("ACCELERATE_USE_CPU", "1")
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # One worker per core (`make test`): one thread each, in this process and in the processes
+    # its tests start (a test that compares its own run with a subprocess's needs the same
+    # count). Two workers of two threads each on two cores run the suite 4x slower, not faster.
+    import torch
+
+    os.environ["OMP_NUM_THREADS"] = "1"
+    torch.set_num_threads(1)
 
 # (German, English) lexicon of a toy grammar: enough variety for a tokenizer, no downloads.
 _SUBJECTS = [

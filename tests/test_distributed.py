@@ -103,9 +103,14 @@ def test_the_tiny_pipeline_runs_under_two_processes(tmp_path):
     model, tok = load_teacher(run)
     assert tok.vocab_size == model.cfg.vocab_size
 
-    alone = tmp_path / "alone"  # the same teacher recorded by this one process
-    shutil.copytree(run / "teacher", alone / "teacher")
-    assert main(["-q", "run", "record", "--config", "tiny", f"run_dir={alone}", modes]) == 0
+    alone = tmp_path / "alone"  # the same teacher recorded by this one process, on one thread
+    shutil.copytree(run / "teacher", alone / "teacher")  # as each launched process (launch())
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        assert main(["-q", "run", "record", "--config", "tiny", f"run_dir={alone}", modes]) == 0
+    finally:
+        torch.set_num_threads(threads)
     for split in ("train", "valid"):
         both, one = (
             json.loads((r / "record" / split / "manifest.json").read_text()) for r in (run, alone)
