@@ -102,7 +102,11 @@ def headline(data: dict) -> str:
             f"| {_ratio(s and s['decode_speed_vs_teacher'])} "
             f"| {_ratio(s and s['batch1_speed_vs_teacher'])} |"
         )
-    return "\n".join([*lines, "", _source(data, "test", "valid", "speed")]) + "\n"
+    runs = (
+        f"Speed: {speed['rounds']} rounds over all {speed['sentences']} test sources; batch 1 on "
+        f"{speed['batch1_sentences']} of them."
+    )
+    return "\n".join([*lines, "", runs, _source(data, "test", "valid", "speed")]) + "\n"
 
 
 def whole_split(data: dict) -> str:
