@@ -38,6 +38,11 @@ def _key(row: dict) -> tuple[str, str]:
     return row["variant"], row.get("stage", "")
 
 
+def _cell(row: dict, key: str, spec: str) -> str:
+    """``row[key]`` formatted, or a dash where the row (e.g. a validation row) is missing."""
+    return format(row[key], spec) if row.get(key) is not None else "—"
+
+
 def _ratio(r: dict | None) -> str:
     return "" if not r else f"{r['median']:.2f} ({r['min']:.2f}–{r['max']:.2f})"
 
@@ -97,7 +102,7 @@ def headline(data: dict) -> str:
         lines.append(
             f"| {row['variant']} | {row.get('kinds', '')} | {row.get('stage', '')} "
             f"| {row['bleu']:.2f} | {row['bleu_ratio']:.3f} "
-            f"| {v.get('bleu', float('nan')):.2f} | {v.get('bleu_ratio') or 0:.3f} | {params} "
+            f"| {_cell(v, 'bleu', '.2f')} | {_cell(v, 'bleu_ratio', '.3f')} | {params} "
             f"| {_ratio(s and s['speed_vs_teacher']) or 'not measured'} "
             f"| {_ratio(s and s['decode_speed_vs_teacher'])} "
             f"| {_ratio(s and s['batch1_speed_vs_teacher'])} |"
@@ -170,8 +175,8 @@ def all_rows(data: dict) -> str:
         lines.append(
             f"| {row['variant']} | {_replaced(row)} | {row.get('kinds', '')} "
             f"| {row.get('stage', '')} | {row.get('students', '')} | {row['bleu']:.2f} "
-            f"| {row['bleu_ratio']:.3f} | {row['chrf']:.2f} | {v.get('bleu', float('nan')):.2f} "
-            f"| {v.get('bleu_ratio') or 0:.3f} | {format_count(row['params_student'])} "
+            f"| {row['bleu_ratio']:.3f} | {row['chrf']:.2f} | {_cell(v, 'bleu', '.2f')} "
+            f"| {_cell(v, 'bleu_ratio', '.3f')} | {format_count(row['params_student'])} "
             f"| {format_count(row['params_replaced'])} |"
         )
     notes = [f"Test: {data['test']['note']}.", f"Validation: {data['valid']['note']}."]
