@@ -60,22 +60,29 @@ def describe_cpu() -> str:
     return line + ")"
 
 
+def _git(*args: str) -> str:
+    """A git command's output in this package's checkout; "" where there is no git or checkout
+    (an installed wheel), never another repository's answer for the working directory."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    try:
+        done = subprocess.run(["git", *args], cwd=here, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    return done.stdout.strip() if done.returncode == 0 else ""
+
+
 def provenance(command: list[str]) -> dict:
-    """Where and when a measurement was taken, for a results file: CPU, date, the commit of the
-    checkout it ran in (``+changes`` when tracked files differed from it), the command."""
-    commit = subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False
-    ).stdout.strip()
-    dirty = subprocess.run(
-        ["git", "status", "--porcelain", "--untracked-files=no"],
-        capture_output=True,
-        text=True,
-        check=False,
-    ).stdout.strip()
+    """Where and when a measurement was taken, for a results file: CPU, torch's threads, date,
+    the commit of distill's checkout (``+changes`` when tracked files differed from it; "" when
+    distill is not a checkout), the command."""
+    import torch
+
+    commit = _git("rev-parse", "--short", "HEAD")
+    dirty = commit and _git("status", "--porcelain", "--untracked-files=no")
     return {
         "cpu": describe_cpu(),
         "cpu_info": cpu_info(),
-        "threads": os.cpu_count(),
+        "threads": torch.get_num_threads(),
         "date": datetime.date.today().isoformat(),
         "commit": commit + ("+changes" if dirty else ""),
         "command": " ".join(command),

@@ -45,3 +45,22 @@ def test_the_headline_holds_the_teacher_and_every_attentionless_row_with_its_spe
 def test_an_unknown_table_name_is_refused(data):
     with pytest.raises(SystemExit, match="unknown generated table 'nope'"):
         tables.render("<!-- generated: nope -->\n<!-- end generated: nope -->", data)
+
+
+def test_provenance_names_distills_own_commit_and_survives_a_machine_without_git(monkeypatch):
+    import subprocess
+
+    from distill import hardware
+
+    found = hardware.provenance(["distill", "run", "evaluate"])
+    head = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], cwd=tables.ROOT, capture_output=True, text=True
+    ).stdout.strip()
+    assert found["commit"].split("+")[0] == head and found["command"] == "distill run evaluate"
+    assert found["cpu"] == hardware.describe_cpu() and found["threads"] >= 1
+
+    def no_git(*args, **kwargs):
+        raise FileNotFoundError("git")
+
+    monkeypatch.setattr(hardware.subprocess, "run", no_git)
+    assert hardware.provenance(["x"])["commit"] == ""  # an installed wheel, no git: no crash
