@@ -1,4 +1,5 @@
-"""Sequence-level distillation targets: the teacher's own greedy decodes (Kim & Rush 2016).
+"""Sequence-level distillation targets: the teacher's own decodes (Kim & Rush 2016), greedy or
+by beam search (their setting: beam search over the training sources).
 
 Teacher-forced on reference targets, a decoder site sees prefixes of human translations; at
 inference it sees prefixes of its own output. Replacing each target by the teacher's greedy
@@ -18,7 +19,7 @@ import torch
 
 from distill.checkpoint import atomic_write_json, read_json
 from distill.data import Example, sentence_batches, unsort
-from distill.decode import greedy
+from distill.decode import beam_search, greedy
 from distill.model import Seq2SeqTransformer
 
 log = logging.getLogger(__name__)
@@ -56,8 +57,10 @@ def teacher_targets(
     batch_size: int = 200,
     cache: Path | None = None,
     progress: bool = True,
+    beam: int = 1,
 ) -> list[Example]:
-    """``examples`` with each target replaced by the teacher's greedy decode of its source.
+    """``examples`` with each target replaced by the teacher's decode of its source: greedy
+    (``beam=1``) or its best hypothesis of a beam search of width ``beam``.
 
     Order is kept. A decode is cut to ``max_len - 1`` tokens (room for BOS/EOS); an empty one
     (the teacher emitted EOS first) keeps the reference target, so every example still has a
@@ -73,7 +76,8 @@ def teacher_targets(
         batches, order = sentence_batches([s for s, _ in examples], batch_size)
         hyps: list[list[int]] = []
         for src in progress_bar(batches, desc="teacher targets", unit="batch", show=progress):
-            hyps += greedy(model, src.to(device))  # (B, S) -> B id lists
+            src = src.to(device)  # (B, S) -> B id lists
+            hyps += greedy(model, src) if beam == 1 else beam_search(model, src, beam)
         decodes = unsort(hyps, order)
         if cache is not None:
             atomic_write_json(

@@ -89,25 +89,30 @@ def split_examples(
     limit: int = 0,
     targets: str = "reference",
     cache_dir: Path | None = None,
+    beam: int = 1,
 ):
     """(examples, FilterReport) of the run's ``split``, filtered at the teacher's max_len like
     its data, ``limit`` of them evenly spread (0 = all). ``targets="teacher"``: each target is
-    the teacher's greedy decode instead (cached in ``cache_dir``/<split>-<n>.targets.json)."""
+    the teacher's decode instead, greedy or with ``beam`` (cached in ``cache_dir``)."""
     from distill.data import encode_pairs, load_pairs, spread
 
     found, report = encode_pairs(load_pairs(teacher_data(run_dir), split), tok, teacher.cfg.max_len)
-    return on_targets(spread(found, limit), teacher, split, targets, cache_dir), report
+    return on_targets(spread(found, limit), teacher, split, targets, cache_dir, beam), report
 
 
-def on_targets(examples, teacher, split: str, targets: str, cache_dir: Path | None = None):
+def on_targets(
+    examples, teacher, split: str, targets: str, cache_dir: Path | None = None, beam: int = 1
+):
     """``examples`` as they are (``targets="reference"``), or with each target replaced by the
-    teacher's greedy decode (``"teacher"``), cached in ``cache_dir``/<split>-<n>.targets.json."""
+    teacher's decode (``"teacher"``: greedy, or a beam search of width ``beam``), cached in
+    ``cache_dir``/<split>-<n>.targets.json (<split>-<n>.beam<k>.targets.json)."""
     from distill.prefixes import teacher_targets
 
     if targets != "teacher":
         return examples
-    cache = None if cache_dir is None else cache_dir / f"{split}-{len(examples)}.targets.json"
-    return teacher_targets(teacher, examples, cache=cache)
+    name = f"{split}-{len(examples)}" + (f".beam{beam}" if beam > 1 else "") + ".targets.json"
+    cache = None if cache_dir is None else cache_dir / name
+    return teacher_targets(teacher, examples, cache=cache, beam=beam)
 
 
 def teacher_data(run_dir: str | Path) -> DataConfig:

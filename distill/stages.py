@@ -50,6 +50,9 @@ RESULT_FREE = (
     "eval_every",
     "eval.batch_size",
 )
+# Keys (a last component) added after settings were first stored, each with the value that gives
+# what outputs written without it gave: a stored output lacking one matches that value.
+ADDED_KEYS = {"target_beam": 1}
 REPORT: list[str] = []
 TRUSTED = "trusted (written before settings were recorded)"
 
@@ -100,6 +103,8 @@ def first_difference(old: Mapping[str, Any], new: Mapping[str, Any]) -> str | No
     """The first key (in ``new``'s order, then ``old``'s) whose value differs, or None."""
     for key in [*new, *(k for k in old if k not in new)]:
         a, b = old.get(key, _MISSING), new.get(key, _MISSING)
+        if a is _MISSING and key.rsplit(".", 1)[-1] in ADDED_KEYS:
+            a = ADDED_KEYS[key.rsplit(".", 1)[-1]]  # written before the key existed
         if json.dumps(a, default=str, sort_keys=True) != json.dumps(b, default=str, sort_keys=True):
             return key
     return None

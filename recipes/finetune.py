@@ -15,8 +15,9 @@ and trains them on the training split, teacher-forced, with
 ``students+norms`` (and every LayerNorm) or ``all``; ``teacher_lr_scale`` lets the teacher's own
 weights learn slower than the students (0.33 with ``train.lr: 3e-4``: the rest at 1e-4).
 ``init: random`` starts from fresh students of the same shapes (the no-layer-wise-stage
-ablation); ``targets: teacher`` teacher-forces on the teacher's own greedy decodes of the sources
-(sequence-level distillation) instead of references.
+ablation); ``targets: teacher`` teacher-forces on the teacher's own decodes of the sources
+(sequence-level distillation, Kim & Rush 2016) instead of references: greedy, or a beam search
+of width ``target_beam`` (their setting), cached once per teacher in RUN_DIR/finetune/.
 Writes RUN_DIR/finetune/<variant>/: config.yaml, metrics.jsonl (each loss term), checkpoint/
 (resumable; deleted once finished), model.safetensors (the tuned spliced model) and spec.json.
 """
@@ -78,7 +79,8 @@ class Config:
     kd_weight: float = 1.0
     ce_weight: float = 0.0
     hidden_weight: float = 0.0
-    targets: str = "reference"  # "teacher": the teacher's greedy decodes as decoder inputs
+    targets: str = "reference"  # "teacher": the teacher's decodes as decoder inputs
+    target_beam: int = 1  # with targets=teacher: 1 = greedy decodes, k > 1 = beam search of width k
     batch_tokens: int = 2000
     max_sentences: int = 0  # training sentences (evenly spread over the filtered split); 0 = all
     valid_sentences: int = 500
@@ -100,6 +102,10 @@ class Config:
         ):
             if value not in allowed:
                 raise ValueError(f"{key} must be one of {', '.join(allowed)}, got '{value}'")
+        if self.target_beam < 1:
+            raise ValueError(f"target_beam must be >= 1, got {self.target_beam}")
+        if self.target_beam > 1 and self.targets != "teacher":
+            raise ValueError("target_beam applies to targets=teacher (the teacher's decodes)")
         for key in ("temperature", "teacher_lr_scale"):
             if not getattr(self, key) > 0:
                 raise ValueError(f"{key} must be > 0, got {getattr(self, key)}")
@@ -177,7 +183,10 @@ def trainable_parameters(
 
 def _examples(cfg: Config, teacher, tok, split: str, limit: int):
     cache = Path(cfg.run_dir) / "finetune"
-    return split_examples(cfg.run_dir, teacher, tok, split, limit, cfg.targets, cache)[0]
+    found = split_examples(
+        cfg.run_dir, teacher, tok, split, limit, cfg.targets, cache, cfg.target_beam
+    )
+    return found[0]
 
 
 def claim_variant(cfg: Config, resolved: Variant, report: bool = True) -> Claim:
@@ -251,7 +260,7 @@ def tune_variant(
     if proc.is_main_process:
         save_tensors(out / "model.safetensors", model.state_dict())
         settings = {k: getattr(cfg, k) for k in ("init", "trainable", "teacher_lr_scale")}
-        settings.update({k: getattr(cfg, k) for k in ("temperature", "targets")})
+        settings.update({k: getattr(cfg, k) for k in ("temperature", "targets", "target_beam")})
         settings.update({k: getattr(cfg, k) for k in ("kd_weight", "ce_weight", "hidden_weight")})
         settings.update(
             steps=state["step"],

@@ -185,6 +185,8 @@ def test_a_non_finite_loss_term_is_named(layerwise, tmp_path, monkeypatch):
         ("kd_weight=0", "all 0: nothing to learn"),
         ("targets=gold", "targets must be one of reference, teacher"),
         ("teacher_lr_scale=0", "teacher_lr_scale must be > 0, got 0"),
+        ("target_beam=0", "target_beam must be >= 1, got 0"),
+        ("target_beam=4", "target_beam applies to targets=teacher"),
     ],
 )
 def test_bad_finetune_settings_name_the_key(override, needle):
@@ -284,3 +286,34 @@ def test_the_hybrid_frontier_scores_every_keep_set_on_the_validation_split(layer
     assert scores == {n: (rows[n]["bleu"], rows[n]["chrf"]) for n in ["teacher", *keep]}
     assert frontier.main([str(run), "--base", "attentionless", "--k", "3"]) == 2
     assert frontier.main([str(run), "--base", "alr", "--k", "1"]) == 2
+
+
+def test_finetune_on_the_teachers_beam_decodes_caches_them_and_old_outputs_still_match(
+    layerwise, tmp_path, monkeypatch
+):
+    """Sequence-level KD with Kim & Rush's beam search: the decoder inputs are the teacher's beam
+    decodes (cached beside the greedy ones), the setting is stored, and a finished output written
+    before the key existed is still the same setting (target_beam 1)."""
+    import distill.prefixes
+
+    run = Path(shutil.copytree(layerwise, tmp_path / "run"))
+    calls = []
+    real = distill.prefixes.beam_search
+    monkeypatch.setattr(
+        distill.prefixes, "beam_search", lambda *a, **k: calls.append(a[2]) or real(*a, **k)
+    )
+    argv = [*FINETUNE, f"run_dir={run}", "targets=teacher", "target_beam=2", "train.max_steps=2"]
+    assert main(["-q", *argv]) == 0
+    assert calls and set(calls) == {2}  # every batch of sources decoded by a beam of 2
+    cached = sorted(p.name for p in (run / "finetune").glob("*.targets.json"))
+    assert cached and all(".beam2." in name for name in cached)
+    out = run / "finetune" / "attentionless"
+    spec = json.loads((out / "spec.json").read_text())
+    assert spec["settings"]["targets"] == "teacher" and spec["settings"]["target_beam"] == 2
+    # An output of the code before target_beam: its stored settings lack the key.
+    settings = json.loads((out / "settings.json").read_text())
+    assert settings.pop("target_beam") == 2
+    settings["targets"] = "reference"
+    (out / "settings.json").write_text(json.dumps(settings))
+    assert main(["-q", *FINETUNE, f"run_dir={run}", "train.max_steps=2"]) == 0  # skipped
+    assert main(["-q", *FINETUNE, f"run_dir={run}", "targets=teacher", "target_beam=2"]) == 2

@@ -41,6 +41,17 @@ def test_teacher_targets_are_each_sources_own_greedy_decode_in_input_order():
     assert len(raw) == CFG.max_len and len(got[0][1]) == CFG.max_len - 1  # the cut happened
 
 
+def test_beam_targets_are_each_sources_own_best_beam_hypothesis():
+    from distill.decode import beam_search
+
+    model, ex = tiny_teacher(), examples(12)
+    got = teacher_targets(model, ex, batch_size=5, progress=False, beam=3)
+    for (src, ref), (_, tgt) in zip(ex, got):
+        hyp = beam_search(model, torch.tensor(src)[None], 3)[0][: model.cfg.max_len - 1]
+        assert tgt == (hyp or ref)
+    assert got != teacher_targets(model, ex, batch_size=5, progress=False)  # not the greedy ones
+
+
 def test_an_empty_decode_keeps_the_reference(caplog):
     model, ex = tiny_teacher(), examples(9)
     with torch.no_grad():
