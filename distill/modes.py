@@ -72,6 +72,9 @@ class Mode:
                    pair makes per-head gates (``cross_gate``; widths from PAIR_SIZES, and the
                    layer-wise stage can teach the gates the teacher's attention: ``align``)
     slots          reads K source slots gathered with fixed, mask-only weights (``cross_slot``)
+    position_mix   a self-attention site's values mixed by one learned weight per (head, query
+                   position, key position), mask-only normalised (``enc_mix``, ``dec_mix``:
+                   distill/mix_students.py); no least-squares init
     residual       the site returns input + change, so the student may learn only the change;
                    true of pre-LN teachers (``ModelConfig.residual_sites``) only: a post-LN site
                    (Marian's) normalises after adding its input. Every other ability holds for
@@ -93,6 +96,7 @@ class Mode:
     pair: bool = False
     slots: bool = False
     residual: bool = False
+    position_mix: bool = False
     kind: str = field(default="", kw_only=True)
 
     def __post_init__(self) -> None:
@@ -109,8 +113,9 @@ class Mode:
 
     @property
     def lstsq(self) -> bool:
-        """Whether ``init: lstsq`` reaches it (causal and per-position students start random)."""
-        return not self.causal and not self.per_position
+        """Whether ``init: lstsq`` reaches it (causal, per-position and position-mixing students
+        start random; a mixing student's V starts from the teacher's W_V)."""
+        return not self.causal and not self.per_position and not self.position_mix
 
     def width(self, size: str) -> int:
         """Hidden width of one student (one head's, for per-head modes) at ``size``."""
@@ -151,6 +156,11 @@ MODES = _table(
         "cross_gate", "decoder.{i}.cross_attn", "decoder", True, True, pair=True, kind=GATED_PAIRS
     ),
     Mode("cross_slot", "decoder.{i}.cross_attn", "decoder", True, True, slots=True, kind=MIXING),
+    # Ours: self-attention's weighted sum of values kept, its q.k softmax weights replaced by one
+    # learned weight per (head, query position, key position): D*D + H*M*M parameters a site,
+    # where the flat MLPs take millions.
+    Mode("enc_mix", "encoder.{i}.self_attn", "encoder", position_mix=True, kind=MIXING),
+    Mode("dec_mix", "decoder.{i}.self_attn", "decoder", True, position_mix=True, kind=MIXING),
 )
 RESIDUAL_MODES = tuple(name for name, m in MODES.items() if m.residual)
 # The modes record and students take when a config names none: the paper's.
@@ -166,6 +176,8 @@ VARIANTS = {
     "attentionless_pw": ["alr", "dec_self", "cross_pw"],
     "attentionless_gate": ["alr", "dec_self", "cross_gate"],
     "attentionless_slot": ["alr", "dec_self", "cross_slot"],
+    # Small position-mixing self-attention students with the pair-gate cross student.
+    "attentionless_mix": ["enc_mix", "dec_mix", "cross_gate"],
 }
 
 

@@ -79,6 +79,7 @@ KINDS = [
     "cross_gate",
     "cross_gate:relu",
     "cross_slot",
+    "dec_mix",
     "mix",
     "no-step",
     "identity",
@@ -101,7 +102,10 @@ def test_every_cached_step_gives_the_logits_of_full_recomputation(kind):
         torch.testing.assert_close(step[rows], full[rows], atol=1e-5, rtol=1e-5)
 
 
-AT_ONCE = ["teacher", "dec_self", "cross:swiglu", "dec_self_pp", "cross_gate", "cross_slot", "mix"]
+AT_ONCE = [
+    *["teacher", "dec_self", "cross:swiglu", "dec_self_pp", "cross_gate", "cross_slot", "dec_mix"],
+    "mix",
+]
 
 
 @pytest.mark.parametrize("kind", AT_ONCE)

@@ -41,6 +41,7 @@ REPO = Path(__file__).resolve().parent.parent
 ATTENTIONLESS = ("alr", "dec_self", "cross")
 ATTENTIONLESS_PW = ("alr", "dec_self", "cross_pw")  # the position-wise cross student
 ATTENTIONLESS_GATE = ("alr", "dec_self", "cross_gate")  # the pair-gate cross student
+ATTENTIONLESS_MIX = ("enc_mix", "dec_mix", "cross_gate")  # position-mixing self-attention students
 
 
 TEST_PAIRS = [  # in the tiny tokenizer's pieces: the first source is too long for max_len 8
@@ -74,6 +75,9 @@ def write_run(root: Path, tok, seed: int = 0) -> Path:
         students = torch.nn.ModuleDict(
             {s.replace(".", "/"): build_student(mode, cfg, "xs", residual=residual) for s in sites}
         )
+        if MODES[mode].position_mix:  # the all-ones start would hide mixing weights left behind
+            for student in students.values():
+                torch.nn.init.normal_(student.mix)
         out = root / "students" / mode
         save_tensors(out / "students.safetensors", students.state_dict())
         atomic_write_json(
@@ -94,6 +98,7 @@ def write_run(root: Path, tok, seed: int = 0) -> Path:
             ("attentionless", [s for m in ATTENTIONLESS for s in mode_sites(m, cfg)]),
             ("attentionless_pw", [s for m in ATTENTIONLESS_PW for s in mode_sites(m, cfg)]),
             ("attentionless_gate", [s for m in ATTENTIONLESS_GATE for s in mode_sites(m, cfg)]),
+            ("attentionless_mix", [s for m in ATTENTIONLESS_MIX for s in mode_sites(m, cfg)]),
             ("elr", mode_sites("elr", cfg)),
         )
     ]
@@ -119,6 +124,12 @@ def sources(n: int = 6, seed: int = 0) -> torch.Tensor:
     return src
 
 
+VARIANTS = [
+    *["teacher", "attentionless", "attentionless_pw", "attentionless_gate", "attentionless_mix"],
+    "elr",
+]
+
+
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory, tiny_tokenizer):
     return write_run(tmp_path_factory.mktemp("export") / "run", tiny_tokenizer)
@@ -127,8 +138,7 @@ def run_dir(tmp_path_factory, tiny_tokenizer):
 @pytest.fixture(scope="module")
 def exports(run_dir):
     root = run_dir.parent
-    variants = ("teacher", "attentionless", "attentionless_pw", "attentionless_gate", "elr")
-    return {v: export(run_dir, v, root / v) for v in variants}
+    return {v: export(run_dir, v, root / v) for v in VARIANTS}
 
 
 @pytest.fixture(scope="module")
@@ -141,9 +151,6 @@ def hf_models(exports):
     }
 
 
-VARIANTS = ["teacher", "attentionless", "attentionless_pw", "attentionless_gate", "elr"]
-
-
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_exported_model_gives_the_logits_of_the_in_memory_spliced_model(run_dir, exports, variant):
     modes = {
@@ -151,6 +158,7 @@ def test_exported_model_gives_the_logits_of_the_in_memory_spliced_model(run_dir,
         "attentionless": ATTENTIONLESS,
         "attentionless_pw": ATTENTIONLESS_PW,
         "attentionless_gate": ATTENTIONLESS_GATE,
+        "attentionless_mix": ATTENTIONLESS_MIX,
         "elr": ("elr",),
     }[variant]
     expected = reference(run_dir, modes)
@@ -241,7 +249,9 @@ def test_attentionless_export_holds_no_attention_at_replaced_sites(exports, vari
     assert any(k.startswith(paths[0] + ".fc1") for k in keys)
 
 
-@pytest.mark.parametrize("variant", ["teacher", "attentionless", "attentionless_gate"])
+@pytest.mark.parametrize(
+    "variant", ["teacher", "attentionless", "attentionless_gate", "attentionless_mix"]
+)
 def test_transformers_generate_equals_distill_greedy_and_beam(exports, hf_models, variant):
     model, _ = distill.from_pretrained(exports[variant])
     hf = hf_models[variant]
@@ -352,7 +362,9 @@ def test_the_card_names_an_imported_teachers_hub_id_as_base_model(run_dir, expor
         assert base_model(run) is None
 
 
-@pytest.mark.parametrize("variant", ["teacher", "attentionless", "attentionless_pw"])
+@pytest.mark.parametrize(
+    "variant", ["teacher", "attentionless", "attentionless_pw", "attentionless_mix"]
+)
 def test_generate_decodes_incrementally_and_the_cache_changes_no_token(hf_models, variant):
     hf = hf_models[variant]
     src = sources(8, seed=3)

@@ -51,7 +51,8 @@ with open("generated.json", "w") as f:  # stdout also holds transformers' remote
 def exports(tmp_path_factory, tiny_tokenizer):
     root = tmp_path_factory.mktemp("standalone")
     run = write_run(root / "run", tiny_tokenizer)
-    return {v: export(run, v, root / v) for v in ("teacher", "attentionless_gate")}
+    variants = ("teacher", "attentionless_gate", "attentionless_mix")
+    return {v: export(run, v, root / v) for v in variants}
 
 
 def test_transformers_loads_and_generates_an_export_without_distill(exports, tmp_path):
