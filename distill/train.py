@@ -354,6 +354,9 @@ class _Loop:
         self.acc.wait_for_everyone()
         if self.acc.is_main_process:
             save_checkpoint(self.ckpt_dir, self.plain, self.optimizer, self.state)
+        # No process steps on before the checkpoint is on disk: one that dies in the next step
+        # would otherwise end the main one's write half way and lose this checkpoint.
+        self.acc.wait_for_everyone()
 
 
 class _LossStep(torch.nn.Module):
