@@ -75,6 +75,9 @@ class Mode:
     position_mix   a self-attention site's values mixed by one learned weight per (head, query
                    position, key position), mask-only normalised (``enc_mix``, ``dec_mix``:
                    distill/mix_students.py); no least-squares init
+    dense          a cross-attention site's values mixed by per-head weights over source position
+                   indices from an MLP of the decoder state alone (``cross_dense``, the dense
+                   synthesizer: distill/dense_students.py); widths from PAIR_SIZES
     residual       the site returns input + change, so the student may learn only the change;
                    true of pre-LN teachers (``ModelConfig.residual_sites``) only: a post-LN site
                    (Marian's) normalises after adding its input. Every other ability holds for
@@ -97,6 +100,7 @@ class Mode:
     slots: bool = False
     residual: bool = False
     position_mix: bool = False
+    dense: bool = False
     kind: str = field(default="", kw_only=True)
 
     def __post_init__(self) -> None:
@@ -119,7 +123,7 @@ class Mode:
 
     def width(self, size: str) -> int:
         """Hidden width of one student (one head's, for per-head modes) at ``size``."""
-        table = HEAD_SIZES if self.per_head else PAIR_SIZES if self.pair else SIZES
+        table = HEAD_SIZES if self.per_head else PAIR_SIZES if self.pair or self.dense else SIZES
         if size not in table:
             raise ValueError(f"unknown size '{size}' (known: {', '.join(table)})")
         return table[size]
@@ -161,6 +165,10 @@ MODES = _table(
     # where the flat MLPs take millions.
     Mode("enc_mix", "encoder.{i}.self_attn", "encoder", position_mix=True, kind=MIXING),
     Mode("dec_mix", "decoder.{i}.self_attn", "decoder", True, position_mix=True, kind=MIXING),
+    # Ours: the dense synthesizer (Tay et al. 2020) at cross-attention: the teacher's values mixed
+    # by weights over source position indices made from the decoder state alone, never from a
+    # source position's content (distill/dense_students.py).
+    Mode("cross_dense", "decoder.{i}.cross_attn", "decoder", True, True, dense=True, kind=MIXING),
 )
 RESIDUAL_MODES = tuple(name for name, m in MODES.items() if m.residual)
 # The modes record and students take when a config names none: the paper's.
@@ -178,6 +186,9 @@ VARIANTS = {
     "attentionless_slot": ["alr", "dec_self", "cross_slot"],
     # Small position-mixing self-attention students with the pair-gate cross student.
     "attentionless_mix": ["enc_mix", "dec_mix", "cross_gate"],
+    # Every student mixing (no weight compares two positions' content): attention-free in the
+    # field's sense too, with the dense-synthesizer cross student.
+    "attentionless_dense": ["enc_mix", "dec_mix", "cross_dense"],
 }
 
 

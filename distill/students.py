@@ -27,6 +27,7 @@ from torch import nn
 
 from distill.cache import append, extend_prefix, once, recompute
 from distill.cross_students import PairGateStudent, SlotStudent, alignment_loss
+from distill.dense_students import DenseStudent
 from distill.errors import ConfigError
 from distill.mix_students import MixStudent
 from distill.model import ModelConfig, site_path
@@ -365,7 +366,7 @@ def init_from_teacher(student: nn.Module, site_module: nn.Module) -> bool:
     """Start a student from the weights of the teacher module it replaces where its shape has a
     teacher counterpart (a pair-gate or mixing student's values: the site's W_V); whether it
     did."""
-    if isinstance(student, (PairGateStudent, MixStudent)):
+    if isinstance(student, (PairGateStudent, MixStudent, DenseStudent)):
         student.init_from_teacher(site_module)
         return True
     return False
@@ -477,6 +478,8 @@ def build_student(spec: StudentSpec | str, cfg: ModelConfig, *args, **kwargs) ->
         return PairGateStudent(m, d, cfg.n_heads, width, activation)
     if spec.slots:
         return SlotStudent(m, d, width, activation)
+    if spec.dense:
+        return DenseStudent(m, d, cfg.n_heads, width, activation)
     if spec.position_mix:  # no hidden layer: size and activation do not apply
         return MixStudent(m, d, cfg.n_heads, causal=spec.causal)
     if spec.per_head:

@@ -80,6 +80,7 @@ KINDS = [
     "cross_gate:relu",
     "cross_slot",
     "dec_mix",
+    "cross_dense",
     "mix",
     "no-step",
     "identity",
@@ -104,7 +105,7 @@ def test_every_cached_step_gives_the_logits_of_full_recomputation(kind):
 
 AT_ONCE = [
     *["teacher", "dec_self", "cross:swiglu", "dec_self_pp", "cross_gate", "cross_slot", "dec_mix"],
-    "mix",
+    *["cross_dense", "mix"],
 ]
 
 

@@ -42,6 +42,7 @@ ATTENTIONLESS = ("alr", "dec_self", "cross")
 ATTENTIONLESS_PW = ("alr", "dec_self", "cross_pw")  # the position-wise cross student
 ATTENTIONLESS_GATE = ("alr", "dec_self", "cross_gate")  # the pair-gate cross student
 ATTENTIONLESS_MIX = ("enc_mix", "dec_mix", "cross_gate")  # position-mixing self-attention students
+ATTENTIONLESS_DENSE = ("enc_mix", "dec_mix", "cross_dense")  # every student mixing
 
 
 TEST_PAIRS = [  # in the tiny tokenizer's pieces: the first source is too long for max_len 8
@@ -78,6 +79,9 @@ def write_run(root: Path, tok, seed: int = 0) -> Path:
         if MODES[mode].position_mix:  # the all-ones start would hide mixing weights left behind
             for student in students.values():
                 torch.nn.init.normal_(student.mix)
+        if MODES[mode].dense:  # the zero start of the score bias would hide one left behind
+            for student in students.values():
+                torch.nn.init.normal_(student.fc2.bias)
         out = root / "students" / mode
         save_tensors(out / "students.safetensors", students.state_dict())
         atomic_write_json(
@@ -99,6 +103,7 @@ def write_run(root: Path, tok, seed: int = 0) -> Path:
             ("attentionless_pw", [s for m in ATTENTIONLESS_PW for s in mode_sites(m, cfg)]),
             ("attentionless_gate", [s for m in ATTENTIONLESS_GATE for s in mode_sites(m, cfg)]),
             ("attentionless_mix", [s for m in ATTENTIONLESS_MIX for s in mode_sites(m, cfg)]),
+            ("attentionless_dense", [s for m in ATTENTIONLESS_DENSE for s in mode_sites(m, cfg)]),
             ("elr", mode_sites("elr", cfg)),
         )
     ]
@@ -126,7 +131,7 @@ def sources(n: int = 6, seed: int = 0) -> torch.Tensor:
 
 VARIANTS = [
     *["teacher", "attentionless", "attentionless_pw", "attentionless_gate", "attentionless_mix"],
-    "elr",
+    *["attentionless_dense", "elr"],
 ]
 
 
@@ -159,6 +164,7 @@ def test_exported_model_gives_the_logits_of_the_in_memory_spliced_model(run_dir,
         "attentionless_pw": ATTENTIONLESS_PW,
         "attentionless_gate": ATTENTIONLESS_GATE,
         "attentionless_mix": ATTENTIONLESS_MIX,
+        "attentionless_dense": ATTENTIONLESS_DENSE,
         "elr": ("elr",),
     }[variant]
     expected = reference(run_dir, modes)
@@ -250,7 +256,8 @@ def test_attentionless_export_holds_no_attention_at_replaced_sites(exports, vari
 
 
 @pytest.mark.parametrize(
-    "variant", ["teacher", "attentionless", "attentionless_gate", "attentionless_mix"]
+    "variant",
+    ["teacher", "attentionless", "attentionless_gate", "attentionless_mix", "attentionless_dense"],
 )
 def test_transformers_generate_equals_distill_greedy_and_beam(exports, hf_models, variant):
     model, _ = distill.from_pretrained(exports[variant])
@@ -363,7 +370,8 @@ def test_the_card_names_an_imported_teachers_hub_id_as_base_model(run_dir, expor
 
 
 @pytest.mark.parametrize(
-    "variant", ["teacher", "attentionless", "attentionless_pw", "attentionless_mix"]
+    "variant",
+    ["teacher", "attentionless", "attentionless_pw", "attentionless_mix", "attentionless_dense"],
 )
 def test_generate_decodes_incrementally_and_the_cache_changes_no_token(hf_models, variant):
     hf = hf_models[variant]

@@ -51,7 +51,7 @@ with open("generated.json", "w") as f:  # stdout also holds transformers' remote
 def exports(tmp_path_factory, tiny_tokenizer):
     root = tmp_path_factory.mktemp("standalone")
     run = write_run(root / "run", tiny_tokenizer)
-    variants = ("teacher", "attentionless_gate", "attentionless_mix")
+    variants = ("teacher", "attentionless_gate", "attentionless_mix", "attentionless_dense")
     return {v: export(run, v, root / v) for v in variants}
 
 
