@@ -4,13 +4,17 @@ padding, the teacher's W_V and the mean as the start, a cached step equal to the
 import pytest
 import torch
 
-from distill.decode import beam_search, greedy
 from distill.mix_students import MixStudent
-from distill.model import PAD_ID, site_path
+from distill.model import site_path
 from distill.modes import MODES, mode_sites
-from distill.students import build_student, init_from_teacher, splice, training_pass
-from distill.train import masked_mean
-from tests.helpers import UNIT, random_src, tiny_teacher
+from distill.students import build_student, init_from_teacher, splice
+from tests.helpers import (
+    UNIT,
+    assert_the_cache_changes_no_decode,
+    decode_in_steps,
+    fit_losses,
+    tiny_teacher,
+)
 
 MODES_MIX = ["enc_mix", "dec_mix"]
 
@@ -106,16 +110,7 @@ def test_it_learns_a_teacher_site():
     x, mask = inputs(t=8)
     with torch.no_grad():
         target = core(x, mask)
-    opt = torch.optim.Adam(s.parameters(), 1e-2)
-    losses = []
-    for _ in range(40):
-        pred, scored, aligned = training_pass(s, x, mask)
-        assert aligned is None
-        loss = masked_mean((pred - target) ** 2, scored)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
+    losses = fit_losses(s, target, x, mask)
     assert losses[-1] < 0.5 * losses[0]
 
 
@@ -135,27 +130,11 @@ def spliced():
 
 @torch.no_grad()
 def test_cached_steps_keep_the_values_and_equal_the_full_pass():
-    model = spliced()
-    src = random_src()
-    tgt = torch.randint(4, UNIT.vocab_size, (src.size(0), UNIT.max_len))
-    tgt[1, 5:] = PAD_ID
-    memory, mask = model.encode(src)
-    cache = [{} for _ in model.decoder]
-    first = model.decode(tgt[:, :3], memory, mask, cache, start=0)  # several positions at once
-    outs = [first]
-    for t in range(3, tgt.size(1)):
-        outs.append(model.decode(tgt[:, t : t + 1], memory, mask, cache, start=t))
-    full = model.decode(tgt, memory, mask)
-    rows = tgt != PAD_ID
-    torch.testing.assert_close(torch.cat(outs, 1)[rows], full[rows], atol=1e-5, rtol=1e-5)
+    stepped, full, rows, cache, src = decode_in_steps(spliced())  # 3 positions, then 1 by 1
+    torch.testing.assert_close(stepped[rows], full[rows], atol=1e-5, rtol=1e-5)
     own = cache[0]["self"]
     assert own["v"].shape[1] == UNIT.max_len and "x" not in own  # its values, not a recompute
 
 
 def test_greedy_and_beam_are_identical_with_and_without_the_cache():
-    model = spliced()
-    src = random_src(b=3, seed=7)
-    assert greedy(model, src) == greedy(model, src, use_cache=False)
-    cached = beam_search(model, src, beam=2)
-    assert cached == beam_search(model, src, beam=2, use_cache=False)
-    assert any(cached)
+    assert_the_cache_changes_no_decode(spliced())

@@ -18,6 +18,18 @@ from distill.checkpoint import resolve_checkpoint
 from distill.cli import main
 
 REPO = Path(__file__).resolve().parent.parent
+# The modes recipes/configs/students/tiny.yaml trains.
+TINY_MODES = (
+    "alr",
+    "alrr",
+    "aslr",
+    "elr",
+    "dec_self",
+    "dec_self_pp",
+    "cross",
+    "cross_pw",
+    "cross_gate",
+)
 
 
 def test_teacher_stage_writes_model_tokenizer_metrics_and_bleu(tiny_run):
@@ -42,18 +54,7 @@ def test_record_and_student_stages_cover_every_mode(tiny_run):
     manifest = json.loads((tiny_run / "record" / "train" / "manifest.json").read_text())
     assert manifest["dtype"] == "fp32" and manifest["sentences"] > 0
     modes = {p.parent.name for p in (tiny_run / "students").glob("*/spec.json")}
-    every = {
-        "alr",
-        "alrr",
-        "aslr",
-        "elr",
-        "dec_self",
-        "dec_self_pp",
-        "cross",
-        "cross_pw",
-        "cross_gate",
-    }
-    assert modes == every
+    assert modes == set(TINY_MODES)
     assert not list((tiny_run / "students").glob("*/checkpoint*"))  # finished: no resume state
     elr = tiny_run / "students" / "elr"
     spec, init = (json.loads((elr / f).read_text()) for f in ("spec.json", "init.json"))
@@ -77,15 +78,7 @@ def test_evaluate_stage_writes_a_row_per_variant(tiny_run):
     assert tuned == ["attentionless", "attentionless_gate"]
     assert set(rows) == {
         "teacher",
-        "alr",
-        "alrr",
-        "aslr",
-        "elr",
-        "dec_self",
-        "dec_self_pp",
-        "cross",
-        "cross_pw",
-        "cross_gate",
+        *TINY_MODES,
         "attentionless",
         "attentionless_pw",
         "attentionless_gate",
