@@ -35,11 +35,11 @@ import time
 from pathlib import Path
 
 from distill.bleu import score
-from distill.checkpoint import atomic_write_json, atomic_write_text
+from distill.checkpoint import atomic_write_json, atomic_write_text, read_json
 from distill.data import load_pairs, spread
 from distill.export import export
 from distill.hardware import provenance
-from distill.runs import teacher_data, tuned_spec
+from distill.runs import teacher_data
 
 DEFAULT_VARIANTS = ("attentionless_gate", "cross_gate", "attentionless")
 DONE = re.compile(r"translated (\d+) lines in ([0-9.]+)s")
@@ -81,16 +81,15 @@ def summary(values: list[float], digits: int = 2) -> dict:
     }
 
 
-def exports_of(run: Path, variants: list[str]) -> dict[str, tuple[Path, str]]:
-    """{name: (export dir, stage)}: the teacher and each variant, exported once."""
+def exports_of(run: Path, variants: list[str]) -> dict[str, tuple[Path, dict]]:
+    """{name: (export dir, its config.json)}: the teacher and each variant, exported once as
+    `distill export --variant NAME` exports it (tuned where the finetune stage tuned it)."""
     found = {}
     for name in ["teacher", *variants]:
-        stage = "tuned" if name != "teacher" and tuned_spec(str(run), name) else "layer-wise"
-        stage = "" if name == "teacher" else stage
         out = run / "speed" / "exports" / name
         if not (out / "config.json").is_file():
-            export(run, name, out, layer_wise=stage != "tuned")
-        found[name] = (out, stage)
+            export(run, name, out)
+        found[name] = (out, read_json(out / "config.json"))
     return found
 
 
@@ -128,11 +127,12 @@ def main(argv: list[str] | None = None) -> int:
         translate(models[name][0], source, work / f"{name}.trunc.en", "--truncate")
         split = score((work / f"{name}.en").read_text().splitlines(), refs)
         trunc = score((work / f"{name}.trunc.en").read_text().splitlines(), refs)
-        config = json.loads((models[name][0] / "config.json").read_text())
+        config = models[name][1]
         rows.append(
             {
                 "variant": name,
-                "stage": models[name][1],
+                # as a results row names it: the teacher has no stage
+                "stage": config.get("stage", "layer-wise") if config["replacements"] else "",
                 "attentionless": bool(config.get("attentionless")),
                 "wall_s": summary(wall[name]),
                 "decode_s": summary(decode[name]),
