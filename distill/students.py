@@ -366,10 +366,11 @@ def init_from_teacher(student: nn.Module, site_module: nn.Module) -> bool:
     """Start a student from the weights of the teacher module it replaces where its shape has a
     teacher counterpart (a pair-gate or mixing student's values: the site's W_V); whether it
     did."""
-    if isinstance(student, (PairGateStudent, MixStudent, DenseStudent)):
-        student.init_from_teacher(site_module)
-        return True
-    return False
+    start = getattr(student, "init_from_teacher", None)  # the families that have one define it
+    if start is None:
+        return False
+    start(site_module)
+    return True
 
 
 def least_squares_units(student: nn.Module, d_out: int) -> list[tuple[FlatMLP, slice]]:
